@@ -1,0 +1,205 @@
+"""Policy-gradient objectives: per-unit losses from log-probability units and advantages.
+
+A *unit* is one log-probability term with its own ratio: a sampler step, a re-noising timestep or a
+whole sample (see ``docs/rl_objectives.md``). Every objective has the same signature::
+
+    out = objective(logp, old_logp, advantages, mask)   # ObjectiveOutput
+    loss = aggregation(out.loss, mask)                   # scalar
+
+with ``rho = exp(logp - old_logp)`` per unit and ``sg`` the stop-gradient:
+
+=====================  ===================================================  =====================
+class                  per-unit loss                                        gradient w.r.t. logp
+=====================  ===================================================  =====================
+``ClippedSurrogate``   ``-min(rho A, clip(rho, 1-eps_low, 1+eps_high) A)``  ``-rho A``, 0 if clipped
+``REINFORCE``          ``-A logp``                                          ``-A``
+``EPG``                ``-sg(rho) A logp``                                  ``-rho A``
+``PEPG``               ``-sg(rho) (A - log sg(rho)) logp``                  ``-rho (A - log rho)``
+``PAR``                ``0.5 sg(rho) (A - (logp - old_logp))**2``           ``-rho (A - log rho)``
+=====================  ===================================================  =====================
+
+``old_logp`` and ``advantages`` are constants: they are detached here whatever the caller passes.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from dflow.rl.aggregation import unit_mask
+
+__all__ = [
+    "EPG",
+    "PAR",
+    "PEPG",
+    "REINFORCE",
+    "ClippedSurrogate",
+    "Objective",
+    "ObjectiveOutput",
+]
+
+
+class ObjectiveOutput(NamedTuple):
+    """What every :class:`Objective` returns.
+
+    Attributes:
+        loss: ``[B, U]`` per-unit loss with gradient, exactly zero where the unit is masked.
+        ratio: ``[B, U]`` detached ``rho = exp(logp - old_logp)``; 1 where masked.
+        clipped: ``[B, U]`` bool, True where clipping removed the unit's gradient (the clipped term
+            won the ``min``); all False for unclipped objectives and on masked units.
+    """
+
+    loss: Tensor
+    ratio: Tensor
+    clipped: Tensor
+
+
+class Objective(nn.Module):
+    """Base class. Subclasses implement :meth:`unit_loss` (and :meth:`clip_active` if they clip).
+
+    :meth:`forward` validates shapes, broadcasts advantages ``[B]`` over units, neutralises masked
+    units (their inputs are replaced by zeros before any arithmetic, so a ``-inf`` padding value
+    cannot produce NaN in the loss or its gradient) and assembles the :class:`ObjectiveOutput`.
+
+    Args:
+        check_finite: raise ``ValueError`` when a valid unit of ``logp``, ``old_logp`` or the
+            advantages is NaN or infinite. Off by default because it synchronises with the device.
+    """
+
+    def __init__(self, check_finite: bool = False) -> None:
+        super().__init__()
+        self.check_finite = check_finite
+
+    def forward(
+        self,
+        logp: Tensor,  # [B, U] with grad
+        old_logp: Tensor,  # [B, U] recorded at rollout time
+        advantages: Tensor,  # [B] per sample, or [B, U] per unit
+        mask: Tensor | None = None,  # [B, U] bool, True where the unit counts
+    ) -> ObjectiveOutput:
+        valid = unit_mask(mask, logp, "logp")
+        if old_logp.shape != logp.shape:
+            raise ValueError(
+                f"old_logp must have the shape of logp {tuple(logp.shape)}, got {tuple(old_logp.shape)}"
+            )
+        adv = _broadcast_advantages(advantages, logp)  # [B, U]
+        old_logp = old_logp.detach().to(logp.dtype)
+        if self.check_finite:
+            for name, value in (("logp", logp), ("old_logp", old_logp), ("advantages", adv)):
+                bad = valid & ~torch.isfinite(value)
+                if bool(bad.any()):
+                    index = tuple(bad.nonzero()[0].tolist())
+                    raise ValueError(f"{name} is not finite at unit {index}: {value[index].item()}")
+
+        zero = torch.zeros((), dtype=logp.dtype, device=logp.device)
+        logp = torch.where(valid, logp, zero)
+        old_logp = torch.where(valid, old_logp, zero)
+        adv = torch.where(valid, adv, zero)
+
+        loss = torch.where(valid, self.unit_loss(logp, old_logp, adv), zero)  # [B, U]
+        ratio = torch.exp(logp - old_logp).detach()  # [B, U], 1 where masked
+        clipped = self.clip_active(ratio, adv) & valid  # [B, U]
+        return ObjectiveOutput(loss=loss, ratio=ratio, clipped=clipped)
+
+    def unit_loss(
+        self,
+        logp: Tensor,  # [B, U] with grad
+        old_logp: Tensor,  # [B, U] detached
+        advantages: Tensor,  # [B, U] detached
+    ) -> Tensor:  # [B, U]
+        """Per-unit loss; masked entries are overwritten afterwards, so no masking is needed here."""
+        raise NotImplementedError
+
+    def clip_active(
+        self,
+        ratio: Tensor,  # [B, U] detached
+        advantages: Tensor,  # [B, U]
+    ) -> Tensor:  # [B, U] bool
+        """Where clipping removed the gradient; never, unless a subclass clips."""
+        return torch.zeros_like(ratio, dtype=torch.bool)
+
+
+def _broadcast_advantages(
+    advantages: Tensor,  # [B] or [B, U]
+    logp: Tensor,  # [B, U]
+) -> Tensor:  # [B, U] detached, dtype of logp
+    batch, units = logp.shape
+    if advantages.shape == (batch,):
+        advantages = advantages[:, None]  # [B, 1]
+    elif advantages.shape != (batch, units):
+        raise ValueError(
+            f"advantages must have shape [B]=({batch},) or [B, U]=({batch}, {units}), "
+            f"got {tuple(advantages.shape)}"
+        )
+    return advantages.detach().to(logp.dtype).expand(batch, units)
+
+
+class ClippedSurrogate(Objective):
+    """PPO / GRPO clipped surrogate with asymmetric clip range.
+
+    ``loss = -min(rho A, clip(rho, 1 - eps_low, 1 + eps_high) A)``. The clip is active (gradient
+    zero) when ``A > 0`` and ``rho > 1 + eps_high``, or ``A < 0`` and ``rho < 1 - eps_low``.
+
+    Args:
+        eps_low: lower clip width, > 0 (dFlowGRPO 1e-3, UDM-GRPO 1e-4, d1 0.5).
+        eps_high: upper clip width, > 0; defaults to ``eps_low`` (dFlowGRPO 1.5e-3).
+    """
+
+    def __init__(
+        self, eps_low: float = 0.2, eps_high: float | None = None, check_finite: bool = False
+    ) -> None:
+        super().__init__(check_finite=check_finite)
+        if eps_high is None:
+            eps_high = eps_low
+        for name, value in (("eps_low", eps_low), ("eps_high", eps_high)):
+            if not (value > 0 and value < float("inf")):
+                raise ValueError(f"{name} must be a finite number > 0, got {value}")
+        self.eps_low = float(eps_low)
+        self.eps_high = float(eps_high)
+
+    def unit_loss(self, logp: Tensor, old_logp: Tensor, advantages: Tensor) -> Tensor:
+        ratio = torch.exp(logp - old_logp)  # [B, U] with grad
+        clipped_ratio = ratio.clamp(1.0 - self.eps_low, 1.0 + self.eps_high)  # no grad outside range
+        return -torch.minimum(ratio * advantages, clipped_ratio * advantages)
+
+    def clip_active(self, ratio: Tensor, advantages: Tensor) -> Tensor:
+        above = (advantages > 0) & (ratio > 1.0 + self.eps_high)
+        below = (advantages < 0) & (ratio < 1.0 - self.eps_low)
+        return above | below
+
+
+class REINFORCE(Objective):
+    """Plain score-function loss ``-A logp``: on-policy only, ignores ``old_logp`` (except the ratio
+    it reports)."""
+
+    def unit_loss(self, logp: Tensor, old_logp: Tensor, advantages: Tensor) -> Tensor:
+        return -advantages * logp
+
+
+class EPG(Objective):
+    """Importance-weighted policy gradient ``-sg(rho) A logp``; equals REINFORCE on-policy."""
+
+    def unit_loss(self, logp: Tensor, old_logp: Tensor, advantages: Tensor) -> Tensor:
+        ratio = torch.exp(logp - old_logp).detach()
+        return -ratio * advantages * logp
+
+
+class PEPG(Objective):
+    """EPG with the ratio's log subtracted from the advantage: ``-sg(rho) (A - log sg(rho)) logp``."""
+
+    def unit_loss(self, logp: Tensor, old_logp: Tensor, advantages: Tensor) -> Tensor:
+        log_ratio = (logp - old_logp).detach()
+        return -torch.exp(log_ratio) * (advantages - log_ratio) * logp
+
+
+class PAR(Objective):
+    """Policy advantage regression ``0.5 sg(rho) (A - (logp - old_logp))**2``.
+
+    Regresses the log-ratio onto the advantage; its gradient ``-sg(rho) (A - log rho)`` is PEPG's.
+    """
+
+    def unit_loss(self, logp: Tensor, old_logp: Tensor, advantages: Tensor) -> Tensor:
+        log_ratio = logp - old_logp  # with grad
+        return 0.5 * torch.exp(log_ratio.detach()) * (advantages - log_ratio) ** 2
