@@ -1,5 +1,7 @@
 """Denoisers: the protocol, a small transformer, and an adapter for HF masked LMs."""
 
+from dflow.models.config import DFlowConfig
 from dflow.models.protocol import Denoiser
+from dflow.models.transformer import DFlowTransformer, count_parameters
 
-__all__ = ["Denoiser"]
+__all__ = ["DFlowConfig", "DFlowTransformer", "Denoiser", "count_parameters"]

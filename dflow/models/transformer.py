@@ -1,0 +1,170 @@
+"""A small bidirectional transformer denoiser, saved and loaded as a ``transformers`` model.
+
+The token sequence the blocks see is ``[prompt (Lc tokens) | x_t (L tokens)]``:
+
+- prompt token ``c_j`` -> ``prompt_embed[c_j] + prompt_position[j]`` (id 0 = pad / null has a
+  learned embedding like any other id; ``cond=None`` is the all-zero prompt);
+- state ``x_t^i`` -> ``token_embed[x_t^i] + position[i]`` (``num_states`` rows, so the mask id ``V``
+  has its own embedding when the config has one);
+- every token attends to every token (no mask, no padding mask: pads are the null token);
+- with ``time_conditioning`` every LayerNorm is modulated by an embedding of ``t``;
+- the final norm and a linear head run on the ``L`` output positions only -> logits ``[B, L, V]``.
+
+Example::
+
+    config = DFlowConfig(vocab_size=16, mask_id=16, seq_len=64, prompt_len=8, prompt_vocab_size=40)
+    model = DFlowTransformer(config)
+    logits = model(x_t, t, cond)          # [B, 64, 16]; x_t may contain the mask id 16
+    model.save_pretrained("ckpt/base")    # config.json + model.safetensors
+    model = DFlowTransformer.from_pretrained("ckpt/base")
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+from transformers import AutoConfig, AutoModel, PreTrainedModel
+
+from dflow.models.config import DFlowConfig
+from dflow.models.layers import AdaptiveLayerNorm, PositionalEmbedding, TimeEmbedding, TransformerBlock
+
+try:  # transformers >= 5: init functions that skip weights already loaded from a checkpoint
+    from transformers import initialization as _init
+except ImportError:  # transformers 4.x: loading does not re-run init on loaded weights
+    from torch.nn import init as _init
+
+
+class DFlowTransformer(PreTrainedModel):
+    """Denoiser ``(x_t [B, L], t [B], cond [B, Lc] | None) -> logits [B, L, V]``; see the module doc."""
+
+    config_class = DFlowConfig
+    base_model_prefix = "dflow"
+    main_input_name = "x_t"
+
+    def __init__(self, config: DFlowConfig) -> None:
+        super().__init__(config)
+        hidden = config.hidden_size
+        self.token_embed = nn.Embedding(config.num_states, hidden)
+        self.position_embed = PositionalEmbedding(config.seq_len, hidden, config.image_shape)
+        # no prompt tables for an unconditional model: unused parameters would never get gradient
+        if config.prompt_len > 0:
+            self.prompt_embed = nn.Embedding(config.prompt_vocab_size, hidden)
+            self.prompt_position_embed = nn.Embedding(config.prompt_len, hidden)
+        else:
+            self.prompt_embed = self.prompt_position_embed = None
+        self.time_embed = TimeEmbedding(hidden) if config.time_conditioning else None
+        self.blocks = nn.ModuleList(
+            TransformerBlock(
+                hidden,
+                config.num_heads,
+                config.mlp_ratio,
+                config.dropout,
+                config.layer_norm_eps,
+                config.time_conditioning,
+            )
+            for _ in range(config.num_layers)
+        )
+        self.final_norm = AdaptiveLayerNorm(hidden, config.layer_norm_eps, config.time_conditioning)
+        self.head = nn.Linear(hidden, config.vocab_size)
+        self.post_init()
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """Normal(0, initializer_range) weights, zero biases, unit LayerNorm gains.
+
+        The output projections of the residual branches get std ``/ sqrt(2 * num_layers)`` (GPT-2)
+        so the residual stream's variance does not grow with depth. Nothing is zero-initialised:
+        a zero head or zero branch would block the gradient to everything before it.
+        """
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            if getattr(module, "is_residual_projection", False):
+                std = std / math.sqrt(2 * self.config.num_layers)
+            _init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                _init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            _init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, nn.LayerNorm) and module.weight is not None:
+            _init.ones_(module.weight)
+            _init.zeros_(module.bias)
+
+    def forward(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        """Logits of ``p_{1|t}(. | x_t, cond)`` over the ``V`` data values.
+
+        Args:
+            x_t: long ``[B, L]``, states in ``[0, num_states)``.
+            t: float ``[B]``; ignored unless ``config.time_conditioning``.
+            cond: long ``[B, Lc]`` prompt ids in ``[0, prompt_vocab_size)``, or ``None`` (= all zeros,
+                the unconditional prompt).
+
+        Returns:
+            ``[B, L, V]`` logits (no column for the mask id).
+        """
+        config = self.config
+        cond = self._check_inputs(x_t, t, cond)
+        # any integer dtype is accepted (the sampler stores states compactly); embeddings want long
+        h = self.token_embed(x_t.long()) + self.position_embed()  # [B, L, D]
+        if cond is not None:
+            prefix = self.prompt_embed(cond.long()) + self.prompt_position_embed.weight  # [B, Lc, D]
+            h = torch.cat([prefix, h], dim=1)  # [B, Lc + L, D]
+        tau = self.time_embed(t) if self.time_embed is not None else None  # [B, D] | None
+        for block in self.blocks:
+            h = block(h, tau)  # [B, Lc + L, D]
+        h = self.final_norm(h[:, config.prompt_len :], tau)  # [B, L, D]
+        return self.head(h)  # [B, L, V]
+
+    def _check_inputs(self, x_t: Tensor, t: Tensor, cond: Tensor | None) -> Tensor | None:
+        """Validate shapes and ranges; return ``cond`` filled in (or ``None`` when ``Lc == 0``)."""
+        config = self.config
+        if not isinstance(x_t, Tensor) or x_t.dim() != 2 or x_t.shape[1] != config.seq_len:
+            shape = tuple(x_t.shape) if isinstance(x_t, Tensor) else type(x_t).__name__
+            raise ValueError(f"x_t must have shape [B, {config.seq_len}], got {shape}")
+        if x_t.dtype.is_floating_point or x_t.dtype == torch.bool or x_t.is_complex():
+            raise ValueError(f"x_t must be an integer tensor, got dtype {x_t.dtype}")
+        batch = x_t.shape[0]
+        if x_t.numel() > 0:
+            low, high = torch.aminmax(x_t)
+            if low.item() < 0 or high.item() >= config.num_states:
+                raise ValueError(
+                    f"x_t values must be in [0, {config.num_states}) (mask_id={config.mask_id}), "
+                    f"got min {low.item()} and max {high.item()}"
+                )
+        if not isinstance(t, Tensor) or tuple(t.shape) != (batch,):
+            shape = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+            raise ValueError(f"t must have shape [{batch}] (one time per sequence), got {shape}")
+        if config.prompt_len == 0:
+            if cond is not None and (not isinstance(cond, Tensor) or tuple(cond.shape) != (batch, 0)):
+                shape = tuple(cond.shape) if isinstance(cond, Tensor) else type(cond).__name__
+                raise ValueError(
+                    f"cond must be None or of shape [{batch}, 0] for a model with prompt_len=0, "
+                    f"got {shape}"
+                )
+            return None
+        if cond is None:
+            return x_t.new_zeros(batch, config.prompt_len)
+        if not isinstance(cond, Tensor) or tuple(cond.shape) != (batch, config.prompt_len):
+            shape = tuple(cond.shape) if isinstance(cond, Tensor) else type(cond).__name__
+            raise ValueError(f"cond must have shape [{batch}, {config.prompt_len}], got {shape}")
+        if cond.dtype.is_floating_point or cond.dtype == torch.bool or cond.is_complex():
+            raise ValueError(f"cond must be an integer tensor, got dtype {cond.dtype}")
+        if cond.numel() > 0:
+            low, high = torch.aminmax(cond)
+            if low.item() < 0 or high.item() >= config.prompt_vocab_size:
+                raise ValueError(
+                    f"cond values must be in [0, {config.prompt_vocab_size}), "
+                    f"got min {low.item()} and max {high.item()}"
+                )
+        return cond
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
+    """Number of (trainable, by default) scalar parameters of ``model``."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+# exist_ok: importing twice (or reloading this module) re-registers instead of raising
+AutoConfig.register(DFlowConfig.model_type, DFlowConfig, exist_ok=True)
+AutoModel.register(DFlowConfig, DFlowTransformer, exist_ok=True)
