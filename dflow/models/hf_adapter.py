@@ -1,0 +1,176 @@
+"""Use any ``transformers`` masked language model (BERT, RoBERTa, DistilBERT, ...) as a denoiser.
+
+A masked LM already predicts clean tokens at masked positions from bidirectional context, which is
+what ``p_{1|t}`` of a mask-source path is. The adapter only translates between dflow's states and
+the tokenizer's ids:
+
+- data value ``v`` in ``0..V-1`` -> ``data_token_ids[v]``; the mask state ``V`` -> ``mask_token_id``;
+- the prompt ``cond`` (tokenizer ids ``[B, Lc]``) is prepended; ``cond=None`` is the all-zero prompt;
+- the MLM runs with a full attention mask, and the logits of the ``L`` output positions are
+  restricted to the ``data_token_ids`` columns (in that order) -> ``[B, L, V]``.
+
+It is time-agnostic (``t`` is checked, then ignored), like FUDOKI, URSA and LLaDA.
+
+Example::
+
+    denoiser = HFMaskedLMDenoiser("ckpt/tiny-bert", data_token_ids=[5, 6, 7, 8], mask_token_id=4)
+    logits = denoiser(x_t, t, cond)   # x_t in 0..4 (4 = mask) -> logits [B, L, 4]
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from transformers import AutoConfig, AutoModelForMaskedLM, PretrainedConfig
+
+
+def _is_integer_tensor(x: Tensor) -> bool:
+    return not (x.dtype.is_floating_point or x.is_complex() or x.dtype == torch.bool)
+
+
+class HFMaskedLMDenoiser(nn.Module):
+    """A ``transformers`` masked LM seen as a denoiser ``(x_t [B, L], t [B], cond) -> [B, L, V]``.
+
+    Args:
+        model: a local directory holding a saved masked LM (loaded with ``local_files_only``), or a
+            ``PretrainedConfig`` / dict with a ``"model_type"`` key (randomly initialised with
+            ``AutoModelForMaskedLM.from_config``).
+        data_token_ids: tokenizer id of each data value ``0..V-1``; unique, within the MLM's vocab.
+        mask_token_id: tokenizer id fed for the mask state ``V``; not one of ``data_token_ids``.
+        prompt_len: ``Lc``; ``cond`` must be ``[B, Lc]``, and ``cond=None`` means ``Lc`` zeros.
+        pad_token_id: tokenizer id that dflow's prompt id ``0`` (pad / null) stands for. ``None``
+            (default) passes prompt ids unchanged, right when the tokenizer pads with 0 (BERT);
+            otherwise every 0 in ``cond`` is replaced by it (so id 0 cannot be a real prompt token).
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike | PretrainedConfig | Mapping[str, Any],
+        data_token_ids: Sequence[int],
+        mask_token_id: int,
+        prompt_len: int = 0,
+        pad_token_id: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.mlm = self._build_mlm(model)
+        model_vocab = self.mlm.get_input_embeddings().num_embeddings
+        ids = list(data_token_ids)
+        if not ids or any(isinstance(i, bool) or not isinstance(i, int) for i in ids):
+            raise ValueError(f"data_token_ids must be a non-empty list of ints, got {data_token_ids!r}")
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"data_token_ids must be unique, got {ids}")
+        bad = [i for i in ids if not 0 <= i < model_vocab]
+        if bad:
+            raise ValueError(f"data_token_ids must be in [0, {model_vocab}) (the MLM's vocab), got {bad}")
+        if isinstance(mask_token_id, bool) or not isinstance(mask_token_id, int):
+            raise ValueError(f"mask_token_id must be an int, got {mask_token_id!r}")
+        if not 0 <= mask_token_id < model_vocab:
+            raise ValueError(f"mask_token_id must be in [0, {model_vocab}), got {mask_token_id}")
+        if mask_token_id in ids:
+            raise ValueError(f"mask_token_id ({mask_token_id}) must not be one of data_token_ids {ids}")
+        if isinstance(prompt_len, bool) or not isinstance(prompt_len, int) or prompt_len < 0:
+            raise ValueError(f"prompt_len must be an int >= 0, got {prompt_len!r}")
+        if pad_token_id is not None and (
+            isinstance(pad_token_id, bool)
+            or not isinstance(pad_token_id, int)
+            or not 0 <= pad_token_id < model_vocab
+        ):
+            raise ValueError(f"pad_token_id must be None or in [0, {model_vocab}), got {pad_token_id!r}")
+        self.prompt_len = prompt_len
+        self.pad_token_id = pad_token_id
+        self.model_vocab_size = model_vocab
+        # non-persistent: the state dict stays exactly the MLM's (under "mlm."), and they follow .to()
+        self.register_buffer("data_token_ids", torch.tensor(ids, dtype=torch.long), persistent=False)
+        self.register_buffer(  # row s = tokenizer id of state s, for s in 0..V
+            "state_to_token", torch.tensor(ids + [mask_token_id], dtype=torch.long), persistent=False
+        )
+
+    @staticmethod
+    def _build_mlm(model: Any) -> nn.Module:
+        if isinstance(model, PretrainedConfig):
+            return AutoModelForMaskedLM.from_config(model)
+        if isinstance(model, Mapping):
+            kwargs = dict(model)
+            model_type = kwargs.pop("model_type", None)
+            if model_type is None:
+                raise ValueError(f"model given as a dict needs a 'model_type' key, got keys {sorted(kwargs)}")
+            return AutoModelForMaskedLM.from_config(AutoConfig.for_model(model_type, **kwargs))
+        if isinstance(model, (str, os.PathLike)):
+            if not os.path.isdir(model):
+                raise FileNotFoundError(
+                    f"model path {os.fspath(model)!r} is not a directory with a saved masked LM "
+                    "(only local checkpoints are loaded, never the hub)"
+                )
+            return AutoModelForMaskedLM.from_pretrained(model, local_files_only=True)
+        raise ValueError(
+            f"model must be a directory path, a PretrainedConfig or a dict, got {type(model).__name__}"
+        )
+
+    @property
+    def vocab_size(self) -> int:
+        """``V``, the number of data values (the logits' last dimension)."""
+        return self.data_token_ids.numel()
+
+    @property
+    def num_states(self) -> int:
+        """``V + 1``: the data values and the mask state ``V``."""
+        return self.vocab_size + 1
+
+    def forward(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        """Logits ``[B, L, V]`` for ``x_t`` long ``[B, L]`` (states ``0..V``), ``t`` ``[B]`` (ignored),
+        ``cond`` tokenizer ids ``[B, Lc]`` or ``None``."""
+        batch, length = self._check_inputs(x_t, t, cond)
+        input_ids = self.state_to_token[x_t.long()]  # [B, L]
+        if self.prompt_len > 0:
+            prompt = x_t.new_zeros(batch, self.prompt_len) if cond is None else cond  # [B, Lc]
+            prompt = prompt.to(device=input_ids.device, dtype=torch.long)
+            if self.pad_token_id is not None:
+                prompt = prompt.masked_fill(prompt == 0, self.pad_token_id)
+            input_ids = torch.cat([prompt, input_ids], dim=1)  # [B, Lc + L]
+        output = self.mlm(input_ids=input_ids, attention_mask=torch.ones_like(input_ids))
+        logits = output.logits[:, self.prompt_len :, :]  # [B, L, model_vocab]
+        return logits.index_select(-1, self.data_token_ids)  # [B, L, V]
+
+    def _check_inputs(self, x_t: Tensor, t: Tensor, cond: Tensor | None) -> tuple[int, int]:
+        if not isinstance(x_t, Tensor) or x_t.dim() != 2 or not _is_integer_tensor(x_t):
+            desc = f"{tuple(x_t.shape)} {x_t.dtype}" if isinstance(x_t, Tensor) else type(x_t).__name__
+            raise ValueError(f"x_t must be an integer tensor of shape [B, L], got {desc}")
+        batch, length = x_t.shape
+        if x_t.numel() > 0:
+            low, high = torch.aminmax(x_t)
+            if low.item() < 0 or high.item() >= self.num_states:
+                raise ValueError(
+                    f"x_t values must be in [0, {self.num_states}) (mask state {self.vocab_size}), "
+                    f"got min {low.item()} and max {high.item()}"
+                )
+        max_positions = getattr(self.mlm.config, "max_position_embeddings", None)
+        if max_positions is not None and self.prompt_len + length > max_positions:
+            raise ValueError(
+                f"x_t length {length} plus prompt_len {self.prompt_len} exceeds the MLM's "
+                f"max_position_embeddings ({max_positions})"
+            )
+        if not isinstance(t, Tensor) or tuple(t.shape) != (batch,):
+            shape = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+            raise ValueError(f"t must have shape [{batch}], got {shape}")
+        if cond is not None:
+            if not isinstance(cond, Tensor) or tuple(cond.shape) != (batch, self.prompt_len):
+                shape = tuple(cond.shape) if isinstance(cond, Tensor) else type(cond).__name__
+                raise ValueError(f"cond must have shape [{batch}, {self.prompt_len}], got {shape}")
+            if not _is_integer_tensor(cond):
+                raise ValueError(f"cond must be an integer tensor of tokenizer ids, got {cond.dtype}")
+            if cond.numel() > 0:
+                low, high = torch.aminmax(cond)
+                if low.item() < 0 or high.item() >= self.model_vocab_size:
+                    raise ValueError(
+                        f"cond ids must be in [0, {self.model_vocab_size}), "
+                        f"got min {low.item()} and max {high.item()}"
+                    )
+        return batch, length
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """Save the wrapped MLM (config + safetensors); reload with ``HFMaskedLMDenoiser(path, ...)``."""
+        self.mlm.save_pretrained(path)
