@@ -1,0 +1,70 @@
+"""The record of one batch of denoising rollouts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+def compact_dtype(num_states: int) -> torch.dtype:
+    """Smallest integer dtype that holds states ``[0, num_states)``; keeps ``[K+1, B, L]`` records small."""
+    if num_states <= 256:
+        return torch.uint8
+    if num_states <= 2**15:
+        return torch.int16
+    return torch.int32
+
+
+@dataclass
+class Trajectory:
+    """A batch of ``B`` rollouts of ``K`` steps.
+
+    Attributes:
+        states: ``[K+1, B, L]`` compact integer states, ``states[0]`` from the source, ``states[K] == x1``.
+        times: float ``[K+1]`` the grid, ``times[0] = 0``, ``times[K] = 1``.
+        log_probs: float32 ``[B, K]`` ``log P(x_{t_{k+1}} | x_{t_k})`` summed over tokens, under the
+            distribution actually sampled (guidance, temperature, kernel).
+        x1: long ``[B, L]`` final clean samples.
+        posterior_argmax: ``[K, B, L]`` compact, argmax of ``p_{1|t_k}`` (the discrete Tweedie estimate).
+        draws: ``[K, B, L]`` compact posterior draws ``xhat_1^k`` or None (``Sampler(record_draws=True)``).
+        cond: the condition the rollouts used (prompt ids ``[B, Lc]``) or None.
+        forward_passes: denoiser forward passes spent per sample (``K`` or ``2K`` with guidance).
+    """
+
+    states: Tensor
+    times: Tensor
+    log_probs: Tensor
+    x1: Tensor
+    posterior_argmax: Tensor
+    draws: Tensor | None = None
+    cond: Any = None
+    forward_passes: int = 0
+
+    @property
+    def num_steps(self) -> int:
+        return self.states.shape[0] - 1
+
+    @property
+    def batch_size(self) -> int:
+        return self.states.shape[1]
+
+    def state(self, k: int) -> Tensor:
+        """``x_{t_k}`` as long ``[B, L]``."""
+        return self.states[k].long()
+
+    def select(self, index: Tensor | slice | list[int]) -> Trajectory:
+        """Rows ``index`` of the batch (for mini-batches and group splits)."""
+        idx = torch.as_tensor(index, device=self.states.device) if isinstance(index, list) else index
+        cond = self.cond[idx] if torch.is_tensor(self.cond) else self.cond
+        return replace(
+            self,
+            states=self.states[:, idx],
+            log_probs=self.log_probs[idx],
+            x1=self.x1[idx],
+            posterior_argmax=self.posterior_argmax[:, idx],
+            draws=None if self.draws is None else self.draws[:, idx],
+            cond=cond,
+        )
