@@ -1,0 +1,212 @@
+"""Advantage estimators: rewards of a rollout batch -> one advantage per sample or per step.
+
+The batch holds ``P`` prompts x ``G`` rollouts, each prompt's ``G`` rollouts consecutive, so
+``rewards.view(P, G)`` puts one prompt per row. Standard deviations are *population* stds
+(``unbiased=False``, divide by ``n``), as in the GRPO references; with ``G = 2`` the unbiased std
+would be ``sqrt(2)`` times larger.
+
+=========================  =========================================================  ===========
+class                      advantage                                                  output
+=========================  =========================================================  ===========
+``GroupAdvantage``         ``clip(coef (r - mean_group r) / (std + eps), +-clip)``    ``[B]``
+``StepwiseGainAdvantage``  ``clip((g - mean g) / (std g + eps), +-clip)``,            ``[B, K]``
+                           ``g_k = r_{k+1} - r_k`` over all ``B x K`` gains
+=========================  =========================================================  ===========
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "AdvantageEstimator",
+    "AdvantageInput",
+    "Advantages",
+    "GroupAdvantage",
+    "StepwiseGainAdvantage",
+]
+
+
+@dataclass
+class AdvantageInput:
+    """Rewards of one rollout batch.
+
+    Attributes:
+        rewards: ``[B]`` final reward ``R(x_1, c)``, ``B = num_prompts * group_size`` with each
+            prompt's rollouts consecutive.
+        group_size: ``G``, rollouts per prompt (>= 1, divides ``B``).
+        step_rewards: ``[B, K+1]`` or None. Column ``k < K`` is the reward of the posterior-argmax
+            decode at sampler step ``k``; column ``K`` is the final reward. Needed only by per-step
+            estimators.
+    """
+
+    rewards: Tensor
+    group_size: int
+    step_rewards: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.rewards.dim() != 1:
+            raise ValueError(f"rewards must have shape [B], got {tuple(self.rewards.shape)}")
+        if isinstance(self.group_size, bool) or not isinstance(self.group_size, int):
+            raise ValueError(f"group_size must be an int, got {self.group_size!r}")
+        if self.group_size < 1:
+            raise ValueError(f"group_size must be >= 1, got {self.group_size}")
+        batch = self.rewards.shape[0]
+        if batch == 0 or batch % self.group_size != 0:
+            raise ValueError(
+                f"the batch size B={batch} (len(rewards)) must be a positive multiple of "
+                f"group_size G={self.group_size}"
+            )
+        if not self.rewards.is_floating_point():
+            self.rewards = self.rewards.to(torch.get_default_dtype())
+        if self.step_rewards is not None:
+            shape = tuple(self.step_rewards.shape)
+            if len(shape) != 2 or shape[0] != batch or shape[1] < 2:
+                raise ValueError(
+                    f"step_rewards must have shape [B, K+1] with B={batch} and K >= 1, got {shape}"
+                )
+            if not self.step_rewards.is_floating_point():
+                self.step_rewards = self.step_rewards.to(torch.get_default_dtype())
+
+    @property
+    def num_groups(self) -> int:
+        return self.rewards.shape[0] // self.group_size
+
+
+@dataclass
+class Advantages:
+    """Output of an :class:`AdvantageEstimator`.
+
+    Attributes:
+        values: ``[B]`` (one per sample, broadcast over units) or ``[B, K]`` (one per sampler step).
+        per_step: True when ``values`` is ``[B, K]``.
+        stats: ``mean``, ``std`` (population), ``min``, ``max`` of ``values`` and
+            ``frac_zero_std_groups``, the fraction of prompts whose ``G`` final rewards are all
+            equal (no learning signal for group-relative methods).
+    """
+
+    values: Tensor
+    per_step: bool
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+class AdvantageEstimator:
+    """Base class: ``__call__(inp: AdvantageInput) -> Advantages``.
+
+    Subclasses implement :meth:`compute`, returning the ``values`` tensor; the base class attaches
+    ``per_step`` and the logging stats.
+    """
+
+    per_step: ClassVar[bool] = False
+
+    def __call__(self, inp: AdvantageInput) -> Advantages:
+        values = self.compute(inp).detach()
+        return Advantages(values=values, per_step=self.per_step, stats=_stats(values, inp))
+
+    def compute(self, inp: AdvantageInput) -> Tensor:  # [B] or [B, K]
+        raise NotImplementedError
+
+
+def _check_clip_eps(clip: float | None, eps: float) -> None:
+    if clip is not None and not clip > 0:
+        raise ValueError(f"clip must be > 0 or None, got {clip}")
+    if not (eps > 0 and eps < float("inf")):
+        raise ValueError(f"eps must be a finite number > 0, got {eps}")
+
+
+def _clip(values: Tensor, clip: float | None) -> Tensor:
+    return values if clip is None else values.clamp(-clip, clip)
+
+
+def _stats(values: Tensor, inp: AdvantageInput) -> dict[str, float]:
+    groups = inp.rewards.view(inp.num_groups, inp.group_size)  # [P, G]
+    zero_std = groups.amax(dim=1) == groups.amin(dim=1)  # [P], exact: no float std round-off
+    flat = values.float().flatten()
+    return {
+        "mean": flat.mean().item(),
+        "std": flat.std(unbiased=False).item(),
+        "min": flat.min().item(),
+        "max": flat.max().item(),
+        "frac_zero_std_groups": zero_std.float().mean().item(),
+    }
+
+
+class GroupAdvantage(AdvantageEstimator):
+    """Group-relative advantage ``A = clip(coef (r - mean_group r) / (std + eps), -clip, clip)``.
+
+    Args:
+        scale: which std divides the centred reward. ``"group"``: the prompt group's population
+            std (GRPO, UDM-GRPO). ``"batch"``: the whole batch's population std of the rewards
+            (dFlowGRPO's global std). ``"none"``: no division and ``eps`` is ignored (the ELBO
+            paper's ``0.1 (R - mean)`` is ``scale="none", coef=0.1, clip=None``).
+        clip: clamp the advantage to ``[-clip, clip]`` after scaling (None: no clamp).
+        eps: added to the std, > 0; a zero-std group then gets advantage exactly 0.
+        coef: positive multiplier applied before the clamp.
+    """
+
+    per_step = False
+
+    def __init__(
+        self,
+        scale: Literal["group", "batch", "none"] = "group",
+        clip: float | None = 5.0,
+        eps: float = 1e-4,
+        coef: float = 1.0,
+    ) -> None:
+        if scale not in ("group", "batch", "none"):
+            raise ValueError(f"scale must be 'group', 'batch' or 'none', got {scale!r}")
+        _check_clip_eps(clip, eps)
+        if not (coef > 0 and coef < float("inf")):
+            raise ValueError(f"coef must be a finite number > 0, got {coef}")
+        self.scale = scale
+        self.clip = clip
+        self.eps = eps
+        self.coef = coef
+
+    def compute(self, inp: AdvantageInput) -> Tensor:  # [B]
+        groups = inp.rewards.view(inp.num_groups, inp.group_size)  # [P, G]
+        centred = groups - groups.mean(dim=1, keepdim=True)  # [P, G]
+        # A constant group carries no signal; the float mean can miss its value by an ulp (e.g.
+        # 0.1 x 3), which the division by eps would blow up to ~1e-13, so zero it exactly.
+        constant = groups.amax(dim=1, keepdim=True) == groups.amin(dim=1, keepdim=True)  # [P, 1]
+        centred = centred.masked_fill(constant, 0.0)
+        if self.scale == "group":
+            centred = centred / (groups.std(dim=1, unbiased=False, keepdim=True) + self.eps)
+        elif self.scale == "batch":
+            centred = centred / (inp.rewards.std(unbiased=False) + self.eps)
+        return _clip(self.coef * centred.flatten(), self.clip)  # [B]
+
+
+class StepwiseGainAdvantage(AdvantageEstimator):
+    """Per-step credit (Stepwise-Flow-GRPO): normalised reward gains of the posterior decodes.
+
+    From ``step_rewards [B, K+1]``: gains ``g_k = r_{k+1} - r_k`` for ``k = 0..K-1`` (``r_K`` is the
+    final reward), normalised jointly over all ``B x K`` entries (one mean, one population std),
+    then clamped. Output ``[B, K]``: column ``k`` is the advantage of the unit for sampler step
+    ``k``, so a trainer that scores only some steps selects the matching columns.
+
+    Args:
+        clip: clamp to ``[-clip, clip]`` (None: no clamp).
+        eps: added to the std, > 0.
+    """
+
+    per_step = True
+
+    def __init__(self, clip: float | None = 5.0, eps: float = 1e-4) -> None:
+        _check_clip_eps(clip, eps)
+        self.clip = clip
+        self.eps = eps
+
+    def compute(self, inp: AdvantageInput) -> Tensor:  # [B, K]
+        if inp.step_rewards is None:
+            raise ValueError(
+                "StepwiseGainAdvantage needs per-step rewards: pass AdvantageInput.step_rewards "
+                "[B, K+1], the rewards of the posterior-argmax decodes at each step plus the final one"
+            )
+        gains = inp.step_rewards[:, 1:] - inp.step_rewards[:, :-1]  # [B, K]
+        normalised = (gains - gains.mean()) / (gains.std(unbiased=False) + self.eps)
+        return _clip(normalised, self.clip)
