@@ -1,0 +1,42 @@
+# dflow — set-up, tests, benchmarks and the demo.
+# A fresh CPU machine: `make demo` or `make test`. Both create .venv and install torch==2.13.0 (CPU wheel)
+# BEFORE dflow, so pip never pulls the multi-GB CUDA build. A GPU user installs their own torch and runs
+# `make install TORCH_SPEC=` (empty: keep the installed torch) or `TORCH_SPEC="torch==2.13.0 --index-url ..."`.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_SPEC ?= torch==2.13.0
+PYTEST_WORKERS ?= 2
+export PIP_DISABLE_PIP_VERSION_CHECK = 1
+
+.PHONY: install test test-slow test-all bench lint demo base-models clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	if [ -n "$(TORCH_SPEC)" ]; then $(BIN)/pip install -q $(TORCH_SPEC); fi
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+# The default suite: fast CPU tests (slow ones are marked and excluded by pyproject's addopts).
+test: install
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile
+
+test-slow: install
+	$(BIN)/python -m pytest -m slow -n $(PYTEST_WORKERS) --dist loadfile
+
+test-all: install
+	$(BIN)/python -m pytest -m "slow or not slow" -n $(PYTEST_WORKERS) --dist loadfile
+
+# Speed benchmarks; flow-matching (CC BY-NC) is an optional peer installed only here, never imported by dflow.
+bench: install
+	$(BIN)/pip install -q --no-deps flow-matching || echo "flow-matching not installed: peer column skipped"
+	$(BIN)/python benchmarks/sampler_speed.py
+
+lint: install
+	$(BIN)/python -m compileall -q dflow benchmarks tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache lightning_logs runs
