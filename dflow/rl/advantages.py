@@ -205,7 +205,8 @@ class StepwiseGainAdvantage(AdvantageEstimator):
         if inp.step_rewards is None:
             raise ValueError(
                 "StepwiseGainAdvantage needs per-step rewards: pass AdvantageInput.step_rewards "
-                "[B, K+1], the rewards of the posterior-argmax decodes at each step plus the final one"
+                "[B, K+1], the rewards of the posterior-argmax decodes at each step plus the "
+                "final one"
             )
         gains = inp.step_rewards[:, 1:] - inp.step_rewards[:, :-1]  # [B, K]
         normalised = (gains - gains.mean()) / (gains.std(unbiased=False) + self.eps)

@@ -7,7 +7,7 @@ The papers dflow implements disagree here, so the choice is explicit and swappab
 class                       scalar                                                  used by
 ==========================  ======================================================  ==============
 ``SampleMeanAggregation``   ``mean_b [ sum_u m l / max(n_b, 1) ]``                   GRPO, d1
-``UnitMeanAggregation``     ``sum_{b,u} m l / max(sum_b n_b, 1)``                    DAPO (token mean)
+``UnitMeanAggregation``     ``sum_{b,u} m l / max(sum_b n_b, 1)``                    DAPO
 ``SampleSumAggregation``    ``mean_b [ sum_u m l ]``                                 ELBO/EPG papers
 ``GlobalSumAggregation``    ``sum_{b,u} m l``                                        custom scaling
 ==========================  ======================================================  ==============

@@ -86,7 +86,8 @@ class KLPenalty(nn.Module):
         valid = unit_mask(mask, logp, "logp")
         if ref_logp.shape != logp.shape:
             raise ValueError(
-                f"ref_logp must have the shape of logp {tuple(logp.shape)}, got {tuple(ref_logp.shape)}"
+                f"ref_logp must have the shape of logp {tuple(logp.shape)}, "
+                f"got {tuple(ref_logp.shape)}"
             )
         zero = torch.zeros((), dtype=logp.dtype, device=logp.device)
         # Neutralise masked inputs first so padding (e.g. -inf) cannot produce NaN gradients.

@@ -47,8 +47,9 @@ class ObjectiveOutput(NamedTuple):
     Attributes:
         loss: ``[B, U]`` per-unit loss with gradient, exactly zero where the unit is masked.
         ratio: ``[B, U]`` detached ``rho = exp(logp - old_logp)``; 1 where masked.
-        clipped: ``[B, U]`` bool, True where clipping removed the unit's gradient (the clipped term
-            won the ``min``); all False for unclipped objectives and on masked units.
+        clipped: ``[B, U]`` bool, True where a clip changed the unit's gradient (for
+            :class:`ClippedSurrogate`: the clipped term won the ``min`` and the gradient is zero);
+            all False for unclipped objectives and on masked units.
     """
 
     loss: Tensor
@@ -82,7 +83,8 @@ class Objective(nn.Module):
         valid = unit_mask(mask, logp, "logp")
         if old_logp.shape != logp.shape:
             raise ValueError(
-                f"old_logp must have the shape of logp {tuple(logp.shape)}, got {tuple(old_logp.shape)}"
+                f"old_logp must have the shape of logp {tuple(logp.shape)}, "
+                f"got {tuple(old_logp.shape)}"
             )
         adv = _broadcast_advantages(advantages, logp)  # [B, U]
         old_logp = old_logp.detach().to(logp.dtype)
@@ -109,7 +111,7 @@ class Objective(nn.Module):
         old_logp: Tensor,  # [B, U] detached
         advantages: Tensor,  # [B, U] detached
     ) -> Tensor:  # [B, U]
-        """Per-unit loss; masked entries are overwritten afterwards, so no masking is needed here."""
+        """Per-unit loss; masked entries are overwritten afterwards, so it need not mask."""
         raise NotImplementedError
 
     def clip_active(
@@ -117,7 +119,7 @@ class Objective(nn.Module):
         ratio: Tensor,  # [B, U] detached
         advantages: Tensor,  # [B, U]
     ) -> Tensor:  # [B, U] bool
-        """Where clipping removed the gradient; never, unless a subclass clips."""
+        """Where a clip changed the unit's gradient; never, unless a subclass clips."""
         return torch.zeros_like(ratio, dtype=torch.bool)
 
 
@@ -161,7 +163,8 @@ class ClippedSurrogate(Objective):
 
     def unit_loss(self, logp: Tensor, old_logp: Tensor, advantages: Tensor) -> Tensor:
         ratio = torch.exp(logp - old_logp)  # [B, U] with grad
-        clipped_ratio = ratio.clamp(1.0 - self.eps_low, 1.0 + self.eps_high)  # no grad outside range
+        # clamp passes no gradient outside [1 - eps_low, 1 + eps_high]
+        clipped_ratio = ratio.clamp(1.0 - self.eps_low, 1.0 + self.eps_high)
         return -torch.minimum(ratio * advantages, clipped_ratio * advantages)
 
     def clip_active(self, ratio: Tensor, advantages: Tensor) -> Tensor:
@@ -187,7 +190,7 @@ class EPG(Objective):
 
 
 class PEPG(Objective):
-    """EPG with the ratio's log subtracted from the advantage: ``-sg(rho) (A - log sg(rho)) logp``."""
+    """EPG with the log-ratio subtracted from the advantage: ``-sg(rho) (A - log sg(rho)) logp``."""
 
     def unit_loss(self, logp: Tensor, old_logp: Tensor, advantages: Tensor) -> Tensor:
         log_ratio = (logp - old_logp).detach()

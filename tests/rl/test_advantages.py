@@ -1,4 +1,4 @@
-"""Advantage estimators: hand-computed group / batch / unscaled advantages, clipping, stepwise gains."""
+"""Advantage estimators: hand-computed group/batch/unscaled advantages, clips, stepwise gains."""
 
 from __future__ import annotations
 
@@ -31,20 +31,21 @@ REWARDS = [1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0]
 def test_group_scale_by_hand() -> None:
     out = GroupAdvantage()(_inp(REWARDS, 4))
     # Group 1: mean 0.25, population std sqrt(0.25 * 0.75) = sqrt(3) / 4 = 0.4330...
-    #   A = 0.75 / (0.4330 + 1e-4) = 1.7317 for the success, -0.25 / 0.4331 = -0.5772 for the others.
+    #   A = 0.75 / (0.4330 + 1e-4) = 1.7317 for the success,
+    #   A = -0.25 / 0.4331 = -0.5772 for the others.
     # Group 2: all equal -> mean 1, std 0 -> A = 0 exactly (no signal), not 0 / eps noise.
     std = math.sqrt(3) / 4
     expected = [0.75 / (std + EPS)] + [-0.25 / (std + EPS)] * 3 + [0.0] * 4
     torch.testing.assert_close(out.values, torch.tensor(expected, dtype=F64), rtol=0, atol=1e-12)
     assert out.per_step is False and out.values.shape == (8,)
-    # The unbiased std (divide by G - 1 = 3) would give 0.75 / 0.5 = 1.5 instead: the test pins unbiased=False.
+    # The unbiased std (divide by G - 1 = 3) would give 0.75 / 0.5 = 1.5: this pins unbiased=False.
     assert out.values[0].item() == pytest.approx(1.7317, abs=1e-4)
 
 
 def test_batch_scale_uses_the_global_std() -> None:
     out = GroupAdvantage(scale="batch")(_inp(REWARDS, 4))
     # Centring is still per group: [0.75, -0.25, -0.25, -0.25, 0, 0, 0, 0].
-    # The divisor is the batch's population std: 5 ones in 8 -> sqrt(5/8 * 3/8) = sqrt(15) / 8 = 0.4841.
+    # The divisor is the batch's population std: 5 ones in 8 -> sqrt(5/8 * 3/8) = 0.4841.
     std = math.sqrt(15) / 8
     expected = [0.75 / (std + EPS)] + [-0.25 / (std + EPS)] * 3 + [0.0] * 4
     torch.testing.assert_close(out.values, torch.tensor(expected, dtype=F64), rtol=0, atol=1e-12)
@@ -138,8 +139,14 @@ def test_batch_not_divisible_by_group_size_names_both_numbers() -> None:
         ({"rewards": torch.zeros(2, 2), "group_size": 2}, r"rewards .*\(2, 2\)"),
         ({"rewards": torch.zeros(4), "group_size": 0}, "group_size must be >= 1, got 0"),
         ({"rewards": torch.zeros(4), "group_size": 2.0}, "group_size must be an int"),
-        ({"rewards": torch.zeros(4), "group_size": 2, "step_rewards": torch.zeros(4, 1)}, r"step_rewards .*\(4, 1\)"),
-        ({"rewards": torch.zeros(4), "group_size": 2, "step_rewards": torch.zeros(3, 5)}, r"step_rewards .*\(3, 5\)"),
+        (
+            {"rewards": torch.zeros(4), "group_size": 2, "step_rewards": torch.zeros(4, 1)},
+            r"step_rewards .*\(4, 1\)",
+        ),
+        (
+            {"rewards": torch.zeros(4), "group_size": 2, "step_rewards": torch.zeros(3, 5)},
+            r"step_rewards .*\(3, 5\)",
+        ),
     ],
 )
 def test_advantage_input_rejects_bad_records(kwargs: dict, pattern: str) -> None:

@@ -1,4 +1,4 @@
-"""Loss aggregation: hand-computed scalars per mode, masked NaNs never leak, all-masked rows give 0."""
+"""Loss aggregation: hand-computed scalars per mode; masked NaNs never leak; empty rows give 0."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ MASK = torch.tensor([[True, True, False], [True, True, True], [False, False, Fal
 @pytest.mark.parametrize(
     ("aggregation", "expected", "grad_00"),
     [
-        # per-sample means 1.5, 5, 0 (empty row) -> mean over 3 samples = 6.5 / 3; d/dl00 = 1/2 * 1/3
+        # per-sample means 1.5, 5, 0 (empty row) -> mean over 3 samples = 6.5 / 3
+        # d/dl00 = 1/2 * 1/3
         (SampleMeanAggregation(), 6.5 / 3, 1 / 6),
         # (1 + 2 + 4 + 5 + 6) / 5 valid units = 3.6; d/dl00 = 1/5
         (UnitMeanAggregation(), 18 / 5, 1 / 5),
@@ -47,7 +48,12 @@ def test_each_mode_by_hand(aggregation: LossAggregation, expected: float, grad_0
 
 @pytest.mark.parametrize(
     "aggregation",
-    [SampleMeanAggregation(), UnitMeanAggregation(), SampleSumAggregation(), GlobalSumAggregation()],
+    [
+        SampleMeanAggregation(),
+        UnitMeanAggregation(),
+        SampleSumAggregation(),
+        GlobalSumAggregation(),
+    ],
 )
 def test_all_masked_batch_is_zero_not_nan(aggregation: LossAggregation) -> None:
     loss = torch.full((2, 3), NAN, requires_grad=True)

@@ -26,6 +26,10 @@ def _units(values: list[list[float]], grad: bool = False) -> Tensor:
     return torch.tensor(values, dtype=F64, requires_grad=grad)
 
 
+def _close(actual: Tensor, expected: Tensor, atol: float = 1e-12, rtol: float = 0.0) -> None:
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol)
+
+
 def _grad(objective: Objective, logp: Tensor, old: Tensor, adv: Tensor, mask=None) -> Tensor:
     logp = logp.detach().clone().requires_grad_(True)
     objective(logp, old, adv, mask).loss.sum().backward()
@@ -45,9 +49,9 @@ def test_clipped_surrogate_upper_and_lower_clip_active() -> None:
     # (0,1) rho 0.5, A -1: min(-0.5, clip 0.8 * -1 = -0.8) = -0.8  -> loss  0.8, clipped (lower)
     # (1,0) rho 1.1, A +2: inside [0.8, 1.3], min(2.2, 2.2)       -> loss -2.2, not clipped
     # (1,1) rho 0.7, A +1: min(0.7, clip 0.8) = 0.7 (pessimistic) -> loss -0.7, not clipped
-    torch.testing.assert_close(out.loss, _units([[-1.3, 0.8], [-2.2, -0.7]]), rtol=0, atol=1e-12)
+    _close(out.loss, _units([[-1.3, 0.8], [-2.2, -0.7]]))
     assert out.clipped.tolist() == [[True, True], [False, False]]
-    torch.testing.assert_close(out.ratio, rho, rtol=0, atol=1e-12)
+    _close(out.ratio, rho)
 
 
 def test_clipped_surrogate_asymmetric_eps_and_wrong_side() -> None:
@@ -61,11 +65,11 @@ def test_clipped_surrogate_asymmetric_eps_and_wrong_side() -> None:
     # (0,1) rho 1.25, A +1: 1.25 < 1.3, inside                -> loss -1.25, not clipped
     # (1,0) rho 0.75, A -1: min(-0.75, 0.8 * -1) = -0.8         -> loss 0.8,   clipped (lower)
     # (1,1) rho 0.85, A -1: inside                             -> loss 0.85,  not clipped
-    torch.testing.assert_close(out.loss, _units([[1.5, -1.25], [0.8, 0.85]]), rtol=0, atol=1e-12)
+    _close(out.loss, _units([[1.5, -1.25], [0.8, 0.85]]))
     assert out.clipped.tolist() == [[False, False], [True, False]]
     out.loss.sum().backward()
     # d(-rho A)/d logp = -rho A on unclipped units, 0 on the clipped one.
-    torch.testing.assert_close(logp.grad, _units([[1.5, -1.25], [0.0, 0.85]]), rtol=0, atol=1e-12)
+    _close(logp.grad, _units([[1.5, -1.25], [0.0, 0.85]]))
     # The symmetric default (eps_high = eps_low = 0.2) clips (0,1): loss -1.2.
     symmetric = ClippedSurrogate(eps_low=0.2)(rho.log(), torch.zeros(2, 2, dtype=F64), adv)
     assert symmetric.loss[0, 1].item() == pytest.approx(-1.2, abs=1e-12)
@@ -80,7 +84,7 @@ def test_clipped_surrogate_masked_unit_is_zero_even_with_inf_padding() -> None:
     out = objective(logp, old, torch.tensor([1.0, -1.0], dtype=F64), mask)
     # (0,0) rho 1.5, A +1 -> clipped at 1.2, loss -1.2; (0,1) masked -> 0, ratio 1, not clipped.
     # Row 1 is on-policy: rho 1, loss = -A = +1.
-    torch.testing.assert_close(out.loss.detach(), _units([[-1.2, 0.0], [1.0, 1.0]]), rtol=0, atol=1e-12)
+    _close(out.loss.detach(), _units([[-1.2, 0.0], [1.0, 1.0]]))
     assert out.ratio[0, 1].item() == 1.0
     assert out.clipped.tolist() == [[True, False], [False, False]]
     out.loss.sum().backward()
@@ -89,7 +93,8 @@ def test_clipped_surrogate_masked_unit_is_zero_even_with_inf_padding() -> None:
 
 
 # ---------------------------------------------------------------- unclipped objectives by hand
-# logp = [[-1, -2], [-0.5, -3]], old chosen so that rho = [[2, 0.5], [1, 1]], A = [+1, -2] per sample.
+# logp = [[-1, -2], [-0.5, -3]], old chosen so that rho = [[2, 0.5], [1, 1]];
+# A = [+1, -2] per sample.
 LOGP = [[-1.0, -2.0], [-0.5, -3.0]]
 OLD = [[-1.0 - LN2, -2.0 + LN2], [-0.5, -3.0]]
 ADV = [1.0, -2.0]
@@ -105,37 +110,39 @@ def _run(objective: Objective) -> tuple[ObjectiveOutput, Tensor]:
 def test_reinforce_by_hand() -> None:
     out, grad = _run(REINFORCE())
     # -A logp: row 0 (A = 1): 1, 2; row 1 (A = -2): -(−2)(−0.5) = -1, -(−2)(−3) = -6.
-    torch.testing.assert_close(out.loss, _units([[1.0, 2.0], [-1.0, -6.0]]), rtol=0, atol=1e-12)
-    torch.testing.assert_close(grad, _units([[-1.0, -1.0], [2.0, 2.0]]), rtol=0, atol=1e-12)
-    torch.testing.assert_close(out.ratio, _units([[2.0, 0.5], [1.0, 1.0]]), rtol=0, atol=1e-12)
+    _close(out.loss, _units([[1.0, 2.0], [-1.0, -6.0]]))
+    _close(grad, _units([[-1.0, -1.0], [2.0, 2.0]]))
+    _close(out.ratio, _units([[2.0, 0.5], [1.0, 1.0]]))
     assert not out.clipped.any()
 
 
 def test_epg_by_hand() -> None:
     out, grad = _run(EPG())
     # -rho A logp: (0,0) -2*1*(-1) = 2; (0,1) -0.5*1*(-2) = 1; (1,0) -1*(-2)*(-0.5) = -1; (1,1) -6.
-    torch.testing.assert_close(out.loss, _units([[2.0, 1.0], [-1.0, -6.0]]), rtol=0, atol=1e-12)
+    _close(out.loss, _units([[2.0, 1.0], [-1.0, -6.0]]))
     # gradient -sg(rho) A: -2, -0.5, 2, 2.
-    torch.testing.assert_close(grad, _units([[-2.0, -0.5], [2.0, 2.0]]), rtol=0, atol=1e-12)
+    _close(grad, _units([[-2.0, -0.5], [2.0, 2.0]]))
 
 
 def test_pepg_by_hand() -> None:
     out, grad = _run(PEPG())
-    # -rho (A - log rho) logp: (0,0) -2 (1 - ln2)(-1) = 2 (1 - ln2); (0,1) -0.5 (1 + ln2)(-2) = 1 + ln2;
+    # -rho (A - log rho) logp: (0,0) -2 (1 - ln2)(-1) = 2 (1 - ln2);
+    # (0,1) -0.5 (1 + ln2)(-2) = 1 + ln2;
     # row 1 on-policy (log rho = 0): same as REINFORCE, -1 and -6.
     expected = _units([[2 * (1 - LN2), 1 + LN2], [-1.0, -6.0]])
-    torch.testing.assert_close(out.loss, expected, rtol=0, atol=1e-12)
+    _close(out.loss, expected)
     # gradient -rho (A - log rho): -2 (1 - ln2), -0.5 (1 + ln2), 2, 2.
-    torch.testing.assert_close(grad, _units([[-2 * (1 - LN2), -0.5 * (1 + LN2)], [2.0, 2.0]]), rtol=0, atol=1e-12)
+    _close(grad, _units([[-2 * (1 - LN2), -0.5 * (1 + LN2)], [2.0, 2.0]]))
 
 
 def test_par_by_hand() -> None:
     out, grad = _run(PAR())
-    # 0.5 rho (A - log rho)^2: (0,0) 0.5*2*(1 - ln2)^2; (0,1) 0.5*0.5*(1 + ln2)^2; row 1: 0.5*(-2)^2 = 2.
+    # 0.5 rho (A - log rho)^2: (0,0) 0.5*2*(1 - ln2)^2; (0,1) 0.5*0.5*(1 + ln2)^2;
+    # row 1: 0.5*(-2)^2 = 2.
     expected = _units([[(1 - LN2) ** 2, 0.25 * (1 + LN2) ** 2], [2.0, 2.0]])
-    torch.testing.assert_close(out.loss, expected, rtol=0, atol=1e-12)
+    _close(out.loss, expected)
     # gradient -rho (A - (logp - old)): the same numbers as PEPG's.
-    torch.testing.assert_close(grad, _units([[-2 * (1 - LN2), -0.5 * (1 + LN2)], [2.0, 2.0]]), rtol=0, atol=1e-12)
+    _close(grad, _units([[-2 * (1 - LN2), -0.5 * (1 + LN2)], [2.0, 2.0]]))
 
 
 # ---------------------------------------------------------------- gradients vs closed form
@@ -161,7 +168,7 @@ def test_gradients_match_closed_forms(seed: int) -> None:
         PAR(): -rho * (adv - log_rho),
     }
     for objective, expected in closed.items():
-        torch.testing.assert_close(_grad(objective, logp, old, adv), expected, rtol=1e-12, atol=1e-12)
+        _close(_grad(objective, logp, old, adv), expected, rtol=1e-12)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -173,7 +180,7 @@ def test_clipped_surrogate_gradient_is_zero_exactly_where_clipped(seed: int) -> 
     clipped = ((adv > 0) & (rho > 1.15)) | ((adv < 0) & (rho < 0.9))
     assert clipped.any() and (~clipped).any()  # the example exercises both branches
     expected = torch.where(clipped, torch.zeros_like(rho), -rho * adv)
-    torch.testing.assert_close(_grad(objective, logp, old, adv), expected, rtol=1e-12, atol=1e-12)
+    _close(_grad(objective, logp, old, adv), expected, rtol=1e-12)
     assert torch.equal(objective(logp, old, adv).clipped, clipped)
 
 
@@ -193,19 +200,19 @@ def test_on_policy_ratio_is_exactly_one() -> None:
 def test_on_policy_clipped_surrogate_is_minus_advantage() -> None:
     logp, _, adv = _random_units(4)
     out = ClippedSurrogate(1e-4)(logp, logp.clone(), adv)
-    torch.testing.assert_close(out.loss, -adv, rtol=0, atol=0)
-    torch.testing.assert_close(_grad(ClippedSurrogate(1e-4), logp, logp.clone(), adv), -adv, rtol=0, atol=0)
+    _close(out.loss, -adv, atol=0)
+    _close(_grad(ClippedSurrogate(1e-4), logp, logp.clone(), adv), -adv, atol=0)
 
 
 def test_on_policy_epg_equals_reinforce_in_value_and_gradient() -> None:
     logp, _, adv = _random_units(5)
     old = logp.clone()
     for other in (EPG(), PEPG()):
-        torch.testing.assert_close(other(logp, old, adv).loss, REINFORCE()(logp, old, adv).loss, rtol=0, atol=0)
-        torch.testing.assert_close(_grad(other, logp, old, adv), _grad(REINFORCE(), logp, old, adv), rtol=0, atol=0)
+        _close(other(logp, old, adv).loss, REINFORCE()(logp, old, adv).loss, atol=0)
+        _close(_grad(other, logp, old, adv), _grad(REINFORCE(), logp, old, adv), atol=0)
     # PAR on-policy: value 0.5 A^2, gradient -A (the same first-order signal).
-    torch.testing.assert_close(PAR()(logp, old, adv).loss, 0.5 * adv**2, rtol=0, atol=1e-15)
-    torch.testing.assert_close(_grad(PAR(), logp, old, adv), -adv, rtol=0, atol=0)
+    _close(PAR()(logp, old, adv).loss, 0.5 * adv**2, atol=1e-15)
+    _close(_grad(PAR(), logp, old, adv), -adv, atol=0)
 
 
 # ---------------------------------------------------------------- interface and validation
@@ -215,9 +222,8 @@ def test_per_sample_advantages_broadcast_over_units() -> None:
     logp, old, _ = _random_units(6)
     adv = torch.tensor([1.0, -1.0, 0.5, 2.0], dtype=F64)
     for objective in (ClippedSurrogate(0.2), EPG(), PAR()):
-        torch.testing.assert_close(
-            objective(logp, old, adv).loss, objective(logp, old, adv[:, None].expand(4, 5)).loss
-        )
+        per_unit = adv[:, None].expand(4, 5)  # [B, U]
+        _close(objective(logp, old, adv).loss, objective(logp, old, per_unit).loss, atol=0)
 
 
 def test_old_logp_and_advantages_are_treated_as_constants() -> None:
@@ -234,14 +240,19 @@ def test_custom_objective_gets_the_shared_forward() -> None:
             return -logp
 
     mask = torch.tensor([[True, False]])
-    out = NegLogp()(_units([[-1.0, -math.inf]]), _units([[-1.0, 0.0]]), torch.ones(1, dtype=F64), mask)
+    logp, old = _units([[-1.0, -math.inf]]), _units([[-1.0, 0.0]])
+    out = NegLogp()(logp, old, torch.ones(1, dtype=F64), mask)
     assert out.loss.tolist() == [[1.0, 0.0]] and out.ratio.tolist() == [[1.0, 1.0]]
 
 
 @pytest.mark.parametrize(
     ("kwargs", "name"),
-    [({"eps_low": 0.0}, "eps_low"), ({"eps_low": -0.1}, "eps_low"), ({"eps_low": 0.2, "eps_high": 0.0}, "eps_high"),
-     ({"eps_low": float("nan")}, "eps_low")],
+    [
+        ({"eps_low": 0.0}, "eps_low"),
+        ({"eps_low": -0.1}, "eps_low"),
+        ({"eps_low": 0.2, "eps_high": 0.0}, "eps_high"),
+        ({"eps_low": float("nan")}, "eps_low"),
+    ],
 )
 def test_clipped_surrogate_rejects_bad_eps(kwargs: dict, name: str) -> None:
     with pytest.raises(ValueError, match=name):
