@@ -47,6 +47,12 @@ class ProbabilityPath(ABC):
         """States a token can be in: ``V``, or ``V + 1`` with a mask id."""
         return self.source.num_states
 
+    def is_clean(self, x_t: Tensor) -> Tensor:
+        """bool ``[B, L]``: positions whose state has no mass under ``p_0``, so they are certainly clean
+        (every non-mask token of a pure mask source). Kernels carry them over unchanged; likelihood
+        estimators leave them out of re-noised scores."""
+        return (self.source.probs(dtype=torch.float64, device=x_t.device) == 0)[x_t]
+
     @abstractmethod
     def sample_xt(self, x1: Tensor, t: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Forward process: ``x1`` long ``[B, L]``, ``t`` float ``[B]`` -> ``x_t`` long ``[B, L]``."""

@@ -1,0 +1,22 @@
+"""Likelihood estimators (sibling classes, chosen in YAML by ``class_path``)."""
+
+from dflow.rl.likelihood.base import LikelihoodEstimator, UnitPlan, score_tokens
+from dflow.rl.likelihood.final_sample import ELBOLikelihood, ForwardReconstruction, MeanFieldLikelihood
+from dflow.rl.likelihood.per_step import IntermediateActionLikelihood, TrajectoryLikelihood
+from dflow.rl.likelihood.steps import AllButLast, AllSteps, RandomSteps, StepSelection, StepWindow
+
+__all__ = [
+    "AllButLast",
+    "AllSteps",
+    "ELBOLikelihood",
+    "ForwardReconstruction",
+    "IntermediateActionLikelihood",
+    "LikelihoodEstimator",
+    "MeanFieldLikelihood",
+    "RandomSteps",
+    "StepSelection",
+    "StepWindow",
+    "TrajectoryLikelihood",
+    "UnitPlan",
+    "score_tokens",
+]
