@@ -1,0 +1,67 @@
+"""Per-category strict accuracy as a torchmetrics ``Metric`` (sums are DDP-reduced)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torchmetrics
+from torch import Tensor
+
+
+class CategoryAccuracy(torchmetrics.Metric):
+    """Strict accuracy per prompt category, GenEval style.
+
+    ``acc/<category> = (#correct samples of that category) / (#samples of that category)`` and
+    ``acc/overall`` is the unweighted mean of the per-category accuracies over the categories that
+    received at least one sample (GenEval's "overall" score averages the task categories, so a
+    category with few prompts counts as much as one with many). A category with no samples reports
+    ``nan``.
+
+    Example::
+
+        metric = CategoryAccuracy(("colors", "counting"))
+        metric.update(torch.tensor([True, False]), prompts)   # prompts[i].category in the tuple
+        metric.compute()   # {"acc/colors": ..., "acc/counting": ..., "acc/overall": ...}
+    """
+
+    full_state_update = False
+
+    def __init__(self, categories: Sequence[str], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        categories = tuple(categories)
+        if not categories or len(set(categories)) != len(categories):
+            raise ValueError(f"categories must be non-empty and unique, got {categories!r}")
+        self.categories = categories
+        self._index = {c: i for i, c in enumerate(categories)}
+        n = len(categories)
+        self.add_state("num_correct", default=torch.zeros(n, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("num_total", default=torch.zeros(n, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, correct: Tensor, prompts: Sequence[Any]) -> None:
+        """Add a batch: ``correct`` bool ``[B]``, ``prompts`` with a ``category`` attribute each."""
+        if not isinstance(correct, Tensor) or correct.dim() != 1 or len(correct) != len(prompts):
+            shape = tuple(correct.shape) if isinstance(correct, Tensor) else type(correct).__name__
+            raise ValueError(
+                f"correct must be a 1-D tensor with one entry per prompt ({len(prompts)}), got {shape}"
+            )
+        idx = []
+        for p in prompts:
+            if p.category not in self._index:
+                raise ValueError(
+                    f"prompt category {p.category!r} is not one of {self.categories}"
+                )
+            idx.append(self._index[p.category])
+        index = torch.tensor(idx, dtype=torch.long, device=self.num_total.device)
+        self.num_total.index_add_(0, index, torch.ones_like(index))
+        self.num_correct.index_add_(0, index, correct.to(self.num_total.device, torch.long))
+
+    def compute(self) -> dict[str, Tensor]:
+        acc = self.num_correct.double() / self.num_total.double()  # nan where num_total == 0
+        out = {f"acc/{c}": acc[i].float() for i, c in enumerate(self.categories)}
+        seen = self.num_total > 0
+        out["acc/overall"] = (
+            acc[seen].mean().float() if bool(seen.any()) else torch.tensor(float("nan"))
+        )
+        return out
