@@ -1,0 +1,23 @@
+"""Name -> task class, for ``get_task("shapes", height=16)`` and the CLI."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dflow.tasks.base import Task
+from dflow.tasks.glyphs import GlyphsTask
+from dflow.tasks.shapes import ShapesTask
+from dflow.tasks.text import TextTask
+
+TASKS: dict[str, type[Task]] = {
+    ShapesTask.name: ShapesTask,
+    GlyphsTask.name: GlyphsTask,
+    TextTask.name: TextTask,
+}
+
+
+def get_task(name: str, **kwargs: Any) -> Task:
+    """Build the task called ``name`` with constructor keyword arguments ``kwargs``."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task name {name!r}; known tasks: {sorted(TASKS)}")
+    return TASKS[name](**kwargs)
