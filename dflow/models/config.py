@@ -1,8 +1,8 @@
 """Configuration of :class:`~dflow.models.transformer.DFlowTransformer`.
 
-A ``transformers`` config, so a model saves as ``config.json`` + ``model.safetensors`` and loads back
-offline with ``from_pretrained`` (also through ``AutoConfig`` / ``AutoModel`` once ``dflow.models``
-is imported).
+A ``transformers`` config, so a model saves as ``config.json`` + ``model.safetensors`` and loads
+back offline with ``from_pretrained`` (also through ``AutoConfig`` / ``AutoModel`` once
+``dflow.models`` is imported).
 
 Example::
 
@@ -118,7 +118,9 @@ class DFlowConfig(PretrainedConfig):
             or len(image_shape) != 2
             or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in image_shape)
         ):
-            raise ValueError(f"image_shape must be None or (H, W) of positive ints, got {image_shape!r}")
+            raise ValueError(
+                f"image_shape must be None or (H, W) of positive ints, got {image_shape!r}"
+            )
         height, width = image_shape
         if height * width != seq_len:
             raise ValueError(

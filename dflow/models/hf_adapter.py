@@ -4,8 +4,9 @@ A masked LM already predicts clean tokens at masked positions from bidirectional
 what ``p_{1|t}`` of a mask-source path is. The adapter only translates between dflow's states and
 the tokenizer's ids:
 
-- data value ``v`` in ``0..V-1`` -> ``data_token_ids[v]``; the mask state ``V`` -> ``mask_token_id``;
-- the prompt ``cond`` (tokenizer ids ``[B, Lc]``) is prepended; ``cond=None`` is the all-zero prompt;
+- data value ``v`` in ``0..V-1`` -> ``data_token_ids[v]``; mask state ``V`` -> ``mask_token_id``;
+- the prompt ``cond`` (tokenizer ids ``[B, Lc]``) is prepended; ``cond=None`` is the all-zero
+  prompt;
 - the MLM runs with a full attention mask, and the logits of the ``L`` output positions are
   restricted to the ``data_token_ids`` columns (in that order) -> ``[B, L, V]``.
 
@@ -60,18 +61,24 @@ class HFMaskedLMDenoiser(nn.Module):
         model_vocab = self.mlm.get_input_embeddings().num_embeddings
         ids = list(data_token_ids)
         if not ids or any(isinstance(i, bool) or not isinstance(i, int) for i in ids):
-            raise ValueError(f"data_token_ids must be a non-empty list of ints, got {data_token_ids!r}")
+            raise ValueError(
+                f"data_token_ids must be a non-empty list of ints, got {data_token_ids!r}"
+            )
         if len(set(ids)) != len(ids):
             raise ValueError(f"data_token_ids must be unique, got {ids}")
         bad = [i for i in ids if not 0 <= i < model_vocab]
         if bad:
-            raise ValueError(f"data_token_ids must be in [0, {model_vocab}) (the MLM's vocab), got {bad}")
+            raise ValueError(
+                f"data_token_ids must be in [0, {model_vocab}) (the MLM's vocab), got {bad}"
+            )
         if isinstance(mask_token_id, bool) or not isinstance(mask_token_id, int):
             raise ValueError(f"mask_token_id must be an int, got {mask_token_id!r}")
         if not 0 <= mask_token_id < model_vocab:
             raise ValueError(f"mask_token_id must be in [0, {model_vocab}), got {mask_token_id}")
         if mask_token_id in ids:
-            raise ValueError(f"mask_token_id ({mask_token_id}) must not be one of data_token_ids {ids}")
+            raise ValueError(
+                f"mask_token_id ({mask_token_id}) must not be one of data_token_ids {ids}"
+            )
         if isinstance(prompt_len, bool) or not isinstance(prompt_len, int) or prompt_len < 0:
             raise ValueError(f"prompt_len must be an int >= 0, got {prompt_len!r}")
         if pad_token_id is not None and (
@@ -79,15 +86,17 @@ class HFMaskedLMDenoiser(nn.Module):
             or not isinstance(pad_token_id, int)
             or not 0 <= pad_token_id < model_vocab
         ):
-            raise ValueError(f"pad_token_id must be None or in [0, {model_vocab}), got {pad_token_id!r}")
+            raise ValueError(
+                f"pad_token_id must be None or in [0, {model_vocab}), got {pad_token_id!r}"
+            )
         self.prompt_len = prompt_len
         self.pad_token_id = pad_token_id
         self.model_vocab_size = model_vocab
-        # non-persistent: the state dict stays exactly the MLM's (under "mlm."), and they follow .to()
-        self.register_buffer("data_token_ids", torch.tensor(ids, dtype=torch.long), persistent=False)
-        self.register_buffer(  # row s = tokenizer id of state s, for s in 0..V
-            "state_to_token", torch.tensor(ids + [mask_token_id], dtype=torch.long), persistent=False
-        )
+        # non-persistent: the state dict stays exactly the MLM's (under "mlm."); they follow .to()
+        data_ids = torch.tensor(ids, dtype=torch.long)  # [V]
+        self.register_buffer("data_token_ids", data_ids, persistent=False)
+        state_ids = torch.tensor(ids + [mask_token_id], dtype=torch.long)  # [V + 1]: state -> token
+        self.register_buffer("state_to_token", state_ids, persistent=False)
 
     @staticmethod
     def _build_mlm(model: Any) -> nn.Module:
@@ -97,7 +106,9 @@ class HFMaskedLMDenoiser(nn.Module):
             kwargs = dict(model)
             model_type = kwargs.pop("model_type", None)
             if model_type is None:
-                raise ValueError(f"model given as a dict needs a 'model_type' key, got keys {sorted(kwargs)}")
+                raise ValueError(
+                    f"model given as a dict needs a 'model_type' key, got keys {sorted(kwargs)}"
+                )
             return AutoModelForMaskedLM.from_config(AutoConfig.for_model(model_type, **kwargs))
         if isinstance(model, (str, os.PathLike)):
             if not os.path.isdir(model):
@@ -107,7 +118,8 @@ class HFMaskedLMDenoiser(nn.Module):
                 )
             return AutoModelForMaskedLM.from_pretrained(model, local_files_only=True)
         raise ValueError(
-            f"model must be a directory path, a PretrainedConfig or a dict, got {type(model).__name__}"
+            "model must be a directory path, a PretrainedConfig or a dict, "
+            f"got {type(model).__name__}"
         )
 
     @property
@@ -121,8 +133,8 @@ class HFMaskedLMDenoiser(nn.Module):
         return self.vocab_size + 1
 
     def forward(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
-        """Logits ``[B, L, V]`` for ``x_t`` long ``[B, L]`` (states ``0..V``), ``t`` ``[B]`` (ignored),
-        ``cond`` tokenizer ids ``[B, Lc]`` or ``None``."""
+        """Logits ``[B, L, V]`` for ``x_t`` long ``[B, L]`` (states ``0..V``), ``t`` ``[B]``
+        (ignored), ``cond`` tokenizer ids ``[B, Lc]`` or ``None``."""
         batch, length = self._check_inputs(x_t, t, cond)
         input_ids = self.state_to_token[x_t.long()]  # [B, L]
         if self.prompt_len > 0:
@@ -137,7 +149,8 @@ class HFMaskedLMDenoiser(nn.Module):
 
     def _check_inputs(self, x_t: Tensor, t: Tensor, cond: Tensor | None) -> tuple[int, int]:
         if not isinstance(x_t, Tensor) or x_t.dim() != 2 or not _is_integer_tensor(x_t):
-            desc = f"{tuple(x_t.shape)} {x_t.dtype}" if isinstance(x_t, Tensor) else type(x_t).__name__
+            is_tensor = isinstance(x_t, Tensor)
+            desc = f"{tuple(x_t.shape)} {x_t.dtype}" if is_tensor else type(x_t).__name__
             raise ValueError(f"x_t must be an integer tensor of shape [B, L], got {desc}")
         batch, length = x_t.shape
         if x_t.numel() > 0:
@@ -161,7 +174,9 @@ class HFMaskedLMDenoiser(nn.Module):
                 shape = tuple(cond.shape) if isinstance(cond, Tensor) else type(cond).__name__
                 raise ValueError(f"cond must have shape [{batch}, {self.prompt_len}], got {shape}")
             if not _is_integer_tensor(cond):
-                raise ValueError(f"cond must be an integer tensor of tokenizer ids, got {cond.dtype}")
+                raise ValueError(
+                    f"cond must be an integer tensor of tokenizer ids, got {cond.dtype}"
+                )
             if cond.numel() > 0:
                 low, high = torch.aminmax(cond)
                 if low.item() < 0 or high.item() >= self.model_vocab_size:
@@ -172,5 +187,5 @@ class HFMaskedLMDenoiser(nn.Module):
         return batch, length
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
-        """Save the wrapped MLM (config + safetensors); reload with ``HFMaskedLMDenoiser(path, ...)``."""
+        """Save the wrapped MLM (config + safetensors); reload with ``HFMaskedLMDenoiser(path)``."""
         self.mlm.save_pretrained(path)

@@ -27,7 +27,7 @@ _MAX_TIME_FREQ = 1000.0
 
 
 class TimeEmbedding(nn.Module):
-    """``t [B] -> tau [B, D]``: sinusoidal features, then a two-layer MLP (SiLU after each layer)."""
+    """``t [B] -> tau [B, D]``: sinusoidal features, then a two-layer MLP (SiLU after each)."""
 
     def __init__(self, hidden_size: int) -> None:
         super().__init__()
@@ -71,7 +71,7 @@ class AdaptiveLayerNorm(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    """Bidirectional multi-head self-attention (no mask) through ``scaled_dot_product_attention``."""
+    """Bidirectional multi-head self-attention (no mask) via ``scaled_dot_product_attention``."""
 
     def __init__(self, hidden_size: int, num_heads: int, dropout: float) -> None:
         super().__init__()
@@ -106,7 +106,7 @@ class MLP(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    """One pre-LN block: attention then MLP, each on a (possibly time-modulated) normalised input."""
+    """One pre-LN block: attention then MLP, each on a (maybe time-modulated) normalised input."""
 
     def __init__(
         self,
@@ -133,8 +133,8 @@ class PositionalEmbedding(nn.Module):
     """Learned positions of the ``L`` output tokens: 1-D, or factorised rows + columns for images.
 
     With ``image_shape = (H, W)`` the embedding of position ``h * W + w`` (row-major flattening) is
-    ``row[h] + col[w]``: ``(H + W) * D`` parameters instead of ``H * W * D``, and neighbouring pixels
-    share a row or column vector.
+    ``row[h] + col[w]``: ``(H + W) * D`` parameters instead of ``H * W * D``, and neighbouring
+    pixels share a row or column vector.
     """
 
     def __init__(self, seq_len: int, hidden_size: int, image_shape: tuple[int, int] | None) -> None:

@@ -28,7 +28,12 @@ from torch import Tensor, nn
 from transformers import AutoConfig, AutoModel, PreTrainedModel
 
 from dflow.models.config import DFlowConfig
-from dflow.models.layers import AdaptiveLayerNorm, PositionalEmbedding, TimeEmbedding, TransformerBlock
+from dflow.models.layers import (
+    AdaptiveLayerNorm,
+    PositionalEmbedding,
+    TimeEmbedding,
+    TransformerBlock,
+)
 
 try:  # transformers >= 5: init functions that skip weights already loaded from a checkpoint
     from transformers import initialization as _init
@@ -37,7 +42,7 @@ except ImportError:  # transformers 4.x: loading does not re-run init on loaded 
 
 
 class DFlowTransformer(PreTrainedModel):
-    """Denoiser ``(x_t [B, L], t [B], cond [B, Lc] | None) -> logits [B, L, V]``; see the module doc."""
+    """Denoiser ``(x_t [B, L], t [B], cond [B, Lc] | None) -> logits [B, L, V]``; see module doc."""
 
     config_class = DFlowConfig
     base_model_prefix = "dflow"
@@ -97,8 +102,8 @@ class DFlowTransformer(PreTrainedModel):
         Args:
             x_t: long ``[B, L]``, states in ``[0, num_states)``.
             t: float ``[B]``; ignored unless ``config.time_conditioning``.
-            cond: long ``[B, Lc]`` prompt ids in ``[0, prompt_vocab_size)``, or ``None`` (= all zeros,
-                the unconditional prompt).
+            cond: long ``[B, Lc]`` prompt ids in ``[0, prompt_vocab_size)``, or ``None`` (= all
+                zeros, the unconditional prompt).
 
         Returns:
             ``[B, L, V]`` logits (no column for the mask id).
@@ -108,7 +113,8 @@ class DFlowTransformer(PreTrainedModel):
         # any integer dtype is accepted (the sampler stores states compactly); embeddings want long
         h = self.token_embed(x_t.long()) + self.position_embed()  # [B, L, D]
         if cond is not None:
-            prefix = self.prompt_embed(cond.long()) + self.prompt_position_embed.weight  # [B, Lc, D]
+            prefix = self.prompt_embed(cond.long())  # [B, Lc, D]
+            prefix = prefix + self.prompt_position_embed.weight  # [B, Lc, D]
             h = torch.cat([prefix, h], dim=1)  # [B, Lc + L, D]
         tau = self.time_embed(t) if self.time_embed is not None else None  # [B, D] | None
         for block in self.blocks:
@@ -136,7 +142,8 @@ class DFlowTransformer(PreTrainedModel):
             shape = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
             raise ValueError(f"t must have shape [{batch}] (one time per sequence), got {shape}")
         if config.prompt_len == 0:
-            if cond is not None and (not isinstance(cond, Tensor) or tuple(cond.shape) != (batch, 0)):
+            empty = isinstance(cond, Tensor) and tuple(cond.shape) == (batch, 0)
+            if cond is not None and not empty:
                 shape = tuple(cond.shape) if isinstance(cond, Tensor) else type(cond).__name__
                 raise ValueError(
                     f"cond must be None or of shape [{batch}, 0] for a model with prompt_len=0, "

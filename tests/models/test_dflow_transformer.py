@@ -1,4 +1,4 @@
-"""DFlowTransformer: the Denoiser contract, conditioning, bidirectionality, checkpoints, gradients."""
+"""DFlowTransformer: Denoiser contract, conditioning, bidirectionality, checkpoints, gradients."""
 
 import importlib
 
@@ -71,7 +71,11 @@ def test_mask_id_input_is_rejected_without_a_mask_state():
 def test_bad_shapes_raise_value_error_naming_the_argument(x_shape, t_shape, c_shape, name):
     model = make_model()
     with pytest.raises(ValueError, match=rf"^{name}\b"):
-        model(torch.zeros(x_shape, dtype=torch.long), torch.zeros(t_shape), torch.zeros(c_shape, dtype=torch.long))
+        model(
+            torch.zeros(x_shape, dtype=torch.long),
+            torch.zeros(t_shape),
+            torch.zeros(c_shape, dtype=torch.long),
+        )
 
 
 def test_bad_values_and_dtypes_raise_value_error():
@@ -147,7 +151,9 @@ def test_attention_is_bidirectional(image_shape):
 @pytest.mark.parametrize("time_conditioning", [False, True])
 @pytest.mark.parametrize(("prompt_len", "image_shape"), [(LC, None), (0, (2, 3))])
 def test_gradient_reaches_every_parameter(time_conditioning, prompt_len, image_shape):
-    model = make_model(time_conditioning=time_conditioning, prompt_len=prompt_len, image_shape=image_shape)
+    model = make_model(
+        time_conditioning=time_conditioning, prompt_len=prompt_len, image_shape=image_shape
+    )
     model.train()
     x_t, t, cond = random_inputs(model)
     target = torch.randint(0, V, (B, L), generator=torch.Generator().manual_seed(2))
@@ -183,7 +189,8 @@ def test_reimporting_the_module_does_not_fail_registration():
 
 def test_count_parameters():
     model = make_model()
-    assert count_parameters(model) == sum(p.numel() for p in model.parameters())
+    total = sum(p.numel() for p in model.parameters())
+    assert count_parameters(model) == total
     model.head.weight.requires_grad_(False)
-    assert count_parameters(model) == sum(p.numel() for p in model.parameters()) - model.head.weight.numel()
-    assert count_parameters(model, trainable_only=False) == sum(p.numel() for p in model.parameters())
+    assert count_parameters(model) == total - model.head.weight.numel()
+    assert count_parameters(model, trainable_only=False) == total

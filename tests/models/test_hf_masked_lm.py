@@ -73,7 +73,8 @@ def test_ignores_t_and_cond_none_is_the_all_zero_prompt(bert_dir):
     x_t, t, cond = inputs()
     with torch.no_grad():
         assert torch.equal(denoiser(x_t, t, cond), denoiser(x_t, 1.0 - t, cond))
-        assert torch.equal(denoiser(x_t, t, None), denoiser(x_t, t, torch.zeros(B, LC, dtype=torch.long)))
+        zeros = torch.zeros(B, LC, dtype=torch.long)
+        assert torch.equal(denoiser(x_t, t, None), denoiser(x_t, t, zeros))
         assert not torch.equal(denoiser(x_t, t, None), denoiser(x_t, t, cond))
 
 
@@ -82,7 +83,8 @@ def test_pad_token_id_replaces_prompt_zeros(bert_dir):
     plain = HFMaskedLMDenoiser(bert_dir, DATA_IDS, MASK_ID, prompt_len=LC).eval()
     x_t, t, _ = inputs()
     with torch.no_grad():
-        assert torch.equal(remapped(x_t, t, None), plain(x_t, t, torch.ones(B, LC, dtype=torch.long)))
+        ones = torch.ones(B, LC, dtype=torch.long)
+        assert torch.equal(remapped(x_t, t, None), plain(x_t, t, ones))
 
 
 def test_state_dict_is_the_wrapped_models(bert_dir):
@@ -95,14 +97,17 @@ def test_gradient_reaches_every_parameter():
     denoiser = HFMaskedLMDenoiser(tiny_bert_config(), DATA_IDS, MASK_ID, prompt_len=LC)
     x_t, t, cond = inputs()
     denoiser(x_t, t, cond).logsumexp(-1).sum().backward()
-    dead = [n for n, p in denoiser.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    params = denoiser.named_parameters()
+    dead = [n for n, p in params if p.grad is None or not p.grad.abs().sum() > 0]
     assert dead == []
 
 
 @pytest.mark.parametrize(
     "config",
     [
-        DistilBertConfig(vocab_size=16, dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=16),
+        DistilBertConfig(
+            vocab_size=16, dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=16
+        ),
         RobertaConfig(
             vocab_size=16,
             hidden_size=32,
@@ -121,7 +126,8 @@ def test_other_architectures_from_a_config(config):
     denoiser = HFMaskedLMDenoiser(config, DATA_IDS, MASK_ID, prompt_len=LC).eval()
     x_t, t, cond = inputs()
     with torch.no_grad():
-        torch.testing.assert_close(denoiser(x_t, t, cond), reference_logits(denoiser.mlm, x_t, cond), rtol=0, atol=0)
+        expected = reference_logits(denoiser.mlm, x_t, cond)
+        torch.testing.assert_close(denoiser(x_t, t, cond), expected, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize(
