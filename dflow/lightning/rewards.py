@@ -1,0 +1,47 @@
+"""Reward configuration for recipes: which rewards, with which weights."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dflow.rewards.base import TaskReward, WeightedRewards, load_reward
+from dflow.tasks.base import Task
+
+
+@dataclass
+class RewardSpec:
+    """One reward term of a recipe.
+
+    Attributes:
+        source: ``"task"`` (the task's partial-credit reward), ``"task:correct"`` (its strict 0/1
+            correctness) or a dotted path ``"package.module:callable"`` to any ``(x1, prompts) -> [B]``.
+        weight: its weight in the total reward.
+        name: log name (defaults to the reward's own name).
+    """
+
+    source: str = "task"
+    weight: float = 1.0
+    name: str | None = None
+
+    def build(self, task: Task):
+        if self.source == "task":
+            return TaskReward(task, "reward", self.name)
+        if self.source == "task:correct":
+            return TaskReward(task, "correct", self.name)
+        fn = load_reward(self.source)
+        if self.name is not None:
+            fn = _Named(fn, self.name)
+        return fn
+
+
+class _Named:
+    def __init__(self, fn, name: str) -> None:
+        self.fn, self.name = fn, name
+
+    def __call__(self, x1, prompts):
+        return self.fn(x1, prompts)
+
+
+def build_rewards(specs: list[RewardSpec] | None, task: Task) -> WeightedRewards:
+    specs = specs or [RewardSpec()]
+    return WeightedRewards([s.build(task) for s in specs], [s.weight for s in specs])

@@ -1,0 +1,286 @@
+"""RLModule: policy-gradient fine-tuning of a discrete flow model, assembled from swappable parts.
+
+Each training step (manual optimisation)::
+
+    prompts [P] -> G rollouts each (rollout sampler) -> rewards [B] -> advantages
+    -> plan units -> old / reference units (no grad) -> num_inner_epochs x mini-batches:
+       objective (+ KL) -> backward -> clip -> optimiser step
+
+A step whose rewards or gradients are not finite is skipped (weights and optimiser untouched) or
+stops the run, by configuration, and is counted in the logs.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from dflow.lightning.evaluation import evaluate, spread_prompts, write_grid
+from dflow.lightning.rewards import RewardSpec, build_rewards
+from dflow.paths.base import ProbabilityPath
+from dflow.rl.advantages import AdvantageEstimator, AdvantageInput, GroupAdvantage
+from dflow.rl.aggregation import LossAggregation
+from dflow.rl.kl import KLPenalty
+from dflow.rl.likelihood.base import LikelihoodEstimator
+from dflow.rl.objectives import Objective
+from dflow.rl.update import Compute, PolicyUpdate
+from dflow.sampling import SamplerConfig
+
+
+class RLModule(L.LightningModule):
+    """RL fine-tuning module (see the module docstring for one step).
+
+    Args:
+        denoiser: a builder (``dflow.lightning.builders.PretrainedDenoiser(path=...)`` for a base model).
+        path: the probability path the base was trained on.
+        likelihood / objective / advantage / kl / aggregation: the swappable parts (``dflow.rl``).
+        rollout / evaluation: sampler settings for training rollouts and for evaluation.
+        group_size: ``G`` rollouts per prompt (a group never splits across devices or mini-batches).
+        num_inner_epochs / minibatch_size: passes over the batch and samples per optimiser step
+            (None = the whole batch: strictly on-policy, one step per rollout batch).
+        rewards: reward terms and weights (default: the task's partial-credit reward).
+        on_bad_reward: ``"skip"`` the step (and count it) or ``"stop"`` the run when a reward raises or
+            returns NaN / inf / a wrong shape.
+        max_consecutive_faults: stop after this many skipped steps in a row.
+        reference_from_initial: the KL reference is a frozen copy of the initial policy.
+    """
+
+    def __init__(
+        self,
+        denoiser,
+        path: ProbabilityPath,
+        likelihood: LikelihoodEstimator,
+        objective: Objective,
+        advantage: AdvantageEstimator | None = None,
+        kl: KLPenalty | None = None,
+        aggregation: LossAggregation | None = None,
+        rollout: SamplerConfig | None = None,
+        evaluation: SamplerConfig | None = None,
+        group_size: int = 8,
+        num_inner_epochs: int = 1,
+        minibatch_size: int | None = None,
+        lr: float = 1e-5,
+        weight_decay: float = 0.0,
+        max_grad_norm: float | None = 1.0,
+        rewards: list[RewardSpec] | None = None,
+        on_bad_reward: Literal["skip", "stop"] = "stop",
+        max_consecutive_faults: int = 5,
+        reference_from_initial: bool = True,
+        eval_every_n_steps: int = 10,
+        num_eval_prompts: int | None = None,
+        eval_batch_size: int = 64,
+        num_grid_prompts: int = 16,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if group_size < 1:
+            raise ValueError(f"group_size must be >= 1, got group_size={group_size}")
+        if on_bad_reward not in ("skip", "stop"):
+            raise ValueError(f"on_bad_reward must be 'skip' or 'stop', got on_bad_reward={on_bad_reward!r}")
+        if not lr > 0:
+            raise ValueError(f"lr must be > 0, got lr={lr}")
+        self.save_hyperparameters(ignore=["denoiser", "path", "likelihood", "objective", "advantage", "kl", "aggregation"])
+        self.automatic_optimization = False
+        self.builder, self.path = denoiser, path
+        self.advantage = advantage if advantage is not None else GroupAdvantage()
+        self.kl = kl if kl is not None else KLPenalty(beta=0.0)
+        self.update = PolicyUpdate(likelihood, objective, self.kl, aggregation, num_inner_epochs, minibatch_size)
+        self.update.check_advantages(self.advantage.per_step)
+        if self.kl.enabled and not reference_from_initial:
+            raise ValueError(
+                f"kl.beta={self.kl.beta} > 0 needs a reference model: set reference_from_initial: true or beta: 0"
+            )
+        self.rollout_sampler = (rollout or SamplerConfig(num_steps=10)).build(path, record_draws=likelihood.needs_draws)
+        self.eval_sampler = (evaluation or SamplerConfig(num_steps=25)).build(path)
+        likelihood.validate(self.rollout_sampler)
+        self.group_size, self.reward_specs = group_size, rewards
+        self.task = None
+        self.denoiser: torch.nn.Module | None = None
+        self.reference: torch.nn.Module | None = None
+        self.compute = Compute()
+        self.faults = {"bad_reward": 0, "nonfinite_grad": 0, "consecutive": 0}
+        self.eval_history: list[dict[str, float]] = []
+        self.generator = torch.Generator().manual_seed(seed)
+
+    # ------------------------------------------------------------------ assembly
+    def configure_model(self) -> None:
+        if self.denoiser is not None:
+            return
+        task = self.task
+        if task is None and self._trainer is not None and self.trainer.datamodule is not None:
+            task = self.trainer.datamodule.task
+        if task is None:
+            raise ValueError("RLModule needs a task: use a PromptDataModule (data: ...) or call attach_task(task)")
+        self.attach_task(task)
+
+    def attach_task(self, task) -> None:
+        """Build the policy (and the frozen reference) for ``task``; validates vocabularies at start-up."""
+        if task.vocab_size != self.path.vocab_size:
+            raise ValueError(
+                f"task {task.name!r} has vocab_size={task.vocab_size} but the path's source has "
+                f"vocab_size={self.path.vocab_size}"
+            )
+        self.task = task
+        self.rewards = build_rewards(self.reward_specs, task)
+        self.train_prompts = task.prompts("train")
+        test = task.prompts("test")
+        n = self.hparams.num_eval_prompts
+        self.eval_prompts = test if n is None else spread_prompts(test, n)
+        self.grid_prompts = spread_prompts(test, self.hparams.num_grid_prompts)
+        self.denoiser = self.builder.build(task, self.path)
+        if self.kl.enabled:
+            self.reference = copy.deepcopy(self.denoiser).eval().requires_grad_(False)
+
+    def configure_optimizers(self):
+        params = [p for p in self.denoiser.parameters() if p.requires_grad]
+        return torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+
+    def forward(self, x_t: Tensor, t: Tensor, cond=None) -> Tensor:
+        return self.denoiser(x_t, t, cond)
+
+    # ------------------------------------------------------------------ one RL step
+    def training_step(self, batch: Tensor, batch_idx: int) -> None:
+        G, hp = self.group_size, self.hparams
+        self.denoiser.eval()  # no dropout: the ratio of an unchanged policy must be exactly 1
+        times: dict[str, float] = {}
+        tic = time.perf_counter()
+        prompts = [self.train_prompts[int(i)] for i in batch.flatten().tolist() for _ in range(G)]  # [B]
+        cond = self.task.encode_prompts(prompts).to(self.device)
+        traj = self.rollout_sampler.rollout(
+            self.denoiser, cond, batch_size=len(prompts), seq_len=self.task.seq_len,
+            generator=self.generator, device=self.device,
+        )
+        tokens = self.task.seq_len + cond.shape[1]
+        self.compute.add(forward=len(prompts) * traj.forward_passes, tokens_per_pass=tokens)
+        times["rollout"] = time.perf_counter() - tic
+
+        tic = time.perf_counter()
+        x1 = traj.x1.cpu()
+        try:
+            record = self.rewards(x1, prompts)
+            step_rewards = self._step_rewards(traj, prompts, record.total) if self.advantage.per_step else None
+        except ValueError as err:
+            return self._fault("bad_reward", err)
+        times["reward"] = time.perf_counter() - tic
+
+        tic = time.perf_counter()
+        adv = self.advantage(AdvantageInput(record.total, G, step_rewards))
+        batch_ready = self.update.prepare(
+            self.denoiser, self.reference, traj, _to(adv, self.device), self.rollout_sampler, G, self.compute, self.generator
+        )
+        opt = self.optimizers()
+        stats: dict[str, list[float]] = {}
+        grad_norms = []
+        for _ in range(self.update.num_inner_epochs):
+            for idx in self.update.minibatches(traj.batch_size, G, self.generator):
+                out = self.update.loss(self.denoiser, batch_ready, idx.to(self.device), self.rollout_sampler, self.compute)
+                if not torch.isfinite(out.loss):
+                    opt.zero_grad(set_to_none=True)
+                    return self._fault("nonfinite_grad", ValueError(f"loss is {out.loss.item()}"))
+                opt.zero_grad(set_to_none=True)
+                self.manual_backward(out.loss)
+                params = [p for p in self.denoiser.parameters() if p.grad is not None]
+                norm = torch.nn.utils.clip_grad_norm_(params, hp.max_grad_norm or math.inf)
+                if not torch.isfinite(norm):
+                    opt.zero_grad(set_to_none=True)
+                    return self._fault("nonfinite_grad", ValueError(f"gradient norm is {norm.item()}"))
+                opt.step()
+                grad_norms.append(float(norm))
+                for k, v in out.stats.items():
+                    stats.setdefault(k, []).append(v)
+        times["update"] = time.perf_counter() - tic
+        self.faults["consecutive"] = 0
+
+        correct = self.task.correct(x1, prompts).float()
+        logs = {
+            "train/reward": record.total.mean().item(),
+            "train/reward_std": record.total.std().item() if len(prompts) > 1 else 0.0,
+            "train/acc": correct.mean().item(),
+            "train/entropy": -traj.log_probs.sum(-1).mean().item() / self.task.seq_len,
+            "train/grad_norm": sum(grad_norms) / len(grad_norms),
+            **{f"reward/{k}": v.float().mean().item() for k, v in record.components.items()},
+            **{f"adv/{k}": v for k, v in adv.stats.items()},
+            **{f"train/{k}": (min(v) if k == "ratio_min" else max(v) if k == "ratio_max" else sum(v) / len(v))
+               for k, v in stats.items()},
+            **{f"time/{k}": v for k, v in times.items()},
+            **self._compute_logs(),
+        }
+        self.log_dict(logs, prog_bar=False, on_step=True, batch_size=len(prompts))
+        self.log("reward", logs["train/reward"], prog_bar=True, on_step=True, batch_size=len(prompts))
+        step = self.global_step
+        if hp.eval_every_n_steps and step % hp.eval_every_n_steps == 0:
+            self.run_evaluation()
+
+    def _step_rewards(self, traj, prompts, final: Tensor) -> Tensor:
+        """Reward of the posterior-argmax decode at every step, then the final reward: ``[B, K+1]``."""
+        cols = [self.rewards(traj.posterior_argmax[k].long().cpu(), prompts).total for k in range(traj.num_steps)]
+        return torch.stack([*cols, final], dim=1)
+
+    def _fault(self, kind: str, err: Exception) -> None:
+        self.faults[kind] += 1
+        self.faults["consecutive"] += 1
+        self.log_dict({f"faults/{kind}": float(self.faults[kind])}, on_step=True, batch_size=1)
+        stop = kind == "bad_reward" and self.hparams.on_bad_reward == "stop"
+        if stop or self.faults["consecutive"] >= self.hparams.max_consecutive_faults:
+            raise ValueError(
+                f"RL step {self.global_step} stopped after {self.faults['consecutive']} faulty step(s) in a row "
+                f"({kind}): {err}"
+            ) from err
+        return None
+
+    def _compute_logs(self) -> dict[str, float]:
+        c = self.compute
+        return {"compute/forward": float(c.forward), "compute/backward": float(c.backward),
+                "compute/tokens": float(c.tokens), "compute/fwd_equiv": float(c.fwd_equiv)}
+
+    # ------------------------------------------------------------------ evaluation and grids
+    def on_train_start(self) -> None:
+        if self.hparams.eval_every_n_steps and not self.eval_history:
+            self.run_evaluation()
+
+    def on_train_end(self) -> None:
+        if self.hparams.eval_every_n_steps and (not self.eval_history or self.eval_history[-1]["step"] != self.global_step):
+            self.run_evaluation()
+
+    def run_evaluation(self) -> dict[str, float]:
+        """Strict accuracy per category on the test prompts with the evaluation sampler; writes a grid."""
+        was_training = self.denoiser.training
+        self.denoiser.eval()
+        res = evaluate(self.denoiser, self.task, self.eval_sampler, self.eval_prompts,
+                       self.hparams.eval_batch_size, device=self.device)
+        grid = evaluate(self.denoiser, self.task, self.eval_sampler, self.grid_prompts, device=self.device)
+        self.denoiser.train(was_training)
+        metrics = {f"eval/{k.replace('/', '_')}": v for k, v in res.metrics.items()}
+        metrics.update(self._compute_logs())
+        self.eval_history.append({"step": self.global_step, **metrics})
+        if self.trainer.is_global_zero:
+            for logger in self.loggers:
+                logger.log_metrics(metrics, step=self.global_step)
+            out = Path(self.trainer.log_dir or ".") / "samples" / f"step_{self.global_step:06d}.png"
+            write_grid(self.task, grid.x1, self.grid_prompts, out)
+        return metrics
+
+    # ------------------------------------------------------------------ checkpoint extras
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["dflow_rl"] = {"generator": self.generator.get_state(), "compute": vars(self.compute).copy(),
+                                  "faults": dict(self.faults), "eval_history": list(self.eval_history)}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        extra = checkpoint.get("dflow_rl")
+        if extra:
+            self.generator.set_state(extra["generator"])
+            self.compute = Compute(**extra["compute"])
+            self.faults.update(extra["faults"])
+            self.eval_history = list(extra["eval_history"])
+
+
+def _to(adv, device):
+    adv.values = adv.values.to(device)
+    return adv
