@@ -71,9 +71,13 @@ def test_clip_is_applied_after_coef() -> None:
 
 
 def test_constant_group_is_exactly_zero_despite_float_mean() -> None:
-    # 0.1 * 3 / 3 != 0.1 in floating point; the estimator must still return exact zeros.
-    out = GroupAdvantage()(AdvantageInput(torch.tensor([0.1, 0.1, 0.1, 0.7, 0.7, 0.7]), 3))
-    assert torch.equal(out.values, torch.zeros(6))
+    # In float64 the mean of (0.1, 0.1, 0.1) is 0.1 + 1.4e-17, so r - mean is not 0 and dividing by
+    # std + eps = 1e-4 would give ~1e-13 noise; the estimator must still return exact zeros.
+    rewards = torch.tensor([0.1, 0.1, 0.1, 0.7, 0.7, 0.7], dtype=F64)
+    assert (rewards[:3] - rewards[:3].mean() != 0).all()  # the premise holds on this platform
+    for scale in ("group", "batch", "none"):
+        out = GroupAdvantage(scale=scale)(AdvantageInput(rewards, 3))
+        assert torch.equal(out.values, torch.zeros(6, dtype=F64))
     assert out.stats["frac_zero_std_groups"] == 1.0
 
 

@@ -49,7 +49,8 @@ def test_k3_is_accurate_for_tiny_log_ratios() -> None:
     # exp(x) - x - 1 = x^2 / 2 + x^3 / 6 + ...; naive float64 arithmetic loses most digits here.
     x = 1e-6
     value = kl_k3(torch.tensor(0.0, dtype=F64), torch.tensor(x, dtype=F64)).item()
-    assert value == pytest.approx(x**2 / 2 + x**3 / 6, rel=1e-6)
+    # abs=0: pytest.approx's default abs=1e-12 would accept anything near this 5e-13 value.
+    assert value == pytest.approx(x**2 / 2 + x**3 / 6, rel=1e-6, abs=0)
 
 
 @settings(max_examples=200, deadline=None)

@@ -92,6 +92,17 @@ def test_clipped_surrogate_masked_unit_is_zero_even_with_inf_padding() -> None:
     assert logp.grad[0, 1].item() == 0.0
 
 
+@pytest.mark.parametrize("objective", [ClippedSurrogate(0.2), REINFORCE(), EPG(), PEPG(), PAR()])
+def test_masked_nan_advantage_does_not_poison_gradients(objective: Objective) -> None:
+    # Per-unit advantages can be NaN on padded units (e.g. a normalised gain over an empty step).
+    logp = _units([[-1.0, -2.0]], grad=True)
+    adv = _units([[0.5, math.nan]])
+    out = objective(logp, _units([[-1.1, -2.0]]), adv, torch.tensor([[True, False]]))
+    out.loss.sum().backward()
+    assert torch.isfinite(out.loss).all() and torch.isfinite(logp.grad).all()
+    assert logp.grad[0, 1].item() == 0.0
+
+
 # ---------------------------------------------------------------- unclipped objectives by hand
 # logp = [[-1, -2], [-0.5, -3]], old chosen so that rho = [[2, 0.5], [1, 1]];
 # A = [+1, -2] per sample.
