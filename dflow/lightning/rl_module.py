@@ -22,6 +22,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from dflow.lightning.builders import DenoiserBuilder
 from dflow.lightning.evaluation import evaluate, spread_prompts, write_grid
 from dflow.lightning.rewards import RewardSpec, build_rewards
 from dflow.paths.base import ProbabilityPath
@@ -54,7 +55,7 @@ class RLModule(L.LightningModule):
 
     def __init__(
         self,
-        denoiser,
+        denoiser: DenoiserBuilder,
         path: ProbabilityPath,
         likelihood: LikelihoodEstimator,
         objective: Objective,
