@@ -1,0 +1,317 @@
+"""Metric-induced path: the forward process, the kinetic-optimal rate, the exact and Monte-Carlo
+kernels, and the reduction to a mixture path for the 0/1 distance (DESIGN.md section 3)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from dflow.paths import MetricPath, MixturePath, UniformSource
+from dflow.paths.schedulers import Scheduler
+
+F64 = torch.float64
+
+
+def _embedding(V: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(V, 2, generator=torch.Generator().manual_seed(seed), dtype=F64)
+
+
+def _zero_one(V: int) -> torch.Tensor:
+    return 1.0 - torch.eye(V, dtype=F64)
+
+
+class InducedScheduler(Scheduler):
+    """The mixture scheduler of a metric path with ``d = 1 - I``: matching ``p_t(x_1 | x_1)``::
+
+    softmax(-beta d)(x_1) = 1 / (1 + (V - 1) e^-beta) = kappa + (1 - kappa) / V
+    =>  kappa_t = (1 - e^-beta_t) / (1 + (V - 1) e^-beta_t),  beta_t = c (t / (1 - t))**a
+
+    ``d_kappa`` by autograd (chain rule through beta), in float64 whatever the input dtype.
+    """
+
+    def __init__(self, V: int, c: float = 3.0, a: float = 0.9) -> None:
+        self.V, self.c, self.a = V, c, a
+
+    def _kappa64(self, t: torch.Tensor) -> torch.Tensor:
+        beta = self.c * (t / (1.0 - t)) ** self.a
+        e = torch.exp(-beta)
+        return (1.0 - e) / (1.0 + (self.V - 1) * e)
+
+    def kappa(self, t: torch.Tensor) -> torch.Tensor:
+        t64 = t.to(F64)
+        return torch.where(t64 >= 1.0, torch.ones_like(t64), self._kappa64(t64.clamp_max(1 - 1e-12))).to(t.dtype)
+
+    def d_kappa(self, t: torch.Tensor) -> torch.Tensor:
+        t64 = t.detach().to(F64).clamp(1e-9, 1 - 1e-9).requires_grad_(True)
+        with torch.enable_grad():
+            (grad,) = torch.autograd.grad(self._kappa64(t64).sum(), t64)
+        return grad.to(t.dtype)
+
+
+# ---------------------------------------------------------------------------------------------- forward process
+def test_sample_xt_endpoints_and_marginal() -> None:
+    V, n = 5, 20_000
+    path = MetricPath(embedding=_embedding(V))
+    g = torch.Generator().manual_seed(0)
+    x1 = torch.full((3, n), 2)
+    t = torch.tensor([0.0, 0.4, 1.0])
+    x_t = path.sample_xt(x1, t, generator=g)
+    assert torch.equal(x_t[2], x1[2])  # t = 1 returns x_1
+    # t = 0 is uniform; t = 0.4 follows softmax(-beta_t d(., x_1)) (5 binomial standard errors)
+    for row, expected in ((0, torch.full((V,), 1 / V, dtype=F64)), (1, path.cond_probs(t[1:2]).to(F64)[0, 2])):
+        freq = torch.bincount(x_t[row], minlength=V).to(F64) / n
+        tol = 5 * torch.sqrt(expected * (1 - expected) / n)
+        assert bool(((freq - expected).abs() <= tol).all()), (row, freq, expected)
+
+
+def test_cond_probs_follow_the_definition() -> None:
+    # p_t(y | x_1) = exp(-beta_t d(y, x_1)) / sum_z exp(-beta_t d(z, x_1)), beta_t = c (t / (1 - t))**a
+    V = 4
+    D = torch.rand(V, V, generator=torch.Generator().manual_seed(1), dtype=F64) + 0.5
+    D.fill_diagonal_(0)
+    path = MetricPath(distance=D, c=2.0, a=0.7)
+    t = 0.35
+    beta = 2.0 * (t / (1 - t)) ** 0.7
+    expected = torch.softmax(-beta * D.T, dim=-1)  # [x_1, y]
+    torch.testing.assert_close(path.cond_probs(torch.tensor([t], dtype=F64))[0], expected, rtol=0, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------- kernel
+@settings(max_examples=30, deadline=None)
+@given(
+    t_val=st.one_of(st.sampled_from([0.0, 1e-7, 0.5, 0.999]), st.floats(0.0, 0.9999)),
+    frac=st.one_of(st.just(1.0), st.floats(1e-4, 1.0)),
+    seed=st.integers(0, 2**31 - 1),
+    c=st.floats(0.5, 5.0),
+    a=st.floats(0.5, 2.0),
+)
+def test_kernel_rows_are_distributions(t_val, frac, seed, c, a) -> None:
+    V = 5
+    path = MetricPath(embedding=_embedding(V, seed % 7), c=c, a=a)
+    g = torch.Generator().manual_seed(seed)
+    t = torch.full((2,), t_val, dtype=torch.float32)
+    s = torch.full((2,), t_val + frac * (1 - t_val), dtype=torch.float32)
+    assume(bool((s > t).all()))
+    x_t = torch.randint(0, V, (2, 3), generator=g)
+    posterior = torch.softmax(3 * torch.randn(2, 3, V, generator=g), dim=-1)
+    kernel = path.step_kernel(posterior, x_t, t, s)
+    assert kernel.shape == (2, 3, V)
+    assert bool((kernel >= 0).all())
+    torch.testing.assert_close(kernel.sum(-1), torch.ones(2, 3), rtol=0, atol=1e-5)
+    if float(s[0]) == 1.0:
+        torch.testing.assert_close(kernel, posterior, rtol=0, atol=0)
+
+
+def _reference_conditional_kernel(path: MetricPath, D: torch.Tensor, t: float, s: float) -> torch.Tensor:
+    """``K_h[x, x_1, y]`` straight from the rate formula, with Python loops (float64)."""
+    V = D.shape[0]
+    beta = path.c * (t / (1 - t)) ** path.a
+    d_beta = path.c * path.a * (t / (1 - t)) ** (path.a - 1) / (1 - t) ** 2
+    K = torch.zeros(V, V, V, dtype=F64)
+    for x1 in range(V):
+        p = torch.softmax(-beta * D[:, x1], dim=0)  # p_t(. | x_1)
+        for x in range(V):
+            u = torch.tensor([p[y] * d_beta * max(D[x, x1] - D[y, x1], 0.0) for y in range(V)], dtype=F64)
+            total = u.sum()
+            leave = 1 - math.exp(-(s - t) * total)
+            K[x, x1] = u / total * leave if total > 0 else 0.0
+            K[x, x1, x] += 1 - leave
+    return K
+
+
+def test_exact_kernel_matches_the_rate_formula() -> None:
+    # P(x_s = y | x_t) = sum_{x_1} p_{1|t}(x_1) K_h(y | x_t, x_1), K_h from u_t(y, x | x_1) =
+    # p_t(y | x_1) d_beta_t max(d(x, x_1) - d(y, x_1), 0), leaving x with probability 1 - exp(-h sum_y u).
+    V = 4
+    D = torch.cdist(_embedding(V, 3), _embedding(V, 3))
+    path = MetricPath(distance=D)
+    t, s = 0.3, 0.45
+    K = _reference_conditional_kernel(path, D, t, s)  # [x, x_1, y]
+    g = torch.Generator().manual_seed(0)
+    posterior = torch.softmax(torch.randn(1, V, V, generator=g, dtype=F64), dim=-1)
+    x_t = torch.arange(V)[None]
+    got = path.step_kernel(posterior, x_t, torch.tensor([t], dtype=F64), torch.tensor([s], dtype=F64))
+    expected = torch.einsum("lk,lky->ly", posterior[0], K[x_t[0]])[None]
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+
+
+def test_conditional_kernel_is_a_second_order_step_of_the_path() -> None:
+    # With the posterior a delta on x_1, the kernel is the conditional chain. Its rate solves the
+    # Kolmogorov equation of p_t(. | x_1), so one step of size h moves p_t to p_{t+h} up to O(h^2):
+    # halving h divides the error by ~4 (a wrong rate leaves an O(h) error: ratio ~2).
+    V = 4
+    path = MetricPath(embedding=_embedding(V, 5))
+    x1 = 2
+    posterior = torch.nn.functional.one_hot(torch.full((1, V), x1), V).float()
+    x_t = torch.arange(V)[None]
+
+    def error(t0: float, h: float) -> float:
+        t, s = torch.tensor([t0]), torch.tensor([t0 + h])
+        K = path.step_kernel(posterior, x_t, t, s)[0]  # [x, y]
+        p_t, p_s = path.cond_probs(t)[0, x1], path.cond_probs(s)[0, x1]
+        return (p_t @ K - p_s).abs().max().item()
+
+    for t0 in (0.2, 0.5):
+        ratio = error(t0, 0.02) / error(t0, 0.01)
+        assert 3.0 < ratio < 5.0, (t0, ratio)
+
+
+@pytest.mark.parametrize("V", [3, 6])
+def test_zero_one_distance_equals_euler_mixture_path(V) -> None:
+    # d = 1 - I: from x != x_1 the only positive rate is to x_1, at p_t(x_1|x_1) d_beta =
+    # d_kappa / (1 - kappa) for the induced kappa; so the kernel is MixturePath's Euler kernel.
+    metric = MetricPath(distance=_zero_one(V))
+    mixture = MixturePath(UniformSource(V), InducedScheduler(V), discretization="euler")
+    g = torch.Generator().manual_seed(V)
+    B, L = 6, 4
+    t = torch.tensor([0.05, 0.2, 0.4, 0.6, 0.9, 0.3])
+    s = torch.tensor([0.1, 0.5, 0.41, 0.95, 1.0, 1.0])
+    x_t = torch.randint(0, V, (B, L), generator=g)
+    posterior = torch.softmax(2 * torch.randn(B, L, V, generator=g), dim=-1)
+    torch.testing.assert_close(
+        metric.step_kernel(posterior, x_t, t, s), mixture.step_kernel(posterior, x_t, t, s), rtol=0, atol=1e-5
+    )
+
+
+@pytest.mark.parametrize("V", [3, 5])
+def test_zero_one_distance_generalized_kl_equals_mixture_path(V) -> None:
+    metric = MetricPath(distance=_zero_one(V))
+    mixture = MixturePath(UniformSource(V), InducedScheduler(V))
+    g = torch.Generator().manual_seed(V)
+    B, L = 5, 6
+    # t <= 0.8: beyond it e^-beta_t < 1e-12 and the induced kappa_t rounds to 1 in float64, so the
+    # mixture path's ratio d_kappa / (1 - kappa) (not the metric path) loses all precision
+    t = torch.tensor([0.05, 0.25, 0.5, 0.7, 0.8], dtype=F64)
+    x1 = torch.randint(0, V, (B, L), generator=g)
+    x_t = metric.sample_xt(x1, t, generator=g)
+    logits = 2 * torch.randn(B, L, V, generator=g, dtype=F64)
+    got = metric.generalized_kl(logits, x1, x_t, t)
+    torch.testing.assert_close(got, mixture.generalized_kl(logits, x1, x_t, t), rtol=1e-9, atol=1e-9)
+    assert bool((got >= 0).all())
+
+
+def test_generalized_kl_is_stationary_at_the_true_posterior() -> None:
+    # As for the mixture path: E_{x_1 | x_t} ell is minimised at logits = log P(x_1 | x_t).
+    V, t = 4, 0.4
+    path = MetricPath(embedding=_embedding(V, 2))
+    pi = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=F64)
+    q = path.cond_probs(torch.tensor([t], dtype=F64))[0].to(F64)  # [x_1, x_t]
+    post = (q * pi[:, None]).T  # [x_t, x_1] joint
+    post = post / post.sum(-1, keepdim=True)
+    x_t = torch.arange(V).repeat_interleave(V)[None]
+    x1 = torch.arange(V).repeat(V)[None]
+    weight = post[x_t[0], x1[0]]
+    tt = torch.tensor([t], dtype=F64)
+
+    def expected_loss(logits_per_state: torch.Tensor) -> torch.Tensor:
+        return (weight * path.generalized_kl(logits_per_state.repeat_interleave(V, 0)[None], x1, x_t, tt)[0]).sum()
+
+    best = post.log().clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(expected_loss(best), best)
+    # the distance is stored in float32, so the stationary point is exact only to float32 precision
+    torch.testing.assert_close(grad, torch.zeros_like(grad), rtol=0, atol=1e-6)
+    worse = best.detach() + 0.3 * torch.randn(V, V, generator=torch.Generator().manual_seed(0), dtype=F64)
+    assert expected_loss(worse).item() > expected_loss(best.detach()).item() + 1e-4
+
+
+def test_step_log_prob_is_the_log_of_the_kernel() -> None:
+    V, B, L = 5, 3, 4
+    path = MetricPath(embedding=_embedding(V, 1))
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(B, L, V, generator=g, dtype=F64)
+    x_t = torch.randint(0, V, (B, L), generator=g)
+    t, s = torch.tensor([0.0, 0.3, 0.6]), torch.tensor([0.2, 0.7, 1.0])
+    kernel = path.step_kernel(torch.softmax(logits, -1), x_t, t, s)
+    for y in range(V):
+        x_s = torch.full((B, L), y)
+        torch.testing.assert_close(path.step_log_prob(logits, x_t, x_s, t, s).exp(), kernel[..., y], rtol=1e-6, atol=1e-9)
+
+
+def test_monte_carlo_kernel_converges_to_the_exact_kernel() -> None:
+    # exact_max_vocab=0 forces the dFlowGRPO estimator: P ~ (1/n) sum_m K_h(x_s | x_t, xhat_1^m),
+    # xhat_1^m ~ p_{1|t}. Each term lies in [0, 1] with exact standard deviation sigma (from the exact
+    # conditional kernels). The batch holds R copies of every case (the draws of different rows are
+    # independent), so one call gives R estimates with n_mc = 400 draws each, and their mean uses
+    # R * n_mc = 4000 draws. Tolerances: 5 sigma / sqrt(draws) + 1e-6 for both.
+    V, B, L, n_mc, R = 5, 2, 3, 400, 10
+    emb = _embedding(V, 4)
+    exact = MetricPath(embedding=emb)
+    mc = MetricPath(embedding=emb, exact_max_vocab=0, n_mc=n_mc)
+    assert not mc.exact and exact.exact
+    g = torch.Generator().manual_seed(1)
+    logits = 1.5 * torch.randn(B, L, V, generator=g)
+    x_t = torch.randint(0, V, (B, L), generator=g)
+    t, s = torch.tensor([0.2, 0.5]), torch.tensor([0.45, 0.8])
+    posterior = torch.softmax(logits, -1)
+    kernel = exact.step_kernel(posterior, x_t, t, s).to(F64)  # [B, L, V]
+    # conditional kernels K(y | x_t, x_1) for every x_1: the kernel of a one-hot posterior
+    onehot = lambda k: torch.nn.functional.one_hot(torch.full((B, L), k), V).float()  # noqa: E731
+    cond = torch.stack([exact.step_kernel(onehot(k), x_t, t, s) for k in range(V)], dim=2).to(F64)  # [B, L, x1, y]
+    second = torch.einsum("blk,blky->bly", posterior.to(F64), cond**2)
+    sigma = (second - kernel**2).clamp_min(0).sqrt()
+    # score every candidate y in R copies at once: batch index = (copy, y, b)
+    rep = lambda z: z.repeat(R * V, *([1] * (z.dim() - 1)))  # noqa: E731
+    x_s = torch.arange(V).repeat_interleave(B).repeat(R)[:, None].expand(-1, L)  # [R * V * B, L]
+    est = mc.step_log_prob(rep(logits), rep(x_t), x_s, rep(t), rep(s)).exp().to(F64)
+    est = est.view(R, V, B, L).permute(0, 2, 3, 1)  # [R, B, L, y]
+    each = (est - kernel).abs()
+    assert bool((each <= 5 * sigma / math.sqrt(n_mc) + 1e-6).all()), (each.max(), sigma.max())
+    mean_err = (est.mean(0) - kernel).abs()
+    assert bool((mean_err <= 5 * sigma / math.sqrt(R * n_mc) + 1e-6).all()), (mean_err.max(), sigma.max())
+    assert each.max().item() > 0  # it really is an estimate
+    # deterministic: the draws come from a generator seeded with mc_seed
+    small = MetricPath(embedding=emb, exact_max_vocab=0, n_mc=8)
+    first = small.step_log_prob(logits, x_t, x_t, t, s)
+    assert torch.equal(first, small.step_log_prob(logits, x_t, x_t, t, s))
+    assert not torch.equal(first, MetricPath(embedding=emb, exact_max_vocab=0, n_mc=8, mc_seed=1).step_log_prob(logits, x_t, x_t, t, s))
+
+
+def test_monte_carlo_estimate_has_the_exact_gradient_in_expectation() -> None:
+    # The importance weight p/sg(p) makes grad(est) = (1/n) sum_m K(x_s | ., xhat^m) grad log p(xhat^m),
+    # an unbiased estimate of grad sum_k p(k) K(x_s | ., k): compare the gradients of the two probabilities,
+    # averaging R copies of the case (R * n_mc = 20000 draws).
+    V, n_mc, R = 4, 100, 200
+    emb = _embedding(V, 6)
+    exact, mc = MetricPath(embedding=emb), MetricPath(embedding=emb, exact_max_vocab=0, n_mc=n_mc)
+    logits = torch.tensor([[[0.3, -0.2, 0.8, 0.0]]], requires_grad=True)
+    x_t, x_s = torch.tensor([[1]]), torch.tensor([[2]])
+    t, s = torch.tensor([0.3]), torch.tensor([0.6])
+    (g_exact,) = torch.autograd.grad(exact.step_log_prob(logits, x_t, x_s, t, s).exp().sum(), logits)
+    est = mc.step_log_prob(logits.expand(R, -1, -1), x_t.expand(R, -1), x_s.expand(R, -1), t.expand(R), s.expand(R))
+    (g_mc,) = torch.autograd.grad(est.exp().mean(), logits)
+    # each gradient term is bounded by max K * |onehot - p| <= 1, so 5 / sqrt(20000) = 0.035 is a safe bound
+    torch.testing.assert_close(g_mc, g_exact, rtol=0, atol=5 / math.sqrt(R * n_mc))
+    assert g_exact.abs().max().item() > 0.05
+
+
+def test_embedding_builds_the_distance() -> None:
+    emb = _embedding(4, 8)
+    path = MetricPath(embedding=emb, power=2.0)
+    torch.testing.assert_close(path.distance, (torch.cdist(emb, emb) ** 2).float(), rtol=1e-6, atol=1e-6)
+    normed = MetricPath(embedding=emb, normalize=True)
+    unit = emb / emb.norm(dim=-1, keepdim=True)
+    torch.testing.assert_close(normed.distance, torch.cdist(unit, unit).float(), rtol=1e-6, atol=1e-6)
+    assert path.vocab_size == path.num_states == 4 and path.source.mask_id is None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({}, r"give exactly one of distance=\[V, V\] or embedding=\[V, D\]"),
+        ({"distance": _zero_one(3), "embedding": _embedding(3)}, r"give exactly one of distance"),
+        ({"distance": torch.ones(3, 4)}, r"distance must be square \[V, V\], got shape \(3, 4\)"),
+        ({"distance": torch.ones(3, 3)}, r"distance must be 0 on the diagonal and > 0 elsewhere"),
+        ({"embedding": torch.zeros(3, 2)}, r"distance must be 0 on the diagonal and > 0 elsewhere"),
+        ({"embedding": torch.zeros(3)}, r"embedding must be \[V, D\], got shape \(3,\)"),
+        ({"distance": _zero_one(3), "c": 0.0}, r"c must be > 0, got c=0.0"),
+        ({"distance": _zero_one(3), "a": -1.0}, r"a must be > 0, got a=-1.0"),
+        ({"distance": _zero_one(3), "n_mc": 0}, r"n_mc must be an int >= 1, got n_mc=0"),
+    ],
+)
+def test_constructor_rejects_bad_arguments(kwargs, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        MetricPath(**kwargs)
