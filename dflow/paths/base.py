@@ -106,6 +106,12 @@ class ProbabilityPath(ABC):
             bad = (s <= t).nonzero()[0, 0]
             raise ValueError(f"step requires s > t, got t={t[bad].item()} s={s[bad].item()} at batch index {int(bad)}")
 
+    def _check_transition(self, logits: Tensor, x_t: Tensor, x_s: Tensor) -> None:
+        # shapes only, so the hot path pays no device synchronisation
+        if x_s.shape != x_t.shape:
+            raise ValueError(f"x_s shape {tuple(x_s.shape)} must equal x_t shape {tuple(x_t.shape)}")
+        self._check_posterior("logits", logits, x_t)
+
     def _check_posterior(self, name: str, p: Tensor, x_t: Tensor) -> None:
         if p.dim() != 3 or p.shape[:2] != x_t.shape:
             raise ValueError(

@@ -145,6 +145,7 @@ class MetricPath(ProbabilityPath):
         return torch.where(last, posterior, out)
 
     def sample_step(self, logits, x_t, t, s, generator=None) -> StepSample:
+        self._check_posterior("logits", logits, x_t)
         g = torch.empty_like(logits).exponential_(generator=generator).log_().neg_().add_(logits)
         draw = g.argmax(-1)  # [B, L] xhat_1 ~ p_{1|t}
         del g
@@ -155,6 +156,7 @@ class MetricPath(ProbabilityPath):
         return StepSample(x_s=x_s, log_prob=self.step_log_prob(logits, x_t, x_s, t, s), draw=draw)
 
     def step_log_prob(self, logits, x_t, x_s, t, s) -> Tensor:
+        self._check_transition(logits, x_t, x_s)
         log_p = torch.log_softmax(logits, dim=-1)  # [B, L, V]
         lp_last = log_p.gather(-1, x_s[..., None]).squeeze(-1)  # s = 1: the posterior itself
         if self.exact:
@@ -191,6 +193,8 @@ class MetricPath(ProbabilityPath):
         self._check_states("x1", x1, self.vocab_size)
         self._check_states("x_t", x_t)
         self._check_time("t", t, x1.shape[0])
+        if x_t.shape != x1.shape:
+            raise ValueError(f"x_t shape {tuple(x_t.shape)} must equal x1 shape {tuple(x1.shape)}")
         self._check_posterior("logits", logits, x1)
         if not self.exact:
             raise ValueError(f"MetricPath.generalized_kl needs V <= exact_max_vocab, V={self.vocab_size}")

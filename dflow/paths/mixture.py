@@ -82,6 +82,7 @@ class MixturePath(ProbabilityPath):
         return kernel.scatter_add_(-1, x_t[..., None], (1.0 - lam)[..., None])
 
     def sample_step(self, logits, x_t, t, s, generator=None) -> StepSample:
+        self._check_posterior("logits", logits, x_t)  # shape only (no device sync): wider logits would draw states >= V
         # Gumbel-max on the logits: the only extra [B, L, V] tensor is the noise, reused in place.
         noise = torch.empty_like(logits).exponential_(generator=generator).log_().neg_().add_(logits)
         draw = noise.argmax(-1)  # [B, L] ~ softmax(logits)
@@ -92,6 +93,7 @@ class MixturePath(ProbabilityPath):
         return StepSample(x_s=x_s, log_prob=self._log_prob(logits, x_t, x_s, lam), draw=draw)
 
     def step_log_prob(self, logits, x_t, x_s, t, s) -> Tensor:
+        self._check_transition(logits, x_t, x_s)  # wider logits would be renormalised silently
         return self._log_prob(logits, x_t, x_s, self.jump_prob(x_t, t, s))
 
     def _log_prob(self, logits: Tensor, x_t: Tensor, x_s: Tensor, lam: Tensor) -> Tensor:
