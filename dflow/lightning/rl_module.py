@@ -24,6 +24,7 @@ from torch import Tensor
 
 from dflow.lightning.builders import DenoiserBuilder
 from dflow.lightning.evaluation import evaluate, spread_prompts, write_grid
+from dflow.lightning.reliability import check_state_dict
 from dflow.lightning.rewards import RewardSpec, build_rewards
 from dflow.paths.base import ProbabilityPath
 from dflow.rl.advantages import AdvantageEstimator, AdvantageInput, GroupAdvantage
@@ -274,6 +275,7 @@ class RLModule(L.LightningModule):
                                   "faults": dict(self.faults), "eval_history": list(self.eval_history)}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        check_state_dict(self, checkpoint)  # a clear message, naming the file, before Lightning loads it
         extra = checkpoint.get("dflow_rl")
         if extra:
             self.generator.set_state(extra["generator"])
