@@ -126,7 +126,8 @@ def load_reward(dotted_path: str) -> Any:
         ]
     if not candidates or not all(candidates[0]):
         raise ValueError(
-            f"reward path {dotted_path!r} must look like 'package.module:attr' or 'package.module.attr'"
+            f"reward path {dotted_path!r} must look like 'package.module:attr' or "
+            "'package.module.attr'"
         )
     obj: Any = None
     error: Exception | None = None
@@ -144,13 +145,18 @@ def load_reward(dotted_path: str) -> Any:
             error = err
             break
     if obj is None:
-        raise ValueError(f"reward path {dotted_path!r}: cannot import {module_name!r} ({error})") from error
+        raise ValueError(
+            f"reward path {dotted_path!r}: cannot import {module_name!r} ({error})"
+        ) from error
     for part in attr_path.split("."):
         if not hasattr(obj, part):
             raise ValueError(
-                f"reward path {dotted_path!r}: module {module_name!r} has no attribute {attr_path!r}"
+                f"reward path {dotted_path!r}: module {module_name!r} has no attribute "
+                f"{attr_path!r}"
             )
         obj = getattr(obj, part)
     if not callable(obj):
-        raise ValueError(f"reward path {dotted_path!r} names a {type(obj).__name__}, not a callable")
+        raise ValueError(
+            f"reward path {dotted_path!r} names a {type(obj).__name__}, not a callable"
+        )
     return obj

@@ -135,7 +135,8 @@ class Task(ABC):
     # ---- shared input checks -------------------------------------------------------------
 
     def check_x1(self, x1: Tensor, prompts: Sequence[Prompt] | None) -> Tensor:
-        """Validate samples: a long ``[B, L]`` tensor with values in ``[0, V)``, ``B = len(prompts)``.
+        """Validate samples: an integer ``[B, L]`` tensor with values in ``[0, V)``, where
+        ``B = len(prompts)`` when prompts are given.
 
         Returns ``x1`` on the CPU (the verifiers are CPU code).
         """
@@ -175,7 +176,7 @@ class Task(ABC):
 
 
 def check_positive_int(value: int, field: str, minimum: int = 1) -> int:
-    """Return ``value`` if it is an int ``>= minimum``, else raise ``ValueError`` naming ``field``."""
+    """Return ``value`` if it is an int ``>= minimum``, else ``ValueError`` naming ``field``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{field} must be an integer >= {minimum}, got {value!r}")
     return value

@@ -36,15 +36,16 @@ class CategoryAccuracy(torchmetrics.Metric):
         self.categories = categories
         self._index = {c: i for i, c in enumerate(categories)}
         n = len(categories)
-        self.add_state("num_correct", default=torch.zeros(n, dtype=torch.long), dist_reduce_fx="sum")
-        self.add_state("num_total", default=torch.zeros(n, dtype=torch.long), dist_reduce_fx="sum")
+        for state in ("num_correct", "num_total"):
+            self.add_state(state, default=torch.zeros(n, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, correct: Tensor, prompts: Sequence[Any]) -> None:
         """Add a batch: ``correct`` bool ``[B]``, ``prompts`` with a ``category`` attribute each."""
         if not isinstance(correct, Tensor) or correct.dim() != 1 or len(correct) != len(prompts):
             shape = tuple(correct.shape) if isinstance(correct, Tensor) else type(correct).__name__
             raise ValueError(
-                f"correct must be a 1-D tensor with one entry per prompt ({len(prompts)}), got {shape}"
+                f"correct must be a 1-D tensor with one entry per prompt ({len(prompts)}), "
+                f"got {shape}"
             )
         idx = []
         for p in prompts:

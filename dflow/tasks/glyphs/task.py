@@ -67,8 +67,10 @@ class GlyphsTask(Task):
         seed: int = 0,
         render_scale: int = 8,
     ) -> None:
-        if not isinstance(alphabet, str) or len(alphabet) < 2 or len(set(alphabet)) != len(alphabet):
-            raise ValueError(f"alphabet must be a string of >= 2 distinct characters, got {alphabet!r}")
+        if not isinstance(alphabet, str) or len(alphabet) < 2 or len(set(alphabet)) < len(alphabet):
+            raise ValueError(
+                f"alphabet must be a string of >= 2 distinct characters, got {alphabet!r}"
+            )
         check_positive_int(min_length, "min_length")
         check_positive_int(max_length, "max_length")
         if not min_length <= max_length <= MAX_LENGTH:
@@ -149,7 +151,9 @@ class GlyphsTask(Task):
         x1 = self.check_x1(x1, None)
         return self.reader.read(x1.view(-1, self.height, self.width).numpy())
 
-    def _reads_and_targets(self, x1: Tensor, prompts: Sequence[Prompt]) -> tuple[list[str], list[str]]:
+    def _reads_and_targets(
+        self, x1: Tensor, prompts: Sequence[Prompt]
+    ) -> tuple[list[str], list[str]]:
         self.check_x1(x1, prompts)
         self.check_prompts(prompts)
         targets = [self._target(p) for p in prompts]
@@ -162,7 +166,8 @@ class GlyphsTask(Task):
 
     def correct(self, x1: Tensor, prompts: Sequence[Prompt]) -> Tensor:
         reads, targets = self._reads_and_targets(x1, prompts)
-        return torch.tensor([r == s for r, s in zip(reads, targets)], dtype=torch.bool, device=x1.device)
+        values = [r == s for r, s in zip(reads, targets)]
+        return torch.tensor(values, dtype=torch.bool, device=x1.device)
 
     def render(
         self,

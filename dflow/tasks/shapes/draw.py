@@ -21,8 +21,8 @@ def _free(positions: np.ndarray, placed: list[tuple[int, int]]) -> np.ndarray:
     """Mask over ``positions`` ``[P, 2]`` of slots that keep the gap to every placed slot."""
     ok = np.ones(len(positions), dtype=bool)
     for r, c in placed:
-        far = (np.abs(positions[:, 0] - r) >= SLOT + GAP) | (np.abs(positions[:, 1] - c) >= SLOT + GAP)
-        ok &= far
+        apart = np.abs(positions - np.array([r, c])) >= SLOT + GAP  # [P, 2] per axis
+        ok &= apart.any(axis=1)
     return ok
 
 
@@ -46,7 +46,7 @@ def place_slots(
             ok = _free(positions, placed)
             if k == 1 and relation is not None:
                 a = placed[0]
-                ok &= np.array([relation_holds(relation, a, (int(r), int(c))) for r, c in positions])
+                ok &= np.array([relation_holds(relation, a, (r, c)) for r, c in positions.tolist()])
             if not ok.any():
                 break
             r, c = positions[rng.choice(np.flatnonzero(ok))]

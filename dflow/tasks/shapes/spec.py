@@ -45,7 +45,9 @@ RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
 NUMBER_WORDS: dict[int, str] = {1: "a", 2: "two", 3: "three", 4: "four"}
 
 
-def relation_holds(relation: str, center_a: tuple[float, float], center_b: tuple[float, float]) -> bool:
+def relation_holds(
+    relation: str, center_a: tuple[float, float], center_b: tuple[float, float]
+) -> bool:
     """Whether object A (centre ``(row, col)``) is ``relation`` object B.
 
     With ``dy = row_b - row_a`` and ``dx = col_b - col_a`` (rows grow downwards), "A left of B"
@@ -103,7 +105,8 @@ class ShapesSpec:
             raise ValueError("objects must contain at least one ObjectSpec")
         for i, a in enumerate(self.objects):
             for b in self.objects[i + 1 :]:
-                if a.shape == b.shape and (a.color is None or b.color is None or a.color == b.color):
+                same_colour = a.color is None or b.color is None or a.color == b.color
+                if a.shape == b.shape and same_colour:
                     raise ValueError(f"objects overlap: {a} and {b} could match the same object")
         if self.relation is not None:
             if self.relation not in RELATIONS:

@@ -55,10 +55,12 @@ def label_components(images: Tensor) -> Tensor:
     labels = own.clone()
     while True:
         new = labels.clone()
-        new[:, :, :-1] = torch.where(link_w, torch.minimum(new[:, :, :-1], labels[:, :, 1:]), new[:, :, :-1])
-        new[:, :, 1:] = torch.where(link_w, torch.minimum(new[:, :, 1:], labels[:, :, :-1]), new[:, :, 1:])
-        new[:, :-1, :] = torch.where(link_h, torch.minimum(new[:, :-1, :], labels[:, 1:, :]), new[:, :-1, :])
-        new[:, 1:, :] = torch.where(link_h, torch.minimum(new[:, 1:, :], labels[:, :-1, :]), new[:, 1:, :])
+        for link, dim in ((link_w, 2), (link_h, 1)):
+            first = tuple(slice(None, -1) if d == dim else slice(None) for d in range(3))
+            second = tuple(slice(1, None) if d == dim else slice(None) for d in range(3))
+            low = torch.minimum(labels[first], labels[second])  # both pixels of a linked pair
+            new[first] = torch.where(link, torch.minimum(new[first], low), new[first])
+            new[second] = torch.where(link, torch.minimum(new[second], low), new[second])
         # pointer jumping: a label is a pixel of the same component, so its label is valid too
         new = new.flatten()[new.flatten()].view(B, H, W)
         if torch.equal(new, labels):
@@ -83,7 +85,8 @@ def find_objects(images: Tensor) -> DetectedObjects:
     cmin = big.clone().scatter_reduce_(0, lab, cols, "amin")
     rmax = torch.full((n,), -1, dtype=torch.long).scatter_reduce_(0, lab, rows, "amax")
     cmax = torch.full((n,), -1, dtype=torch.long).scatter_reduce_(0, lab, cols, "amax")
-    roots = torch.nonzero(fg & (labels == torch.arange(n))).squeeze(1)  # [N] one pixel per component
+    # [N] one pixel per component: the one whose index is the component's label
+    roots = torch.nonzero(fg & (labels == torch.arange(n))).squeeze(1)
     # each template's own bounding box inside its 3x3 slot: offset (t_r0, t_c0), size (t_h, t_w)
     t_rows = torch.from_numpy(TEMPLATES.any(axis=2))  # [S, 3] rows with ink
     t_cols = torch.from_numpy(TEMPLATES.any(axis=1))  # [S, 3] columns with ink
@@ -105,7 +108,14 @@ def find_objects(images: Tensor) -> DetectedObjects:
 
 
 def _aligned_hits(
-    rows: Tensor, cols: Tensor, rmin: Tensor, cmin: Tensor, lab: Tensor, n: int, t_r0: Tensor, t_c0: Tensor
+    rows: Tensor,
+    cols: Tensor,
+    rmin: Tensor,
+    cmin: Tensor,
+    lab: Tensor,
+    n: int,
+    t_r0: Tensor,
+    t_c0: Tensor,
 ) -> Tensor:
     """Per component and template: how many of its pixels lie on the template's ink, with the
     template's own bounding box aligned to the component's. Returns long ``[n, S]``."""
@@ -138,7 +148,8 @@ class Score:
     has_relation: bool
 
     def reward(self, extra_penalty: float) -> float:
-        """``max(0, (matched + [relation_ok] - extra_penalty * extra) / (required + [has_relation]))``."""
+        """``max(0, (matched + [relation_ok] - extra_penalty * extra)
+        / (required + [has_relation]))`` with ``[.]`` = 1 if true else 0."""
         gain = self.matched + (1 if self.has_relation and self.relation_ok else 0)
         denom = self.required + (1 if self.has_relation else 0)
         return max(0.0, (gain - extra_penalty * self.extra) / denom)
