@@ -186,3 +186,16 @@ def test_corrupted_samples_stay_in_range_and_correct_iff_reward_is_one(any_task:
     assert torch.equal(correct, reward == 1.0)
     unchanged = (x1 == batch.x1).all(dim=1)
     assert bool(correct[unchanged].all())  # a flip may redraw the same value
+
+
+def test_prompts_are_hashable_and_unique_within_a_split(any_task: Task):
+    # the data modules index prompts with a dict {prompt: position}
+    for split in ("train", "test"):
+        prompts = any_task.prompts(split)
+        assert len({p: i for i, p in enumerate(prompts)}) == len(prompts)
+
+
+def test_image_tasks_expose_their_shape(shapes_task, glyphs_task, text_task):
+    for task in (shapes_task, glyphs_task):
+        assert task.height * task.width == task.seq_len  # row-major pixels
+    assert not hasattr(text_task, "height")
