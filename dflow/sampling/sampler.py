@@ -137,7 +137,12 @@ class Sampler:
         return Trajectory(states, times, log_probs, x.long(), argmax, draws, cond, passes)
 
     def log_probs(self, policy: Policy, traj: Trajectory, steps: Sequence[int] | Tensor | None = None) -> Tensor:
-        """Recompute ``log P_theta(x_{t_{k+1}} | x_{t_k})`` for the chosen steps, with gradient: ``[B, len(steps)]``."""
+        """Recompute ``log P_theta(x_{t_{k+1}} | x_{t_k})`` for the chosen steps, with gradient: ``[B, len(steps)]``.
+
+        Float32 like ``Trajectory.log_probs``, whatever the policy's precision: a float64 policy's values
+        are rounded exactly as the rollout rounded them when recording, so the on-policy ratio is exactly 1
+        (the gradient still flows back through the cast into float64 weights).
+        """
         K = traj.num_steps
         steps = list(range(K)) if steps is None else [int(k) for k in steps]
         if any(k < 0 or k >= K for k in steps):
@@ -150,11 +155,11 @@ class Sampler:
             t, s = times[k].expand(B), times[k + 1].expand(B)
             logits = self.logits(policy, x_t, t, traj.cond)
             out.append(self.path.step_log_prob(logits, x_t, x_s, t, s).sum(-1))
-        return torch.stack(out, dim=1)
+        return torch.stack(out, dim=1).to(torch.float32)
 
 
 def recompute_log_probs(
     sampler: Sampler, policy: Policy, traj: Trajectory, steps: Sequence[int] | Tensor | None = None
 ) -> Tensor:
-    """Per-step log-probs ``[B, len(steps)]`` of a stored trajectory under ``policy`` (what RL differentiates)."""
+    """Per-step float32 log-probs ``[B, len(steps)]`` of a stored trajectory under ``policy`` (what RL differentiates)."""
     return sampler.log_probs(policy, traj, steps)
