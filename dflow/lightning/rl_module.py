@@ -110,6 +110,7 @@ class RLModule(L.LightningModule):
         self.faults = {"bad_reward": 0, "nonfinite_grad": 0, "consecutive": 0}
         self.eval_history: list[dict[str, float]] = []
         self.generator = torch.Generator().manual_seed(seed)
+        self.rl_steps = 0  # rollout batches trained on (== global_step unless steps were skipped)
 
     # ------------------------------------------------------------------ assembly
     def configure_model(self) -> None:
@@ -180,23 +181,25 @@ class RLModule(L.LightningModule):
         opt = self.optimizers()
         stats: dict[str, list[float]] = {}
         grad_norms = []
-        for _ in range(self.update.num_inner_epochs):
-            for idx in self.update.minibatches(traj.batch_size, G, self.generator):
-                out = self.update.loss(self.denoiser, batch_ready, idx.to(self.device), self.rollout_sampler, self.compute)
-                if not torch.isfinite(out.loss):
-                    opt.zero_grad(set_to_none=True)
-                    return self._fault("nonfinite_grad", ValueError(f"loss is {out.loss.item()}"))
+        schedule = [idx for _ in range(self.update.num_inner_epochs)
+                    for idx in self.update.minibatches(traj.batch_size, G, self.generator)]
+        for i, idx in enumerate(schedule):
+            out = self.update.loss(self.denoiser, batch_ready, idx.to(self.device), self.rollout_sampler, self.compute)
+            opt.zero_grad(set_to_none=True)
+            if not torch.isfinite(out.loss):
+                return self._fault("nonfinite_grad", ValueError(f"loss is {out.loss.item()}"))
+            self.manual_backward(out.loss)
+            params = [p for p in self.denoiser.parameters() if p.grad is not None]
+            norm = torch.nn.utils.clip_grad_norm_(params, hp.max_grad_norm or math.inf)
+            if not torch.isfinite(norm):
                 opt.zero_grad(set_to_none=True)
-                self.manual_backward(out.loss)
-                params = [p for p in self.denoiser.parameters() if p.grad is not None]
-                norm = torch.nn.utils.clip_grad_norm_(params, hp.max_grad_norm or math.inf)
-                if not torch.isfinite(norm):
-                    opt.zero_grad(set_to_none=True)
-                    return self._fault("nonfinite_grad", ValueError(f"gradient norm is {norm.item()}"))
-                opt.step()
-                grad_norms.append(float(norm))
-                for k, v in out.stats.items():
-                    stats.setdefault(k, []).append(v)
+                return self._fault("nonfinite_grad", ValueError(f"gradient norm is {norm.item()}"))
+            # Only the last optimiser step of an RL step goes through Lightning's wrapper, so that
+            # trainer.global_step (max_steps, checkpoint cadence, log x-axis) counts RL steps.
+            (opt.step if i == len(schedule) - 1 else opt.optimizer.step)()
+            grad_norms.append(float(norm))
+            for k, v in out.stats.items():
+                stats.setdefault(k, []).append(v)
         times["update"] = time.perf_counter() - tic
         self.faults["consecutive"] = 0
 
@@ -207,6 +210,7 @@ class RLModule(L.LightningModule):
             "train/acc": correct.mean().item(),
             "train/entropy": -traj.log_probs.sum(-1).mean().item() / self.task.seq_len,
             "train/grad_norm": sum(grad_norms) / len(grad_norms),
+            "train/rl_step": float(self.rl_steps + 1),
             **{f"reward/{k}": v.float().mean().item() for k, v in record.components.items()},
             **{f"adv/{k}": v for k, v in adv.stats.items()},
             **{f"train/{k}": (min(v) if k == "ratio_min" else max(v) if k == "ratio_max" else sum(v) / len(v))
@@ -216,8 +220,8 @@ class RLModule(L.LightningModule):
         }
         self.log_dict(logs, prog_bar=False, on_step=True, batch_size=len(prompts))
         self.log("reward", logs["train/reward"], prog_bar=True, on_step=True, batch_size=len(prompts))
-        step = self.global_step
-        if hp.eval_every_n_steps and step % hp.eval_every_n_steps == 0:
+        self.rl_steps += 1
+        if hp.eval_every_n_steps and self.rl_steps % hp.eval_every_n_steps == 0:
             self.run_evaluation()
 
     def _step_rewards(self, traj, prompts, final: Tensor) -> Tensor:
@@ -248,7 +252,7 @@ class RLModule(L.LightningModule):
             self.run_evaluation()
 
     def on_train_end(self) -> None:
-        if self.hparams.eval_every_n_steps and (not self.eval_history or self.eval_history[-1]["step"] != self.global_step):
+        if self.hparams.eval_every_n_steps and (not self.eval_history or self.eval_history[-1]["rl_step"] != self.rl_steps):
             self.run_evaluation()
 
     def run_evaluation(self) -> dict[str, float]:
@@ -261,18 +265,20 @@ class RLModule(L.LightningModule):
         self.denoiser.train(was_training)
         metrics = {f"eval/{k.replace('/', '_')}": v for k, v in res.metrics.items()}
         metrics.update(self._compute_logs())
-        self.eval_history.append({"step": self.global_step, **metrics})
+        metrics["eval/rl_step"] = float(self.rl_steps)
+        self.eval_history.append({"step": self.global_step, "rl_step": self.rl_steps, **metrics})
         if self.trainer.is_global_zero:
             for logger in self.loggers:
                 logger.log_metrics(metrics, step=self.global_step)
-            out = Path(self.trainer.log_dir or ".") / "samples" / f"step_{self.global_step:06d}.png"
+            out = Path(self.trainer.log_dir or ".") / "samples" / f"rl_step_{self.rl_steps:05d}.png"
             write_grid(self.task, grid.x1, self.grid_prompts, out)
         return metrics
 
     # ------------------------------------------------------------------ checkpoint extras
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["dflow_rl"] = {"generator": self.generator.get_state(), "compute": vars(self.compute).copy(),
-                                  "faults": dict(self.faults), "eval_history": list(self.eval_history)}
+                                  "faults": dict(self.faults), "eval_history": list(self.eval_history),
+                                  "rl_steps": self.rl_steps}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         check_state_dict(self, checkpoint)  # a clear message, naming the file, before Lightning loads it
@@ -282,6 +288,7 @@ class RLModule(L.LightningModule):
             self.compute = Compute(**extra["compute"])
             self.faults.update(extra["faults"])
             self.eval_history = list(extra["eval_history"])
+            self.rl_steps = int(extra["rl_steps"])
 
 
 def _to(adv, device):
