@@ -270,6 +270,23 @@ def test_monte_carlo_kernel_converges_to_the_exact_kernel() -> None:
     assert not torch.equal(first, MetricPath(embedding=emb, exact_max_vocab=0, n_mc=8, mc_seed=1).step_log_prob(logits, x_t, x_t, t, s))
 
 
+def test_monte_carlo_kernel_is_exact_for_a_certain_posterior() -> None:
+    # A posterior with all its mass on one x_1 leaves the estimator no variance: every draw is x_1, so
+    # (1/n) sum_m K(x_s | x_t, x_1) is the exact kernel; any normalisation slip shows at float32 precision.
+    V, n_mc = 5, 7
+    emb = _embedding(V, 4)
+    exact, mc = MetricPath(embedding=emb), MetricPath(embedding=emb, exact_max_vocab=0, n_mc=n_mc)
+    x1 = torch.tensor([[0, 3, 4]])
+    logits = torch.nn.functional.one_hot(x1, V).float() * 200.0 - 100.0  # p(x1) = 1 in float32
+    x_t = torch.tensor([[2, 1, 4]])
+    t, s = torch.tensor([0.25]), torch.tensor([0.6])
+    kernel = exact.step_kernel(torch.softmax(logits, -1), x_t, t, s)  # [1, 3, V]
+    for y in range(V):
+        x_s = torch.full_like(x_t, y)
+        got = mc.step_log_prob(logits, x_t, x_s, t, s).exp()
+        torch.testing.assert_close(got, kernel[..., y], rtol=1e-5, atol=1e-7)
+
+
 def test_monte_carlo_estimate_has_the_exact_gradient_in_expectation() -> None:
     # The importance weight p/sg(p) makes grad(est) = (1/n) sum_m K(x_s | ., xhat^m) grad log p(xhat^m),
     # an unbiased estimate of grad sum_k p(k) K(x_s | ., k): compare the gradients of the two probabilities,

@@ -4,7 +4,7 @@ For each path we enumerate every state sequence, build the exact per-step transi
 ``path.step_kernel`` (a product over tokens) around the posterior of a fixed tiny policy, and get
 
 - the exact distribution of the final sample ``x_1``: the sampler's empirical frequencies over
-  ``N = 20,000`` rollouts must be within a total-variation tolerance justified below;
+  ``N = 40,000`` rollouts must be within a total-variation tolerance justified below;
 - the exact log-probability of every transition: the sampler's recorded ``traj.log_probs`` must
   match it for every sampled trajectory (1e-5).
 
@@ -15,11 +15,11 @@ and guidance has something to act on. The enumeration applies guidance and tempe
 TV tolerance: with ``M`` outcomes and ``N`` samples, ``E[TV] <= 0.5 sum_j sqrt(p_j / N) <= 0.5 sqrt(M / N)``
 (Cauchy-Schwarz), and TV moves by at most ``1/N`` when one sample changes, so by McDiarmid
 ``P(TV > E[TV] + eps) <= exp(-2 N eps^2)``; ``eps = sqrt(ln(1e6) / (2N))`` gives a false-alarm rate
-below 1e-6. For ``M = 9``, ``N = 20,000``: ``0.0106 + 0.0186 = 0.029``. Seeds are fixed anyway.
+below 1e-6. For ``M = 9``, ``N = 40,000``: ``0.0075 + 0.0131 = 0.021``. Seeds are fixed anyway.
 
 What each check can see: (b) pins the kernel to 1e-5, so it separates the exact from the Euler
 kernel; (a) shows the sampler draws from what it records. On these tiny cases the exact and Euler
-kernels give final distributions only 0.005-0.02 apart in TV, below what 20k samples resolve, while
+kernels give final distributions only 0.005-0.02 apart in TV, below what 40k samples resolve, while
 dropping guidance moves them by 0.25-0.41 (checked in the last test, so (a) has power against it).
 """
 
@@ -45,7 +45,7 @@ from dflow.sampling import Sampler, time_grid
 
 F64 = torch.float64
 V, L, K = 3, 2, 3
-N_ROLLOUTS, N_BATCHES = 20_000, 2
+N_ROLLOUTS, N_BATCHES = 40_000, 2
 
 
 def tv_tolerance(num_outcomes: int, n: int, false_alarm: float = 1e-6) -> float:
