@@ -99,14 +99,18 @@ class PolicyUpdate:
                 "IntermediateActionLikelihood, or a per-sample advantage such as GroupAdvantage"
             )
 
-    def minibatches(self, batch_size: int, group_size: int, generator: torch.Generator | None) -> list[Tensor]:
-        """Index sets of one inner epoch: whole prompt groups, shuffled, ``minibatch_size`` samples each."""
+    def _minibatch_size(self, batch_size: int, group_size: int) -> int:
         mb = batch_size if self.minibatch_size is None else self.minibatch_size
         if mb % group_size or batch_size % mb:
             raise ValueError(
                 f"minibatch_size={mb} must be a multiple of group_size={group_size} and divide the batch "
                 f"of {batch_size} rollouts"
             )
+        return mb
+
+    def minibatches(self, batch_size: int, group_size: int, generator: torch.Generator | None) -> list[Tensor]:
+        """Index sets of one inner epoch: whole prompt groups, shuffled, ``minibatch_size`` samples each."""
+        mb = self._minibatch_size(batch_size, group_size)
         if mb == batch_size:
             return [torch.arange(batch_size)]
         groups = torch.randperm(batch_size // group_size, generator=generator)
@@ -141,12 +145,17 @@ class PolicyUpdate:
         if advantages.per_step:
             adv = adv[:, plan.steps]  # [B, U]
         B, U = traj.batch_size, plan.num_units
-        chunks = self.minibatches(B, group_size, None) if self.minibatch_size else [torch.arange(B)]
+        mb = self._minibatch_size(B, group_size)
+        # Old and reference units are computed in chunks of the loss's mini-batch size: a denoiser's
+        # output for one row can change in the last bit with the batch size (matmul kernels are
+        # picked by shape), so only equal shapes give the exact on-policy ratio of 1.
+        chunks = list(torch.arange(B, device=traj.x1.device).split(mb))
         passes = B * U * self.likelihood.passes_per_unit(sampler, traj)
         tokens = traj.x1.shape[1] + (traj.cond.shape[1] if torch.is_tensor(traj.cond) else 0)
         old = None
         if not self.single_pass(B):
-            old = self.likelihood.recorded_log_probs(traj, plan)
+            # values recorded during the rollout (batch of B) are exact only for whole-batch losses
+            old = self.likelihood.recorded_log_probs(traj, plan) if mb == B else None
             if old is None:  # recompute once, before any update, on the same draws
                 old = self._units(policy, traj, plan, sampler, chunks)
                 compute.add(forward=passes, tokens_per_pass=tokens)
