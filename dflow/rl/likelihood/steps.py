@@ -39,16 +39,20 @@ class StepWindow(StepSelection):
     def __init__(self, size: int = 3, start: int = 0, max_start: int | None = None) -> None:
         if size < 1 or start < 0:
             raise ValueError(f"StepWindow: need size >= 1 and start >= 0, got size={size}, start={start}")
+        if max_start is not None and max_start < start:
+            raise ValueError(f"StepWindow: need max_start >= start, got start={start}, max_start={max_start}")
         self.size, self.start, self.max_start = size, start, max_start
 
     def select(self, num_steps, generator=None):
+        # check the latest possible window before drawing, so a bad config fails on every call
+        last = self.start if self.max_start is None else self.max_start
+        if last + self.size > num_steps:
+            raise ValueError(
+                f"StepWindow: steps {last}..{last + self.size - 1} exceed the sampler's num_steps={num_steps}"
+            )
         start = self.start
         if self.max_start is not None:
             start = int(torch.randint(self.start, self.max_start + 1, (1,), generator=generator))
-        if start + self.size > num_steps:
-            raise ValueError(
-                f"StepWindow: steps {start}..{start + self.size - 1} exceed the sampler's num_steps={num_steps}"
-            )
         return list(range(start, start + self.size))
 
 
