@@ -33,7 +33,7 @@ from dflow.rl.kl import KLPenalty
 from dflow.rl.likelihood.base import LikelihoodEstimator
 from dflow.rl.objectives import Objective
 from dflow.rl.update import Compute, PolicyUpdate
-from dflow.sampling import SamplerConfig
+from dflow.sampling import SamplerConfig, Trajectory
 
 
 class RLModule(L.LightningModule):
@@ -52,6 +52,9 @@ class RLModule(L.LightningModule):
             returns NaN / inf / a wrong shape.
         max_consecutive_faults: stop after this many skipped steps in a row.
         reference_from_initial: the KL reference is a frozen copy of the initial policy.
+        seed_rollouts_per_prompt: roll out each prompt's group with its own generator seeded by
+            ``(seed, step, prompt index)``, so results do not depend on how prompts are split over
+            devices (slower on CPU: batches of ``G``); used to check DDP against one process.
     """
 
     def __init__(
@@ -80,6 +83,7 @@ class RLModule(L.LightningModule):
         eval_batch_size: int = 64,
         num_grid_prompts: int = 16,
         seed: int = 0,
+        seed_rollouts_per_prompt: bool = False,
     ) -> None:
         super().__init__()
         if group_size < 1:
@@ -156,10 +160,7 @@ class RLModule(L.LightningModule):
         tic = time.perf_counter()
         prompts = [self.train_prompts[int(i)] for i in batch.flatten().tolist() for _ in range(G)]  # [B]
         cond = self.task.encode_prompts(prompts).to(self.device)
-        traj = self.rollout_sampler.rollout(
-            self.denoiser, cond, batch_size=len(prompts), seq_len=self.task.seq_len,
-            generator=self.generator, device=self.device,
-        )
+        traj = self._rollout(batch.flatten().tolist(), cond)
         tokens = self.task.seq_len + cond.shape[1]
         self.compute.add(forward=len(prompts) * traj.forward_passes, tokens_per_pass=tokens)
         times["rollout"] = time.perf_counter() - tic
@@ -218,11 +219,24 @@ class RLModule(L.LightningModule):
             **{f"time/{k}": v for k, v in times.items()},
             **self._compute_logs(),
         }
-        self.log_dict(logs, prog_bar=False, on_step=True, batch_size=len(prompts))
-        self.log("reward", logs["train/reward"], prog_bar=True, on_step=True, batch_size=len(prompts))
+        self.log_dict(logs, prog_bar=False, on_step=True, batch_size=len(prompts), sync_dist=True)
+        self.log("reward", logs["train/reward"], prog_bar=True, on_step=True, batch_size=len(prompts), sync_dist=True)
         self.rl_steps += 1
         if hp.eval_every_n_steps and self.rl_steps % hp.eval_every_n_steps == 0:
             self.run_evaluation()
+
+    def _rollout(self, prompt_ids: list[int], cond: Tensor):
+        G, L = self.group_size, self.task.seq_len
+        if not self.hparams.seed_rollouts_per_prompt:
+            return self.rollout_sampler.rollout(self.denoiser, cond, batch_size=cond.shape[0], seq_len=L,
+                                                generator=self.generator, device=self.device)
+        parts = []
+        for j, pid in enumerate(prompt_ids):
+            gen = torch.Generator(device=self.device).manual_seed(
+                (self.hparams.seed * 1_000_003 + self.rl_steps) * 1_000_003 + pid)
+            parts.append(self.rollout_sampler.rollout(self.denoiser, cond[j * G:(j + 1) * G], batch_size=G,
+                                                      seq_len=L, generator=gen, device=self.device))
+        return Trajectory.concat(parts)
 
     def _step_rewards(self, traj, prompts, final: Tensor) -> Tensor:
         """Reward of the posterior-argmax decode at every step, then the final reward: ``[B, K+1]``."""

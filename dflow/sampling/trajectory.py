@@ -68,3 +68,21 @@ class Trajectory:
             draws=None if self.draws is None else self.draws[:, idx],
             cond=cond,
         )
+
+    @staticmethod
+    def concat(parts: list[Trajectory]) -> Trajectory:
+        """Stack trajectories of the same grid along the batch."""
+        if not parts:
+            raise ValueError("Trajectory.concat needs at least one trajectory")
+        first = parts[0]
+        cond = torch.cat([p.cond for p in parts]) if torch.is_tensor(first.cond) else first.cond
+        return Trajectory(
+            states=torch.cat([p.states for p in parts], dim=1),
+            times=first.times,
+            log_probs=torch.cat([p.log_probs for p in parts]),
+            x1=torch.cat([p.x1 for p in parts]),
+            posterior_argmax=torch.cat([p.posterior_argmax for p in parts], dim=1),
+            draws=None if first.draws is None else torch.cat([p.draws for p in parts], dim=1),
+            cond=cond,
+            forward_passes=first.forward_passes,
+        )
