@@ -1,0 +1,41 @@
+"""Lightning training: the pretraining and RL modules, data modules, denoiser builders, losses, callbacks.
+
+Recipes name these by ``class_path`` (e.g. ``dflow.lightning.PretrainModule``).
+"""
+
+from dflow.lightning.builders import (
+    DenoiserBuilder,
+    HFMaskedLM,
+    PretrainedDenoiser,
+    TransformerDenoiser,
+    resolve_path,
+)
+from dflow.lightning.callbacks import DFlowProgressBar, ExportPretrained
+from dflow.lightning.data import PromptDataModule, TaskDataModule
+from dflow.lightning.losses import CrossEntropyLoss, GeneralizedKLLoss, PretrainLoss
+from dflow.lightning.loggers import ResumableCSVLogger
+from dflow.lightning.pretrain import PretrainModule
+from dflow.lightning.reliability import AtomicCheckpointIO, GracefulShutdown
+from dflow.lightning.rewards import RewardSpec
+from dflow.lightning.rl_module import RLModule
+
+__all__ = [
+    "AtomicCheckpointIO",
+    "GracefulShutdown",
+    "RLModule",
+    "ResumableCSVLogger",
+    "RewardSpec",
+    "CrossEntropyLoss",
+    "DFlowProgressBar",
+    "DenoiserBuilder",
+    "ExportPretrained",
+    "GeneralizedKLLoss",
+    "HFMaskedLM",
+    "PretrainLoss",
+    "PretrainModule",
+    "PretrainedDenoiser",
+    "PromptDataModule",
+    "TaskDataModule",
+    "TransformerDenoiser",
+    "resolve_path",
+]
