@@ -1,0 +1,116 @@
+"""Denoiser builders: sizes come from the task and the path; saved bases are checked at start-up."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from dflow.lightning import HFMaskedLM, PretrainedDenoiser, TransformerDenoiser, resolve_path
+from dflow.lightning.builders import describe, instantiate
+from dflow.models import DFlowConfig, DFlowTransformer
+from dflow.paths import LinearScheduler, MaskSource, MixturePath, MixtureSource, PolynomialScheduler, UniformSource
+from dflow.tasks import ShapesTask, TextTask
+
+TINY = dict(hidden_size=16, num_layers=1, num_heads=2)
+
+
+@pytest.fixture(scope="module")
+def shapes() -> ShapesTask:
+    return ShapesTask(height=8, width=8, train_prompts_per_category=10, test_prompts_per_category=5)
+
+
+def save_model(directory, **overrides) -> str:
+    config = dict(vocab_size=7, mask_id=None, seq_len=64, prompt_len=8, prompt_vocab_size=25, **TINY)
+    config.update(overrides)
+    DFlowTransformer(DFlowConfig(**config)).save_pretrained(directory)
+    return str(directory)
+
+
+def test_transformer_sizes_come_from_task_and_path(shapes):
+    for source, mask_id in ((UniformSource(7), None), (MaskSource(7), 7)):
+        model = TransformerDenoiser(**TINY).build(shapes, MixturePath(source))
+        c = model.config
+        assert (c.vocab_size, c.mask_id, c.seq_len) == (7, mask_id, 64)
+        assert (c.prompt_len, c.prompt_vocab_size) == (shapes.prompt_len, shapes.prompt_vocab_size)
+        assert tuple(c.image_shape) == (8, 8)
+        x_t = source.sample((2, 64))
+        assert model(x_t, torch.rand(2), shapes.encode_prompts(shapes.prompts("train")[:2])).shape == (2, 64, 7)
+
+
+def test_path_vocab_must_match_task(shapes):
+    with pytest.raises(ValueError, match=r"vocab_size=5.*vocab_size=7"):
+        TransformerDenoiser(**TINY).build(shapes, MixturePath(UniformSource(5)))
+
+
+def test_pretrained_loads_a_matching_directory(shapes, tmp_path):
+    model = PretrainedDenoiser(save_model(tmp_path / "base")).build(shapes, MixturePath(UniformSource(7)))
+    assert isinstance(model, DFlowTransformer)
+
+
+def test_pretrained_vocab_mismatch_names_both_values(shapes, tmp_path):
+    path = save_model(tmp_path / "base", vocab_size=9)
+    with pytest.raises(ValueError, match=r"vocab_size mismatch: model vocab_size=9 .* vocab_size=7"):
+        PretrainedDenoiser(path).build(shapes, MixturePath(UniformSource(7)))
+
+
+def test_pretrained_seq_len_mismatch_names_the_image_size(shapes, tmp_path):
+    path = save_model(tmp_path / "base", seq_len=144)  # a 12x12 base used with an 8x8 task
+    with pytest.raises(ValueError, match=r"model seq_len=144 .* image size 8x8 = seq_len=64"):
+        PretrainedDenoiser(path).build(shapes, MixturePath(UniformSource(7)))
+
+
+def test_mask_source_needs_a_mask_embedding(shapes, tmp_path):
+    path = save_model(tmp_path / "base", mask_id=None)
+    for source in (MaskSource(7), MixtureSource(7, 0.5)):
+        with pytest.raises(ValueError, match=r"mask_id=7 .* mask_id=None"):
+            PretrainedDenoiser(path).build(shapes, MixturePath(source))
+
+
+def test_a_mask_base_may_serve_a_uniform_path(shapes, tmp_path):
+    # the extra mask embedding row is simply never used
+    path = save_model(tmp_path / "base", mask_id=7)
+    assert PretrainedDenoiser(path).build(shapes, MixturePath(UniformSource(7))).config.mask_id == 7
+
+
+def test_missing_directory_names_the_path(shapes, tmp_path):
+    missing = str(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match=r"path='.*nowhere' is not a directory"):
+        PretrainedDenoiser(missing).build(shapes, MixturePath(UniformSource(7)))
+
+
+def test_resolve_path_finds_package_relative_names(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # not the repository
+    found = resolve_path("dflow/lightning")
+    assert found.is_dir() and (found / "builders.py").is_file()
+    assert resolve_path("lightning") == found  # relative to the package itself
+    (tmp_path / "local").mkdir()
+    assert resolve_path("local") == tmp_path / "local" or os.path.samefile(resolve_path("local"), tmp_path / "local")
+
+
+def test_hf_masked_lm_for_the_text_task():
+    task = TextTask()
+    path = MixturePath(MaskSource(task.vocab_size))
+    config = {"model_type": "bert", "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+              "intermediate_size": 32}
+    model = HFMaskedLM(config=config).build(task, path)
+    batch = task.sample_data(3, torch.Generator().manual_seed(0))
+    x_t = path.sample_xt(batch.x1, torch.full((3,), 0.5), torch.Generator().manual_seed(1))
+    assert model(x_t, torch.full((3,), 0.5), batch.cond).shape == (3, task.seq_len, task.vocab_size)
+    with pytest.raises(ValueError, match="exactly one of config and path"):
+        HFMaskedLM()
+
+
+def test_hf_masked_lm_needs_a_tokenizer_task(shapes):
+    with pytest.raises(ValueError, match="tokenizer"):
+        HFMaskedLM(config={"model_type": "bert"}).build(shapes, MixturePath(MaskSource(7)))
+
+
+def test_describe_and_instantiate_round_trip_a_path():
+    path = MixturePath(MixtureSource(7, 0.25), PolynomialScheduler(2.0), discretization="euler")
+    again = instantiate(describe(path))
+    assert repr(again) == repr(path)
+    assert describe(MixturePath(UniformSource(3), LinearScheduler()))["init_args"]["source"]["init_args"] == {
+        "vocab_size": 3
+    }
