@@ -2,8 +2,8 @@
 
 - smoke: every method preset x {mask, uniform} source trains two RL steps, changes every trainable
   parameter and logs finite metrics;
-- faults: bad rewards stop with a message naming the reward and the prompt, or skip the step with the
-  weights bit-identical; non-finite losses / gradients skip the step with weights and optimiser
+- faults: bad rewards stop with a message naming the reward and the prompt, or skip the step with
+  the weights bit-identical; non-finite losses / gradients skip the step with weights and optimiser
   state bit-identical; every fault is counted in the logs;
 - configuration errors are clear ValueErrors;
 - evaluation runs at the start and the end, writes PNG grids and logs accuracy and reward.
@@ -145,21 +145,36 @@ def _finite_metrics(trainer: L.Trainer) -> dict[str, float]:
 
 @pytest.mark.parametrize("source_name", list(SOURCES))
 @pytest.mark.parametrize("method", list(METHODS))
-def test_two_rl_steps_change_every_parameter(method, source_name, copy_task, tiny_builder, prompt_batches, tmp_path):
+def test_two_rl_steps_change_every_parameter(
+    method, source_name, copy_task, tiny_builder, prompt_batches, tmp_path
+):
     module = _module(tiny_builder, SOURCES[source_name](), METHODS[method]())
     module.attach_task(copy_task)
-    before = {n: p.detach().clone() for n, p in module.denoiser.named_parameters() if p.requires_grad}
+    before = {
+        n: p.detach().clone() for n, p in module.denoiser.named_parameters() if p.requires_grad
+    }
     trainer = _trainer(tmp_path)
     trainer.fit(module, datamodule=prompt_batches(copy_task, num_batches=2, prompts_per_step=P))
 
-    assert _optimizer_steps(trainer) == 2 * 2 * 2  # RL steps x inner epochs x mini-batches: no fault
+    assert (
+        _optimizer_steps(trainer) == 2 * 2 * 2
+    )  # RL steps x inner epochs x mini-batches: no fault
     after = dict(module.denoiser.named_parameters())
     unchanged = [n for n, p in before.items() if torch.equal(p, after[n])]
     assert not unchanged, f"{method}/{source_name}: parameters not trained: {unchanged}"
 
     metrics = _finite_metrics(trainer)
-    for key in ("train/reward", "train/ratio_mean", "train/ratio_min", "train/ratio_max", "train/clip_frac",
-                "train/grad_norm", "adv/std", "compute/forward", "compute/backward"):
+    for key in (
+        "train/reward",
+        "train/ratio_mean",
+        "train/ratio_min",
+        "train/ratio_max",
+        "train/clip_frac",
+        "train/grad_norm",
+        "adv/std",
+        "compute/forward",
+        "compute/backward",
+    ):
         assert key in metrics, key
     assert metrics["adv/frac_zero_std_groups"] < 1.0  # the rewards did vary within a group
     assert ("train/kl" in metrics) == (module.kl.beta > 0)
@@ -187,14 +202,22 @@ def red_fraction(x1: torch.Tensor, prompts) -> torch.Tensor:
 
 
 def test_real_task_smoke_shapes(tiny_builder, prompt_batches, tmp_path):
-    """One UDM-GRPO step on the real shapes task (8x8 images, V = 7), with evaluation and PNG grids."""
+    """One UDM-GRPO step on the real shapes task (8x8 images, V = 7), with evaluation and PNG
+    grids."""
     from dflow.tasks import ShapesTask
 
     task = ShapesTask(height=8, width=8, train_prompts_per_category=2, test_prompts_per_category=1)
     module = _module(
-        tiny_builder, UniformSource(task.vocab_size), METHODS["udm_grpo"](),
-        rewards=[RewardSpec(source=f"{__name__}:red_fraction", name="red"), RewardSpec("task", weight=0.5)],
-        eval_every_n_steps=1, num_eval_prompts=4, num_grid_prompts=4,
+        tiny_builder,
+        UniformSource(task.vocab_size),
+        METHODS["udm_grpo"](),
+        rewards=[
+            RewardSpec(source=f"{__name__}:red_fraction", name="red"),
+            RewardSpec("task", weight=0.5),
+        ],
+        eval_every_n_steps=1,
+        num_eval_prompts=4,
+        num_grid_prompts=4,
     )
     module.attach_task(task)
     before = {n: p.detach().clone() for n, p in module.denoiser.named_parameters()}
@@ -246,30 +269,47 @@ BAD_KINDS = ["nan", "inf", "shape", "raises"]
 
 
 @pytest.mark.parametrize("kind", BAD_KINDS)
-def test_bad_reward_stops_naming_the_reward_and_the_prompt(kind, copy_task, tiny_builder, prompt_batches, tmp_path):
+def test_bad_reward_stops_naming_the_reward_and_the_prompt(
+    kind, copy_task, tiny_builder, prompt_batches, tmp_path
+):
     module = _module(tiny_builder, UniformSource(V), METHODS["udm_grpo"](), on_bad_reward="stop")
     module.attach_task(copy_task)
     reward = BadReward(kind)
     module.rewards = WeightedRewards([reward])
     with pytest.raises(ValueError) as info:
-        _trainer(tmp_path).fit(module, datamodule=prompt_batches(copy_task, num_batches=2, prompts_per_step=P))
+        _trainer(tmp_path).fit(
+            module, datamodule=prompt_batches(copy_task, num_batches=2, prompts_per_step=P)
+        )
     message = str(info.value)
     assert reward.name in message and repr(reward.named_prompt()) in message, message
     assert module.faults["bad_reward"] == 1
 
 
-def test_bad_reward_loaded_from_a_dotted_path_stops(copy_task, tiny_builder, prompt_batches, tmp_path):
+def test_bad_reward_loaded_from_a_dotted_path_stops(
+    copy_task, tiny_builder, prompt_batches, tmp_path
+):
     module = _module(
-        tiny_builder, MaskSource(V), METHODS["dflow_grpo"](), rewards=[RewardSpec(source=f"{__name__}:nan_reward")]
+        tiny_builder,
+        MaskSource(V),
+        METHODS["dflow_grpo"](),
+        rewards=[RewardSpec(source=f"{__name__}:nan_reward")],
     )
     with pytest.raises(ValueError, match=r"nan_reward.*nan for prompt"):
-        _trainer(tmp_path).fit(module, datamodule=prompt_batches(copy_task, num_batches=1, prompts_per_step=P))
+        _trainer(tmp_path).fit(
+            module, datamodule=prompt_batches(copy_task, num_batches=1, prompts_per_step=P)
+        )
 
 
 @pytest.mark.parametrize("kind", BAD_KINDS)
-def test_bad_reward_skips_the_step_with_weights_untouched(kind, copy_task, tiny_builder, prompt_batches, tmp_path):
+def test_bad_reward_skips_the_step_with_weights_untouched(
+    kind, copy_task, tiny_builder, prompt_batches, tmp_path
+):
     module = _module(
-        tiny_builder, UniformSource(V), METHODS["udm_grpo"](), on_bad_reward="skip", max_consecutive_faults=3
+        tiny_builder,
+        UniformSource(V),
+        METHODS["udm_grpo"](),
+        on_bad_reward="skip",
+        max_consecutive_faults=3,
     )
     module.attach_task(copy_task)
     module.rewards = WeightedRewards([BadReward(kind)])
@@ -283,21 +323,36 @@ def test_bad_reward_skips_the_step_with_weights_untouched(kind, copy_task, tiny_
     assert module.faults["bad_reward"] == 2
 
 
-def test_consecutive_bad_rewards_stop_with_a_clear_message(copy_task, tiny_builder, prompt_batches, tmp_path):
+def test_consecutive_bad_rewards_stop_with_a_clear_message(
+    copy_task, tiny_builder, prompt_batches, tmp_path
+):
     module = _module(
-        tiny_builder, UniformSource(V), METHODS["udm_grpo"](), on_bad_reward="skip", max_consecutive_faults=2
+        tiny_builder,
+        UniformSource(V),
+        METHODS["udm_grpo"](),
+        on_bad_reward="skip",
+        max_consecutive_faults=2,
     )
     module.attach_task(copy_task)
     module.rewards = WeightedRewards([BadReward("nan")])
     with pytest.raises(ValueError, match=r"2 faulty step\(s\) in a row \(bad_reward\).*bad_nan"):
-        _trainer(tmp_path).fit(module, datamodule=prompt_batches(copy_task, num_batches=4, prompts_per_step=P))
+        _trainer(tmp_path).fit(
+            module, datamodule=prompt_batches(copy_task, num_batches=4, prompts_per_step=P)
+        )
     assert module.faults["bad_reward"] == 2
 
 
-def test_a_good_step_resets_the_consecutive_fault_count(copy_task, tiny_builder, prompt_batches, tmp_path):
-    """bad, good, bad, good with max_consecutive_faults=2: never two in a row, so the run completes."""
+def test_a_good_step_resets_the_consecutive_fault_count(
+    copy_task, tiny_builder, prompt_batches, tmp_path
+):
+    """bad, good, bad, good with max_consecutive_faults=2: never two in a row, so the run
+    completes."""
     module = _module(
-        tiny_builder, UniformSource(V), METHODS["udm_grpo"](), on_bad_reward="skip", max_consecutive_faults=2
+        tiny_builder,
+        UniformSource(V),
+        METHODS["udm_grpo"](),
+        on_bad_reward="skip",
+        max_consecutive_faults=2,
     )
     module.attach_task(copy_task)
     module.rewards = WeightedRewards([BadReward("nan", bad_calls={1, 3})])
@@ -362,8 +417,15 @@ def _same_state(a, b) -> bool:
 
 
 @pytest.mark.parametrize("poison", ["nan_logits", "inf_grad"])
-def test_nonfinite_update_skips_the_step_bit_identically(poison, copy_task, tiny_builder, prompt_batches, tmp_path):
-    module = _module(PoisonableBuilder(tiny_builder), MaskSource(V), METHODS["udm_grpo"](), max_consecutive_faults=3)
+def test_nonfinite_update_skips_the_step_bit_identically(
+    poison, copy_task, tiny_builder, prompt_batches, tmp_path
+):
+    module = _module(
+        PoisonableBuilder(tiny_builder),
+        MaskSource(V),
+        METHODS["udm_grpo"](),
+        max_consecutive_faults=3,
+    )
     callback = PoisonAt(poison, at=1)
     trainer = _trainer(tmp_path, callbacks=[callback])
     trainer.fit(module, datamodule=prompt_batches(copy_task, num_batches=2, prompts_per_step=P))
@@ -377,7 +439,12 @@ def test_nonfinite_update_skips_the_step_bit_identically(poison, copy_task, tiny
 
 
 def test_nonfinite_updates_in_a_row_stop(copy_task, tiny_builder, prompt_batches, tmp_path):
-    module = _module(PoisonableBuilder(tiny_builder), UniformSource(V), METHODS["dflow_grpo"](), max_consecutive_faults=2)
+    module = _module(
+        PoisonableBuilder(tiny_builder),
+        UniformSource(V),
+        METHODS["dflow_grpo"](),
+        max_consecutive_faults=2,
+    )
     with pytest.raises(ValueError, match=r"2 faulty step\(s\) in a row \(nonfinite_grad\)"):
         _trainer(tmp_path, callbacks=[PoisonAt("nan_logits", at=0)]).fit(
             module, datamodule=prompt_batches(copy_task, num_batches=3, prompts_per_step=P)
@@ -390,13 +457,19 @@ def test_nonfinite_updates_in_a_row_stop(copy_task, tiny_builder, prompt_batches
 def test_minibatch_size_must_hold_whole_groups(copy_task, tiny_builder, prompt_batches, tmp_path):
     module = _module(tiny_builder, UniformSource(V), METHODS["udm_grpo"](), minibatch_size=6)
     with pytest.raises(ValueError, match=r"minibatch_size=6.*group_size=4"):
-        _trainer(tmp_path).fit(module, datamodule=prompt_batches(copy_task, num_batches=1, prompts_per_step=P))
+        _trainer(tmp_path).fit(
+            module, datamodule=prompt_batches(copy_task, num_batches=1, prompts_per_step=P)
+        )
 
 
-def test_minibatch_size_must_divide_the_rollout_batch(copy_task, tiny_builder, prompt_batches, tmp_path):
+def test_minibatch_size_must_divide_the_rollout_batch(
+    copy_task, tiny_builder, prompt_batches, tmp_path
+):
     module = _module(tiny_builder, UniformSource(V), METHODS["udm_grpo"](), minibatch_size=12)
     with pytest.raises(ValueError, match=r"minibatch_size=12.*batch of 8 rollouts"):
-        _trainer(tmp_path).fit(module, datamodule=prompt_batches(copy_task, num_batches=1, prompts_per_step=P))
+        _trainer(tmp_path).fit(
+            module, datamodule=prompt_batches(copy_task, num_batches=1, prompts_per_step=P)
+        )
 
 
 def test_construction_errors(tiny_builder):
@@ -411,8 +484,12 @@ def test_construction_errors(tiny_builder):
         _module(tiny_builder, UniformSource(V), METHODS["udm_grpo"](), on_bad_reward="ignore")
     with pytest.raises(ValueError, match="lr"):
         _module(tiny_builder, UniformSource(V), METHODS["udm_grpo"](), lr=0.0)
-    # a per-step advantage with per-step units is fine, and the draws recorder is switched on by itself
-    module = _module(tiny_builder, UniformSource(V), dict(METHODS["naive_grpo"](), advantage=StepwiseGainAdvantage()))
+    # a per-step advantage with per-step units is fine; the draws recorder is switched on by itself
+    module = _module(
+        tiny_builder,
+        UniformSource(V),
+        dict(METHODS["naive_grpo"](), advantage=StepwiseGainAdvantage()),
+    )
     assert module.rollout_sampler.record_draws and not module.eval_sampler.record_draws
 
 
@@ -421,16 +498,26 @@ def test_path_vocabulary_must_match_the_task(copy_task, tiny_builder, prompt_bat
     with pytest.raises(ValueError, match=r"vocab_size=3.*vocab_size=5"):
         module.attach_task(copy_task)
     module = _module(tiny_builder, MaskSource(5), METHODS["udm_grpo"]())
-    with pytest.raises(ValueError, match=r"vocab_size=3.*vocab_size=5"):  # through fit and the data module
-        _trainer(tmp_path).fit(module, datamodule=prompt_batches(copy_task, num_batches=1, prompts_per_step=P))
+    with pytest.raises(
+        ValueError, match=r"vocab_size=3.*vocab_size=5"
+    ):  # through fit and the data module
+        _trainer(tmp_path).fit(
+            module, datamodule=prompt_batches(copy_task, num_batches=1, prompts_per_step=P)
+        )
 
 
 # ---------------------------------------------------------------- evaluation
 
 
-def test_evaluation_at_start_and_end_with_grids_and_logged_metrics(copy_task, tiny_builder, prompt_batches, tmp_path):
+def test_evaluation_at_start_and_end_with_grids_and_logged_metrics(
+    copy_task, tiny_builder, prompt_batches, tmp_path
+):
     module = _module(
-        tiny_builder, MaskSource(V), METHODS["dflow_grpo"](), eval_every_n_steps=10, num_eval_prompts=6,
+        tiny_builder,
+        MaskSource(V),
+        METHODS["dflow_grpo"](),
+        eval_every_n_steps=10,
+        num_eval_prompts=6,
         num_grid_prompts=4,
     )
     logger = CSVLogger(tmp_path, name="rl")
