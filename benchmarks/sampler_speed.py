@@ -98,7 +98,8 @@ def load_peer():
         pkg = types.ModuleType("flow_matching.solver")
         pkg.__path__ = [str(Path(flow_matching.__file__).parent / "solver")]
         sys.modules["flow_matching.solver"] = pkg
-        MixtureDiscreteEulerSolver = importlib.import_module("flow_matching.solver.discrete_solver").MixtureDiscreteEulerSolver
+        discrete = importlib.import_module("flow_matching.solver.discrete_solver")
+        MixtureDiscreteEulerSolver = discrete.MixtureDiscreteEulerSolver
     from flow_matching.path import MixtureDiscreteProbPath
     from flow_matching.path.scheduler import PolynomialConvexScheduler
     from flow_matching.utils import ModelWrapper
@@ -149,7 +150,8 @@ def measure(variants: list[Variant], repeats: int, seed: int) -> None:
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
-        names = [ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")]
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        names = [ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")]
         cpu = names[0] if names else cpu
     except OSError:
         pass
@@ -160,7 +162,9 @@ def machine() -> str:
     )
 
 
-def bench_denoiser(label: str, model: nn.Module, B: int, L: int, V: int, K: int, repeats: int, peer) -> tuple[list, dict]:
+def bench_denoiser(
+    label: str, model: nn.Module, B: int, L: int, V: int, K: int, repeats: int, peer
+) -> tuple[list, dict]:
     """Time the five variants on one denoiser; returns table rows and the headline ratios."""
     times = time_grid("uniform", K)
     paths = {d: MixturePath(UniformSource(V), LinearScheduler(), discretization=d) for d in ("euler", "exact")}
@@ -174,8 +178,8 @@ def bench_denoiser(label: str, model: nn.Module, B: int, L: int, V: int, K: int,
 
     variants = []
     for d in ("euler", "exact"):
-        variants.append(Variant("dflow Sampler.rollout", d, True,
-                                lambda g, d=d: samplers[d].rollout(model, batch_size=B, seq_len=L, generator=g), [], []))
+        record = lambda g, d=d: samplers[d].rollout(model, batch_size=B, seq_len=L, generator=g)  # noqa: E731
+        variants.append(Variant("dflow Sampler.rollout", d, True, record, [], []))
         variants.append(Variant("dflow loop, no recording", d, False,
                                 lambda g, d=d: rollout_without_recording(paths[d], model, times, B, L, g), [], []))
     if peer is not None:
@@ -271,8 +275,8 @@ HEADER = (
 def _summary_lines(results: dict[str, dict[str, float]], why: str) -> list[str]:
     lines = []
     for label, res in results.items():
-        line = (f"{label}: recording costs {res['overhead_euler_pct']:+.1f}% (euler), {res['overhead_exact_pct']:+.1f}% "
-                f"(exact) (target <= 3%)")
+        line = (f"{label}: recording costs {res['overhead_euler_pct']:+.1f}% (euler), "
+                f"{res['overhead_exact_pct']:+.1f}% (exact) (target <= 3%)")
         if "dflow_euler_vs_peer" in res:
             line += (f"; dflow with recording runs at {res['dflow_euler_vs_peer']:.3f}x (euler) and "
                      f"{res['dflow_exact_vs_peer']:.3f}x (exact) the peer's throughput without recording (target >= 1)")

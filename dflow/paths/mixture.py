@@ -82,7 +82,7 @@ class MixturePath(ProbabilityPath):
         return kernel.scatter_add_(-1, x_t[..., None], (1.0 - lam)[..., None])
 
     def sample_step(self, logits, x_t, t, s, generator=None) -> StepSample:
-        self._check_posterior("logits", logits, x_t)  # shape only (no device sync): wider logits would draw states >= V
+        self._check_posterior("logits", logits, x_t)  # shape only, no device sync; wider logits draw states >= V
         # Gumbel-max on the logits: the only extra [B, L, V] tensor is the noise, reused in place.
         noise = torch.empty_like(logits).exponential_(generator=generator).log_().neg_().add_(logits)
         draw = noise.argmax(-1)  # [B, L] ~ softmax(logits)

@@ -25,7 +25,11 @@ from dflow.paths import (
 )
 
 F64 = torch.float64
-SOURCES = {"mask": lambda v: MaskSource(v), "uniform": lambda v: UniformSource(v), "mixture": lambda v: MixtureSource(v, 0.4)}
+SOURCES = {
+    "mask": lambda v: MaskSource(v),
+    "uniform": lambda v: UniformSource(v),
+    "mixture": lambda v: MixtureSource(v, 0.4),
+}
 SCHEDULERS = {"linear": LinearScheduler, "poly2": lambda: PolynomialScheduler(2.0), "cosine": CosineScheduler}
 
 
@@ -105,7 +109,8 @@ def test_mask_source_clean_token_row_is_a_delta(disc, s_val) -> None:
 def test_mixture_source_data_token_may_change() -> None:
     # with mask_prob < 1 a data token may be noise, so its row is not a delta
     path = _path("mixture", V=3)
-    kernel = path.step_kernel(torch.full((1, 1, 3), 1 / 3), torch.tensor([[0]]), torch.tensor([0.2]), torch.tensor([0.6]))
+    posterior = torch.full((1, 1, 3), 1 / 3)
+    kernel = path.step_kernel(posterior, torch.tensor([[0]]), torch.tensor([0.2]), torch.tensor([0.6]))
     assert kernel[0, 0, 1].item() > 0.1
 
 

@@ -8,7 +8,15 @@ import pytest
 import torch
 from torch import nn
 
-from dflow.paths import CosineScheduler, LinearScheduler, MaskSource, MetricPath, MixturePath, MixtureSource, UniformSource
+from dflow.paths import (
+    CosineScheduler,
+    LinearScheduler,
+    MaskSource,
+    MetricPath,
+    MixturePath,
+    MixtureSource,
+    UniformSource,
+)
 from dflow.sampling import Sampler, recompute_log_probs
 
 V, L, B, K = 6, 5, 16, 4

@@ -110,17 +110,24 @@ def final_distribution(source_probs: torch.Tensor, log_T: torch.Tensor) -> torch
     return p
 
 
-CASES = {
+TRIANGLE = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]])  # embedding of V = 3 values for the metric path
+CASES = {  # name: (path factory, time grid, cond value or None, guidance scale, temperature)
     "mask-exact": (lambda: MixturePath(MaskSource(V), LinearScheduler(), "exact"), "uniform", None, 1.0, 1.0),
     "mask-euler-cosine": (lambda: MixturePath(MaskSource(V), CosineScheduler(), "euler"), "uniform", None, 1.0, 1.0),
     "uniform-exact": (lambda: MixturePath(UniformSource(V), LinearScheduler(), "exact"), "uniform", None, 1.0, 1.0),
-    "uniform-euler-shifted": (lambda: MixturePath(UniformSource(V), LinearScheduler(), "euler"), "shifted", None, 1.0, 1.0),
-    "mixture-exact-poly": (lambda: MixturePath(MixtureSource(V, 0.5), PolynomialScheduler(2), "exact"), "uniform", None, 1.0, 1.0),
+    "uniform-euler-shifted": (
+        lambda: MixturePath(UniformSource(V), LinearScheduler(), "euler"), "shifted", None, 1.0, 1.0
+    ),
+    "mixture-exact-poly": (
+        lambda: MixturePath(MixtureSource(V, 0.5), PolynomialScheduler(2), "exact"), "uniform", None, 1.0, 1.0
+    ),
     "mixture-euler": (lambda: MixturePath(MixtureSource(V, 0.5), LinearScheduler(), "euler"), "cosine", None, 1.0, 1.0),
-    "metric": (lambda: MetricPath(embedding=torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]])), "uniform", None, 1.0, 1.0),
+    "metric": (lambda: MetricPath(embedding=TRIANGLE), "uniform", None, 1.0, 1.0),
     "mask-exact-cfg-temp": (lambda: MixturePath(MaskSource(V), LinearScheduler(), "exact"), "uniform", 1.0, 2.5, 0.7),
-    "uniform-euler-cfg-temp": (lambda: MixturePath(UniformSource(V), CosineScheduler(), "euler"), "uniform", 1.0, 0.4, 1.6),
-    "metric-cfg-temp": (lambda: MetricPath(embedding=torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]])), "uniform", 1.0, 3.0, 0.8),
+    "uniform-euler-cfg-temp": (
+        lambda: MixturePath(UniformSource(V), CosineScheduler(), "euler"), "uniform", 1.0, 0.4, 1.6
+    ),
+    "metric-cfg-temp": (lambda: MetricPath(embedding=TRIANGLE), "uniform", 1.0, 3.0, 0.8),
 }
 
 
@@ -167,11 +174,11 @@ def test_sampler_matches_enumeration(case) -> None:
 def test_metric_path_monte_carlo_mode_samples_the_exact_kernel() -> None:
     # With exact_max_vocab=0 the sampler draws x_1-hat, then x_s ~ K_h(. | x_t, x_1-hat): the exact marginal
     # kernel, although the recorded log-prob is then an estimate. Check (a) only.
-    emb = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
-    exact_path, mc_path = MetricPath(embedding=emb), MetricPath(embedding=emb, exact_max_vocab=0, n_mc=2)
+    exact_path, mc_path = MetricPath(embedding=TRIANGLE), MetricPath(embedding=TRIANGLE, exact_max_vocab=0, n_mc=2)
     policy = TinyPolicy(V, 11)
     times = time_grid("uniform", K)
-    exact = final_distribution(exact_path.source.probs(F64), enumerate_transitions(exact_path, TinyPolicy(V, 11, F64), times, None, 1.0, 1.0))
+    log_T = enumerate_transitions(exact_path, TinyPolicy(V, 11, F64), times, None, 1.0, 1.0)
+    exact = final_distribution(exact_path.source.probs(F64), log_T)
     trajs = run_sampler(Sampler(mc_path, num_steps=K), policy, None, 11)
     x1 = torch.cat([tr.x1 for tr in trajs])
     freq = torch.bincount(encode(x1, V), minlength=V**L).to(F64) / x1.shape[0]
