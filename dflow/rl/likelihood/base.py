@@ -87,7 +87,7 @@ class LikelihoodEstimator(ABC):
         if self.needs_draws and not sampler.record_draws:
             raise ValueError(
                 f"{type(self).__name__} scores the per-step posterior draws: build the rollout sampler "
-                "with record_draws=True"
+                f"with record_draws=True, got record_draws={sampler.record_draws!r}"
             )
 
     def __repr__(self) -> str:
