@@ -123,6 +123,19 @@ def evaluate_base(
     return result, torch.cat(samples), prompts
 
 
+def parse_task_args(text: str | None) -> dict[str, Any] | None:
+    """``--task-args`` as a dict; ``ValueError`` quoting the flag and its value when it is not a JSON object."""
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--task-args {text!r} is not valid JSON ({err}); write e.g. '{{\"height\": 8}}'") from err
+    if not isinstance(value, dict):
+        raise ValueError(f"--task-args {text!r} must be a JSON object of task arguments, got a {type(value).__name__}")
+    return value
+
+
 def sample_main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="dflow sample",
@@ -148,7 +161,7 @@ def sample_main(argv: Sequence[str]) -> int:
 
     directory = resolve_path(opts.checkpoint)
     meta = read_meta(directory)
-    task = load_task(opts.task, meta, json.loads(opts.task_args) if opts.task_args else None)
+    task = load_task(opts.task, meta, parse_task_args(opts.task_args))
     path = default_path(directory, meta, task.vocab_size)
     recorded = meta.get("eval", {})
     sampler = SamplerConfig(
