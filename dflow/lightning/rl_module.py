@@ -184,17 +184,24 @@ class RLModule(L.LightningModule):
         grad_norms = []
         schedule = [idx for _ in range(self.update.num_inner_epochs)
                     for idx in self.update.minibatches(traj.batch_size, G, self.generator)]
+        # With several optimiser steps per RL step, a fault in a later mini-batch must also undo the
+        # earlier ones: snapshot weights and optimiser state (three copies of the weights with AdamW).
+        snapshot = _snapshot(self.denoiser, opt.optimizer) if len(schedule) > 1 else None
         for i, idx in enumerate(schedule):
             out = self.update.loss(self.denoiser, batch_ready, idx.to(self.device), self.rollout_sampler, self.compute)
             opt.zero_grad(set_to_none=True)
-            if not torch.isfinite(out.loss):
-                return self._fault("nonfinite_grad", ValueError(f"loss is {out.loss.item()}"))
-            self.manual_backward(out.loss)
-            params = [p for p in self.denoiser.parameters() if p.grad is not None]
-            norm = torch.nn.utils.clip_grad_norm_(params, hp.max_grad_norm or math.inf)
-            if not torch.isfinite(norm):
+            fault = None if torch.isfinite(out.loss) else ValueError(f"loss is {out.loss.item()}")
+            if fault is None:
+                self.manual_backward(out.loss)
+                params = [p for p in self.denoiser.parameters() if p.grad is not None]
+                norm = torch.nn.utils.clip_grad_norm_(params, hp.max_grad_norm or math.inf)
+                if not torch.isfinite(norm):
+                    fault = ValueError(f"gradient norm is {norm.item()}")
+            if fault is not None:
                 opt.zero_grad(set_to_none=True)
-                return self._fault("nonfinite_grad", ValueError(f"gradient norm is {norm.item()}"))
+                if snapshot is not None and i > 0:
+                    _restore(self.denoiser, opt.optimizer, snapshot)
+                return self._fault("nonfinite_grad", fault)
             # Only the last optimiser step of an RL step goes through Lightning's wrapper, so that
             # trainer.global_step (max_steps, checkpoint cadence, log x-axis) counts RL steps.
             (opt.step if i == len(schedule) - 1 else opt.optimizer.step)()
@@ -303,6 +310,19 @@ class RLModule(L.LightningModule):
             self.faults.update(extra["faults"])
             self.eval_history = list(extra["eval_history"])
             self.rl_steps = int(extra["rl_steps"])
+
+
+def _snapshot(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    params = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return params, copy.deepcopy(optimizer.state_dict())
+
+
+def _restore(model: torch.nn.Module, optimizer: torch.optim.Optimizer, snapshot: tuple[dict, dict]) -> None:
+    params, opt_state = snapshot
+    with torch.no_grad():
+        for k, v in model.state_dict().items():
+            v.copy_(params[k])
+    optimizer.load_state_dict(opt_state)
 
 
 def _to(adv, device):

@@ -154,8 +154,9 @@ class PolicyUpdate:
         tokens = traj.x1.shape[1] + (traj.cond.shape[1] if torch.is_tensor(traj.cond) else 0)
         old = None
         if not self.single_pass(B):
-            # values recorded during the rollout (batch of B) are exact only for whole-batch losses
-            old = self.likelihood.recorded_log_probs(traj, plan) if mb == B else None
+            # values recorded during the rollout are exact only when the loss scores batches of the
+            # size the rollout ran at
+            old = self.likelihood.recorded_log_probs(traj, plan) if mb == traj.rollout_batch_size else None
             if old is None:  # recompute once, before any update, on the same draws
                 old = self._units(policy, traj, plan, sampler, chunks)
                 compute.add(forward=passes, tokens_per_pass=tokens)

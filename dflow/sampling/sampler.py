@@ -134,7 +134,7 @@ class Sampler:
             x = step.x_s
             states[k + 1] = x
         passes = K * (2 if self.uses_guidance(cond) else 1)
-        return Trajectory(states, times, log_probs, x.long(), argmax, draws, cond, passes)
+        return Trajectory(states, times, log_probs, x.long(), argmax, draws, cond, passes, rollout_batch_size=B)
 
     def log_probs(self, policy: Policy, traj: Trajectory, steps: Sequence[int] | Tensor | None = None) -> Tensor:
         """Recompute ``log P_theta(x_{t_{k+1}} | x_{t_k})`` for the chosen steps, with gradient: ``[B, len(steps)]``.

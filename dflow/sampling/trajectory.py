@@ -32,6 +32,9 @@ class Trajectory:
         draws: ``[K, B, L]`` compact posterior draws ``xhat_1^k`` or None (``Sampler(record_draws=True)``).
         cond: the condition the rollouts used (prompt ids ``[B, Lc]``) or None.
         forward_passes: denoiser forward passes spent per sample (``K`` or ``2K`` with guidance).
+        rollout_batch_size: rows per denoiser call during the rollout (``B``, or ``G`` for trajectories
+            concatenated from per-group rollouts); recorded log-probs are bit-exact only for
+            recomputations at this batch size.
     """
 
     states: Tensor
@@ -42,6 +45,7 @@ class Trajectory:
     draws: Tensor | None = None
     cond: Any = None
     forward_passes: int = 0
+    rollout_batch_size: int = 0
 
     @property
     def num_steps(self) -> int:
@@ -85,4 +89,5 @@ class Trajectory:
             draws=None if first.draws is None else torch.cat([p.draws for p in parts], dim=1),
             cond=cond,
             forward_passes=first.forward_passes,
+            rollout_batch_size=first.rollout_batch_size,
         )

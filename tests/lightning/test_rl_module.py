@@ -544,3 +544,41 @@ def test_evaluation_at_start_and_end_with_grids_and_logged_metrics(
     assert len(evals) == 2 and all(math.isfinite(float(r["eval/reward"])) for r in evals)
     trains = [r for r in rows if r.get("train/reward")]
     assert trains and all(math.isfinite(float(r["train/reward"])) for r in trains)
+
+
+class PoisonAfter(L.Callback):
+    """Before RL step ``at``: snapshot, then poison only from the ``after``-th pass with gradient on,
+    so the first mini-batches of that RL step take optimiser steps before the fault."""
+
+    def __init__(self, at: int, after: int) -> None:
+        self.at, self.after = at, after
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if batch_idx != self.at:
+            return
+        self.weights = copy.deepcopy(module.denoiser.state_dict())
+        self.optimizer = copy.deepcopy(trainer.optimizers[0].state_dict())
+        inner, calls = module.denoiser.forward, [0]
+
+        def forward(x_t, t, cond=None):
+            out = inner(x_t, t, cond)
+            if torch.is_grad_enabled():
+                calls[0] += 1
+                if calls[0] > self.after:
+                    return out * float("nan")
+            return out
+
+        module.denoiser.forward = forward
+
+
+def test_fault_in_a_later_minibatch_undoes_the_whole_rl_step(copy_task, tiny_builder, prompt_batches, tmp_path):
+    # UDM-GRPO scores 3 timesteps per mini-batch with gradient: with after=6 the first two mini-batches
+    # (of 2 epochs x 2) step the optimiser, the third is NaN. The RL step must leave no trace.
+    module = _module(PoisonableBuilder(tiny_builder), UniformSource(V), METHODS["udm_grpo"](), max_consecutive_faults=3)
+    callback = PoisonAfter(at=1, after=6)
+    trainer = _trainer(tmp_path, callbacks=[callback])
+    trainer.fit(module, datamodule=prompt_batches(copy_task, num_batches=2, prompts_per_step=P))
+    assert _same_state(callback.weights, module.denoiser.state_dict())
+    assert _same_state(callback.optimizer, trainer.optimizers[0].state_dict())
+    assert _optimizer_steps(trainer) == 4  # the good first RL step only
+    assert float(trainer.callback_metrics["faults/nonfinite_grad"]) == 1.0
