@@ -19,12 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch.callbacks import Callback, ProgressBar
 from lightning.pytorch.cli import LightningCLI
 
 from dflow.lightning.builders import PretrainedDenoiser, instantiate, read_meta, resolve_path
 from dflow.lightning.callbacks import DFlowProgressBar
 from dflow.lightning.data import derive_seed, stratified_indices
+from dflow.lightning.reliability import AtomicCheckpointIO
 from dflow.paths import LinearScheduler, MaskSource, MixturePath, ProbabilityPath, UniformSource
 from dflow.sampling import SamplerConfig
 from dflow.tasks import Task, get_task
@@ -37,7 +39,8 @@ TRAINER_DEFAULTS: dict[str, Any] = {
 
 class DFlowCLI(LightningCLI):
     """LightningCLI that adds :class:`~dflow.lightning.callbacks.DFlowProgressBar` unless the recipe
-    names its own progress bar or sets ``trainer.enable_progress_bar: false``. Only ``fit`` and
+    names its own progress bar or sets ``trainer.enable_progress_bar: false``, and
+    :class:`~dflow.lightning.reliability.AtomicCheckpointIO` unless it names a CheckpointIO. Only ``fit`` and
     ``validate``: the modules define no test or predict step, and each subcommand parser costs
     about a second to build."""
 
@@ -51,6 +54,12 @@ class DFlowCLI(LightningCLI):
         has_bar = any(isinstance(c, ProgressBar) for c in [*given, *callbacks])
         if config.get("enable_progress_bar", True) is not False and not has_bar:
             callbacks = [*callbacks, DFlowProgressBar()]
+        # atomic saves, and a missing or non-Lightning --ckpt_path named in a ValueError rather than
+        # Lightning's KeyError('pytorch-lightning_version'); a recipe that names its own CheckpointIO keeps it
+        plugins = config.get("plugins") or []
+        plugins = plugins if isinstance(plugins, list) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            config = {**config, "plugins": [*plugins, AtomicCheckpointIO()]}
         return super()._instantiate_trainer(config, callbacks)
 
 
