@@ -26,7 +26,7 @@ from lightning.pytorch.cli import LightningCLI
 from dflow.lightning.builders import PretrainedDenoiser, instantiate, read_meta, resolve_path
 from dflow.lightning.callbacks import DFlowProgressBar
 from dflow.lightning.data import derive_seed, stratified_indices
-from dflow.lightning.reliability import AtomicCheckpointIO
+from dflow.lightning.reliability import AtomicCheckpointIO, load_checkpoint_file
 from dflow.paths import LinearScheduler, MaskSource, MixturePath, ProbabilityPath, UniformSource
 from dflow.sampling import SamplerConfig
 from dflow.tasks import Task, get_task
@@ -47,6 +47,19 @@ class DFlowCLI(LightningCLI):
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
         return {name: keys for name, keys in LightningCLI.subcommands().items() if name in ("fit", "validate")}
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI torch.loads --ckpt_path for its hyperparameters before any trainer exists, so
+        # a truncated or foreign file would surface as a bare unpickling / zip-reader error: if that
+        # load fails, let load_checkpoint_file name the file and what is wrong with it
+        try:
+            super()._parse_ckpt_path()
+        except Exception:
+            subcommand = self.config.get("subcommand")
+            ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+            if ckpt_path:
+                load_checkpoint_file(ckpt_path)  # raises the ValueError when the file is the problem
+            raise
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Any:
         given = config.get("callbacks") or []
