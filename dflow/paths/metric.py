@@ -64,9 +64,14 @@ class MetricPath(ProbabilityPath):
         d = torch.as_tensor(distance, dtype=torch.float64)
         if d.dim() != 2 or d.shape[0] != d.shape[1]:
             raise ValueError(f"MetricPath: distance must be square [V, V], got shape {tuple(d.shape)}")
-        off = ~torch.eye(d.shape[0], dtype=torch.bool)
-        if d.diagonal().abs().max() > 0 or (d.shape[0] > 1 and d[off].min() <= 0):
-            raise ValueError("MetricPath: distance must be 0 on the diagonal and > 0 elsewhere (distinct embeddings)")
+        eye = torch.eye(d.shape[0], dtype=torch.bool)
+        bad = torch.where(eye, d != 0, ~(d > 0)).nonzero()  # [n, 2] offending (x, x1); NaN counts as bad
+        if len(bad):
+            x, x1 = bad[0].tolist()
+            raise ValueError(
+                "MetricPath: distance must be 0 on the diagonal and > 0 elsewhere (distinct embeddings), "
+                f"got distance[{x}, {x1}]={d[x, x1].item():g}"
+            )
         for name, val in (("c", c), ("a", a)):
             if not val > 0:
                 raise ValueError(f"MetricPath: {name} must be > 0, got {name}={val!r}")
