@@ -144,6 +144,11 @@ class MeanFieldLikelihood(LikelihoodEstimator):
     def __init__(self, p_mask_prompt: float = 0.15, prompt_mask_id: int = 0, token_mean: bool = False) -> None:
         if not 0.0 <= p_mask_prompt <= 1.0:
             raise ValueError(f"MeanFieldLikelihood: p_mask_prompt must be in [0, 1], got {p_mask_prompt!r}")
+        # else the bad id only shows up inside the denoiser, as "cond values must be in [0, P)"
+        if isinstance(prompt_mask_id, bool) or not isinstance(prompt_mask_id, int) or prompt_mask_id < 0:
+            raise ValueError(
+                f"MeanFieldLikelihood: prompt_mask_id must be a prompt id >= 0, got prompt_mask_id={prompt_mask_id!r}"
+            )
         self.p_mask_prompt, self.prompt_mask_id, self.token_mean = p_mask_prompt, prompt_mask_id, token_mean
 
     def plan(self, traj, sampler, generator=None) -> UnitPlan:
