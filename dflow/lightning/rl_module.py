@@ -55,6 +55,8 @@ class RLModule(L.LightningModule):
         seed_rollouts_per_prompt: roll out each prompt's group with its own generator seeded by
             ``(seed, step, prompt index)``, so results do not depend on how prompts are split over
             devices (slower on CPU: batches of ``G``); used to check DDP against one process.
+        compile_denoiser: call the denoiser through ``torch.compile`` (weights and checkpoints are
+            unchanged; worth it on GPUs for long runs, the first steps pay the compilation).
     """
 
     def __init__(
@@ -84,6 +86,7 @@ class RLModule(L.LightningModule):
         num_grid_prompts: int = 16,
         seed: int = 0,
         seed_rollouts_per_prompt: bool = False,
+        compile_denoiser: bool = False,
     ) -> None:
         super().__init__()
         if group_size < 1:
@@ -142,6 +145,10 @@ class RLModule(L.LightningModule):
         self.eval_prompts = test if n is None else spread_prompts(test, n)
         self.grid_prompts = spread_prompts(test, self.hparams.num_grid_prompts)
         self.denoiser = self.builder.build(task, self.path)
+        # kept outside nn.Module's registry: the compiled wrapper must not add a second copy of the
+        # weights to state_dict (checkpoints stay loadable with or without compilation)
+        compiled = torch.compile(self.denoiser, dynamic=True) if self.hparams.compile_denoiser else None
+        object.__setattr__(self, "_compiled", compiled)
         if self.kl.enabled:
             self.reference = copy.deepcopy(self.denoiser).eval().requires_grad_(False)
 
@@ -149,8 +156,13 @@ class RLModule(L.LightningModule):
         params = [p for p in self.denoiser.parameters() if p.requires_grad]
         return torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
 
+    @property
+    def policy(self):
+        """What rollouts and losses call: the denoiser, or its ``torch.compile`` wrapper (same weights)."""
+        return self._compiled if getattr(self, "_compiled", None) is not None else self.denoiser
+
     def forward(self, x_t: Tensor, t: Tensor, cond=None) -> Tensor:
-        return self.denoiser(x_t, t, cond)
+        return self.policy(x_t, t, cond)
 
     # ------------------------------------------------------------------ one RL step
     def training_step(self, batch: Tensor, batch_idx: int) -> None:
@@ -177,7 +189,7 @@ class RLModule(L.LightningModule):
         tic = time.perf_counter()
         adv = self.advantage(AdvantageInput(record.total, G, step_rewards))
         batch_ready = self.update.prepare(
-            self.denoiser, self.reference, traj, _to(adv, self.device), self.rollout_sampler, G, self.compute, self.generator
+            self.policy, self.reference, traj, _to(adv, self.device), self.rollout_sampler, G, self.compute, self.generator
         )
         opt = self.optimizers()
         stats: dict[str, list[float]] = {}
@@ -188,7 +200,7 @@ class RLModule(L.LightningModule):
         # earlier ones: snapshot weights and optimiser state (three copies of the weights with AdamW).
         snapshot = _snapshot(self.denoiser, opt.optimizer) if len(schedule) > 1 else None
         for i, idx in enumerate(schedule):
-            out = self.update.loss(self.denoiser, batch_ready, idx.to(self.device), self.rollout_sampler, self.compute)
+            out = self.update.loss(self.policy, batch_ready, idx.to(self.device), self.rollout_sampler, self.compute)
             opt.zero_grad(set_to_none=True)
             fault = None if torch.isfinite(out.loss) else ValueError(f"loss is {out.loss.item()}")
             if fault is None:
@@ -235,13 +247,13 @@ class RLModule(L.LightningModule):
     def _rollout(self, prompt_ids: list[int], cond: Tensor):
         G, L = self.group_size, self.task.seq_len
         if not self.hparams.seed_rollouts_per_prompt:
-            return self.rollout_sampler.rollout(self.denoiser, cond, batch_size=cond.shape[0], seq_len=L,
+            return self.rollout_sampler.rollout(self.policy, cond, batch_size=cond.shape[0], seq_len=L,
                                                 generator=self.generator, device=self.device)
         parts = []
         for j, pid in enumerate(prompt_ids):
             gen = torch.Generator(device=self.device).manual_seed(
                 (self.hparams.seed * 1_000_003 + self.rl_steps) * 1_000_003 + pid)
-            parts.append(self.rollout_sampler.rollout(self.denoiser, cond[j * G:(j + 1) * G], batch_size=G,
+            parts.append(self.rollout_sampler.rollout(self.policy, cond[j * G:(j + 1) * G], batch_size=G,
                                                       seq_len=L, generator=gen, device=self.device))
         return Trajectory.concat(parts)
 
@@ -280,9 +292,9 @@ class RLModule(L.LightningModule):
         """Strict accuracy per category on the test prompts with the evaluation sampler; writes a grid."""
         was_training = self.denoiser.training
         self.denoiser.eval()
-        res = evaluate(self.denoiser, self.task, self.eval_sampler, self.eval_prompts,
+        res = evaluate(self.policy, self.task, self.eval_sampler, self.eval_prompts,
                        self.hparams.eval_batch_size, device=self.device)
-        grid = evaluate(self.denoiser, self.task, self.eval_sampler, self.grid_prompts, device=self.device)
+        grid = evaluate(self.policy, self.task, self.eval_sampler, self.grid_prompts, device=self.device)
         self.denoiser.train(was_training)
         metrics = {f"eval/{k.replace('/', '_')}": v for k, v in res.metrics.items()}
         metrics.update(self._compute_logs())
