@@ -1,0 +1,580 @@
+"""The bad-input catalogue: what a researcher sees for each wrong configuration or input.
+
+One table, :data:`CASES`, and one parametrised test. Each case builds or calls the library with one
+bad value and must fail with exactly ``error`` (``ValueError`` unless the contract says otherwise)
+whose message matches ``field_and_value``: a regex naming the offending field AND the value given.
+Nothing here trains a real model: all checks happen at construction or start-up, and the few cases
+that need a run use a one-layer width-16 transformer on an 8x8 shapes task for one RL step.
+
+Recipe / CLI errors: jsonargparse does not raise on a key that does not exist, a value of the wrong
+type, or a recipe file that is missing; it prints the usage and ``error: ...`` on stderr and raises
+``SystemExit(2)``. Those cases expect ``SystemExit``; the helper :func:`cli` keeps what was printed
+on the exception (``err.printed``) so the message is checked like any other, and the test also
+checks the exit code is 2. A value that parses but that a class rejects (``kl.init_args.beta=-1``)
+is our ``ValueError``, wrapped by jsonargparse in a longer message that quotes ours.
+
+``python tests/test_bad_input_catalogue.py`` prints the tables of docs/troubleshooting.md from the
+messages the cases actually raise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import html
+import io
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from dflow.cli import main as dflow_main
+from dflow.cli import run_lightning_cli
+from dflow.lightning import (
+    PretrainedDenoiser,
+    PretrainModule,
+    PromptDataModule,
+    RewardSpec,
+    RLModule,
+    TransformerDenoiser,
+)
+from dflow.lightning.reliability import CHECKPOINT_PATH_KEY, check_state_dict, load_checkpoint_file
+from dflow.models import DFlowConfig, DFlowTransformer, HFMaskedLMDenoiser
+from dflow.paths import MaskSource, MetricPath, MixturePath, MixtureSource, PolynomialScheduler, UniformSource
+from dflow.rewards import WeightedRewards, load_reward
+from dflow.rl import (
+    EPG,
+    AdvantageInput,
+    ELBOLikelihood,
+    ForwardReconstruction,
+    GroupAdvantage,
+    IntermediateActionLikelihood,
+    KLPenalty,
+    MeanFieldLikelihood,
+    StepwiseGainAdvantage,
+    StepWindow,
+    TrajectoryLikelihood,
+)
+from dflow.sampling import Sampler, SamplerConfig
+from dflow.tasks import ShapesTask, get_task
+
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny tensors: a second thread only contends
+
+ROOT = Path(__file__).resolve().parents[1]
+RL_RECIPE = ROOT / "recipes" / "shapes" / "elbo_epg.yaml"
+PRETRAIN_RECIPE = ROOT / "recipes" / "shapes" / "pretrain_uniform.yaml"
+TINY = dict(hidden_size=16, num_layers=1, num_heads=2)
+AREAS = ("paths", "sampler", "models", "tasks", "rewards", "rl", "recipes", "checkpoints")
+TINY_CLI = [f"--model.init_args.denoiser.init_args.{k}={v}" for k, v in TINY.items()]
+
+
+@dataclass(frozen=True)
+class Case:
+    """One bad input.
+
+    Attributes:
+        id: short name (pytest id and the row key in docs/troubleshooting.md).
+        area: paths, sampler, models, tasks, rewards, rl, recipes, checkpoints.
+        make_error: called with a scratch directory (also the working directory); must raise.
+        field_and_value: regex the message must match, naming the field and the bad value.
+        error: the exact exception type expected.
+        fix: what the researcher should change (for the docs table).
+    """
+
+    id: str
+    area: str
+    make_error: Callable[[Path], object]
+    field_and_value: str
+    error: type[BaseException] = ValueError
+    fix: str = ""
+
+
+# ---------------------------------------------------------------------------- small helpers
+@functools.lru_cache(maxsize=None)
+def shapes() -> ShapesTask:
+    """An 8x8 shapes task (V = 7, L = 64) with a few prompts: cheap to build and to roll out."""
+    return ShapesTask(height=8, width=8, train_prompts_per_category=4, test_prompts_per_category=2)
+
+
+def uniform7() -> MixturePath:
+    return MixturePath(UniformSource(7))
+
+
+def rl_module(**overrides) -> RLModule:
+    """A valid tiny RLModule with ``overrides`` applied (only the overridden argument is bad)."""
+    args = dict(
+        denoiser=TransformerDenoiser(**TINY),
+        path=uniform7(),
+        likelihood=ELBOLikelihood(num_timesteps=2, grid_steps=4),
+        objective=EPG(),
+        rollout=SamplerConfig(num_steps=2),
+        evaluation=SamplerConfig(num_steps=2),
+        group_size=2,
+        eval_every_n_steps=0,
+    )
+    args.update(overrides)
+    return RLModule(**args)
+
+
+def one_rl_step(module: RLModule, root: Path) -> None:
+    """Train ``module`` for one RL step on the 8x8 shapes task (1 prompt x G rollouts)."""
+    trainer = L.Trainer(max_steps=1, default_root_dir=root, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", devices=1)
+    trainer.fit(module, datamodule=PromptDataModule(shapes(), prompts_per_step=1))
+
+
+def cli(*args: str) -> None:
+    """Run ``dflow fit|validate ...`` with its printing captured; a ``SystemExit`` carries the text as
+    ``.printed`` (jsonargparse reports parse errors on stderr, not in the exception)."""
+    buffer = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(buffer), contextlib.redirect_stdout(buffer):
+            run_lightning_cli(list(args))
+    except SystemExit as err:
+        err.printed = buffer.getvalue()
+        raise
+
+
+def resume_from(ckpt_path) -> None:
+    """``dflow fit`` of the tiny uniform shapes pretraining recipe, resuming from ``ckpt_path``."""
+    cli("fit", "--config", str(PRETRAIN_RECIPE), *TINY_CLI, "--trainer.max_steps=1",
+        "--trainer.enable_progress_bar=false", "--ckpt_path", str(ckpt_path))
+
+
+def message(err: BaseException) -> str:
+    return getattr(err, "printed", None) or str(err)
+
+
+def x1_of(value: int, n: int = 1) -> torch.Tensor:
+    return torch.full((n, shapes().seq_len), value, dtype=torch.long)
+
+
+def prompts(n: int = 2):
+    return shapes().prompts("train")[:n]
+
+
+def nan_reward(x1, prompts):
+    return torch.full((len(prompts),), float("nan"))
+
+
+def scalar_reward(x1, prompts):
+    return torch.tensor(0.5)
+
+
+def failing_reward(x1, prompts):
+    raise RuntimeError("verifier crashed")
+
+
+def save_base(directory: Path, **overrides) -> str:
+    """A tiny saved ``DFlowTransformer`` for the 8x8 shapes task, with ``overrides`` in its config."""
+    task = shapes()
+    config = dict(vocab_size=7, seq_len=task.seq_len, prompt_len=task.prompt_len,
+                  prompt_vocab_size=task.prompt_vocab_size, **TINY)
+    config.update(overrides)
+    DFlowTransformer(DFlowConfig(**config)).save_pretrained(directory)
+    return str(directory)
+
+
+def truncated_checkpoint(tmp: Path) -> Path:
+    good = tmp / "good.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(64)}, "global_step": 3}, good)
+    bad = tmp / "truncated.ckpt"
+    bad.write_bytes(good.read_bytes()[:200])  # a save killed half-way
+    return bad
+
+
+def plain_torch_file(tmp: Path) -> Path:
+    file = tmp / "weights.pt"
+    torch.save({"w": torch.zeros(3)}, file)  # model weights, not a Lightning checkpoint
+    return file
+
+
+def tiny_bert(**kwargs) -> HFMaskedLMDenoiser:
+    config = dict(model_type="bert", vocab_size=16, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                  intermediate_size=16, max_position_embeddings=16)
+    return HFMaskedLMDenoiser(config, **kwargs)
+
+
+def sample_path():
+    return MixturePath(UniformSource(4))
+
+
+def rollout_with(policy):
+    return Sampler(sample_path(), num_steps=2).rollout(policy, batch_size=2, seq_len=3)
+
+
+# ---------------------------------------------------------------------------- the catalogue
+CASES: list[Case] = [
+    # ---- paths
+    Case("path-unknown-discretization", "paths",
+         lambda tmp: MixturePath(UniformSource(4), discretization="midpoint"),
+         r"discretization='midpoint'",
+         fix="use `discretization: exact` (default) or `euler`"),
+    Case("source-mask-prob-out-of-range", "paths",
+         lambda tmp: MixtureSource(4, mask_prob=1.5),
+         r"mask_prob=1\.5",
+         fix="`mask_prob` is a probability in [0, 1]; 1 is a pure mask source (use MaskSource)"),
+    Case("source-vocab-zero", "paths",
+         lambda tmp: UniformSource(0),
+         r"vocab_size=0",
+         fix="`vocab_size` is V, the task's number of data values (>= 1)"),
+    Case("scheduler-nonpositive-exponent", "paths",
+         lambda tmp: PolynomialScheduler(n=0),
+         r"n=0",
+         fix="PolynomialScheduler needs n > 0 (`kappa_t = t**n`; n = 1 is linear)"),
+    Case("sample-xt-time-out-of-range", "paths",
+         lambda tmp: sample_path().sample_xt(torch.zeros(2, 3, dtype=torch.long), torch.tensor([0.5, 1.5])),
+         r"\bt must lie in \[0, 1\], got values \[0\.5, 1\.5\]",
+         fix="times are in [0, 1]: 0 is noise, 1 is data"),
+    Case("sample-xt-time-wrong-shape", "paths",
+         lambda tmp: sample_path().sample_xt(torch.zeros(2, 3, dtype=torch.long), torch.tensor(0.5)),
+         r"\bt must be a float tensor of shape \[B\]=\(2,\), got \(\)",
+         fix="pass one time per sequence: `torch.full((B,), t)`"),
+    Case("sample-xt-data-out-of-range", "paths",
+         lambda tmp: sample_path().sample_xt(torch.tensor([[0, 1, 4]]), torch.tensor([0.5])),
+         r"x1 values must be in \[0, 4\), got range \[0, 4\]",
+         fix="x1 holds data values 0..V-1 (never the mask id V)"),
+    Case("step-kernel-s-not-after-t", "paths",
+         lambda tmp: sample_path().step_kernel(torch.full((1, 3, 4), 0.25), torch.zeros(1, 3, dtype=torch.long),
+                                               torch.tensor([0.5]), torch.tensor([0.5])),
+         r"s > t, got t=0\.5 s=0\.5",
+         fix="a step goes forward in time: s > t"),
+    Case("step-kernel-posterior-width", "paths",
+         lambda tmp: sample_path().step_kernel(torch.full((1, 3, 5), 0.2), torch.zeros(1, 3, dtype=torch.long),
+                                               torch.tensor([0.2]), torch.tensor([0.5])),
+         r"posterior width must equal the source's vocabulary V=4, got 5",
+         fix="the posterior has V columns (no column for the mask id)"),
+    Case("metric-path-equal-embeddings", "paths",
+         lambda tmp: MetricPath(embedding=torch.tensor([[0.0, 0.0], [1.0, 1.0], [0.0, 0.0]])),
+         r"distance\[0, 2\]=0",
+         fix="every data value needs its own embedding (distance > 0 between distinct values)"),
+    # ---- sampler
+    Case("sampler-zero-steps", "sampler",
+         lambda tmp: Sampler(sample_path(), num_steps=0),
+         r"num_steps=0",
+         fix="`num_steps` >= 1"),
+    Case("sampler-zero-temperature", "sampler",
+         lambda tmp: Sampler(sample_path(), temperature=0),
+         r"temperature=0",
+         fix="temperature > 0; for greedy decoding use a small value such as 1e-3"),
+    Case("sampler-unknown-time-grid", "sampler",
+         lambda tmp: Sampler(sample_path(), time_grid="linear"),
+         r"time_grid='linear'",
+         fix="`time_grid` is uniform, shifted or cosine"),
+    Case("sampler-shifted-grid-bad-shift", "sampler",
+         lambda tmp: Sampler(sample_path(), time_grid="shifted", shift=0.0),
+         r"shift=0\.0",
+         fix="`shift` > 0 (1 is uniform, > 1 spends more steps near noise)"),
+    Case("recipe-sampler-config-zero-steps", "sampler",
+         lambda tmp: rl_module(rollout=SamplerConfig(num_steps=0)),
+         r"num_steps=0",
+         fix="`rollout.num_steps` / `evaluation.num_steps` >= 1"),
+    Case("policy-returns-wrong-shape", "sampler",
+         lambda tmp: rollout_with(lambda x, t, c: torch.zeros(*x.shape, 5)),
+         r"logits of shape \[B, L, V\]=\(2, 3, 4\), got \(2, 3, 5\)",
+         fix="the denoiser must return V logits per position for the path's source (check vocab_size)"),
+    Case("rollout-zero-batch", "sampler",
+         lambda tmp: Sampler(sample_path(), num_steps=2).rollout(lambda x, t, c: x, batch_size=0, seq_len=3),
+         r"batch_size=0",
+         fix="`batch_size` >= 1"),
+    # ---- models
+    Case("config-mask-id-not-vocab", "models",
+         lambda tmp: DFlowConfig(vocab_size=4, mask_id=5),
+         r"mask_id .*vocab_size \(4\), got 5",
+         fix="`mask_id` is None (no mask state) or exactly vocab_size"),
+    Case("config-heads-do-not-divide-hidden", "models",
+         lambda tmp: TransformerDenoiser(hidden_size=20, num_heads=3).build(shapes(), uniform7()),
+         r"hidden_size \(20\) must be divisible by num_heads \(3\)",
+         fix="pick num_heads dividing hidden_size (e.g. 128 / 4)"),
+    Case("config-image-shape-mismatch", "models",
+         lambda tmp: DFlowConfig(seq_len=64, image_shape=(8, 9)),
+         r"image_shape \(8, 9\) has H \* W = 72, which must equal seq_len \(64\)",
+         fix="image_shape is (H, W) with H * W = seq_len, or None"),
+    Case("mask-id-into-model-without-mask", "models",
+         lambda tmp: DFlowTransformer(DFlowConfig(vocab_size=4, seq_len=3, **TINY))(
+             torch.tensor([[0, 4, 1]]), torch.zeros(1)),
+         r"x_t values must be in \[0, 4\) \(mask_id=None\), got min 0 and max 4",
+         fix="a mask source needs a base trained with one (mask_id = V); a uniform-source base has no mask embedding"),
+    Case("hf-duplicated-data-ids", "models",
+         lambda tmp: tiny_bert(data_token_ids=[5, 6, 5], mask_token_id=4),
+         r"data_token_ids must be unique, got \[5, 6, 5\]",
+         fix="each data value needs its own tokenizer id"),
+    Case("hf-model-directory-missing", "models",
+         lambda tmp: HFMaskedLMDenoiser(str(tmp / "no_bert"), data_token_ids=[5, 6], mask_token_id=4),
+         r"model path '.*no_bert' is not a directory",
+         error=FileNotFoundError,
+         fix="point `model` / `HFMaskedLM.path` at a local save_pretrained directory (the hub is never used)"),
+    Case("pretrained-directory-missing", "models",
+         lambda tmp: PretrainedDenoiser("dflow/assets/no_such_base").build(shapes(), uniform7()),
+         r"path='dflow/assets/no_such_base' is not a directory",
+         fix="export a base first (`make base-models`, or PretrainModule + ExportPretrained) or fix the path"),
+    Case("pretrained-directory-not-a-model", "models",
+         lambda tmp: PretrainedDenoiser(str(tmp)).build(shapes(), uniform7()),
+         r"path='.*' has no config.json",
+         fix="the directory must hold config.json + model.safetensors from save_pretrained / export_pretrained"),
+    Case("pretrained-base-wrong-image-size", "models",
+         lambda tmp: PretrainedDenoiser(save_base(tmp / "base12", seq_len=144)).build(shapes(), uniform7()),
+         r"model seq_len=144 .*seq_len=64",
+         fix="use the base trained for this task size, or set the task's height/width to the base's"),
+    Case("pretrained-uniform-base-with-mask-source", "models",
+         lambda tmp: PretrainedDenoiser(save_base(tmp / "base_u")).build(shapes(), MixturePath(MaskSource(7))),
+         r"mask_id=7 .*mask_id=None",
+         fix="a mask-source path needs a base trained with a mask source (recipes/*/pretrain_mask.yaml)"),
+    # ---- tasks
+    Case("task-unknown-name", "tasks",
+         lambda tmp: get_task("mnist"),
+         r"unknown task name 'mnist'",
+         fix="one of glyphs, shapes, text"),
+    Case("task-unknown-argument", "tasks",
+         lambda tmp: get_task("shapes", heigth=12),
+         r"task 'shapes' has no argument\(s\) \{'heigth': 12\}",
+         fix="check the spelling against the task's arguments (listed in the message)"),
+    Case("task-too-small-image", "tasks",
+         lambda tmp: ShapesTask(height=4),
+         r"height must be an integer >= 8, got 4",
+         fix="shapes images are at least 8x8"),
+    Case("task-unknown-split", "tasks",
+         lambda tmp: shapes().prompts("val"),
+         r"split must be one of \('train', 'test'\), got 'val'",
+         fix="splits are train and test"),
+    Case("data-module-unknown-split", "tasks",
+         lambda tmp: PromptDataModule(shapes(), split="validation"),
+         r"got 'validation'",
+         fix="`data.init_args.split` is train or test"),
+    Case("task-x1-out-of-range", "tasks",
+         lambda tmp: shapes().reward(x1_of(9), prompts(1)),
+         r"x1 values must lie in \[0, 7\) for task 'shapes', found 9",
+         fix="samples hold data values 0..V-1; a mask id left in x1 means the sampler did not finish"),
+    Case("task-x1-wrong-length", "tasks",
+         lambda tmp: shapes().reward(torch.zeros(1, 144, dtype=torch.long), prompts(1)),
+         r"x1 must have shape \[B, 64\] for task 'shapes', got \(1, 144\)",
+         fix="the task's seq_len is height * width; match the sampler's seq_len to it"),
+    # ---- rewards
+    Case("reward-returns-nan", "rewards",
+         lambda tmp: WeightedRewards([nan_reward])(x1_of(0, 2), prompts(2)),
+         r"reward 'nan_reward' returned nan",
+         fix="make the reward finite (the RL step is stopped or skipped by `on_bad_reward`)"),
+    Case("reward-returns-wrong-shape", "rewards",
+         lambda tmp: WeightedRewards([scalar_reward])(x1_of(0, 2), prompts(2)),
+         r"reward 'scalar_reward' returned shape \(\), expected \(2,\)",
+         fix="return one float per sample, shape [B]"),
+    Case("reward-raises", "rewards",
+         lambda tmp: WeightedRewards([failing_reward])(x1_of(0, 2), prompts(2)),
+         r"reward 'failing_reward' raised RuntimeError: verifier crashed",
+         fix="fix the reward; the original exception is chained as `__cause__`"),
+    Case("reward-raises-during-rl", "rewards",
+         lambda tmp: one_rl_step(rl_module(rewards=[RewardSpec(source=f"{__name__}:failing_reward")]), tmp),
+         r"\(bad_reward\): reward 'failing_reward' raised RuntimeError: verifier crashed",
+         fix="fix the reward, or set `on_bad_reward: skip` to skip such steps (up to max_consecutive_faults)"),
+    Case("reward-path-missing-attribute", "rewards",
+         lambda tmp: load_reward("dflow.rewards:not_a_reward"),
+         r"reward path 'dflow.rewards:not_a_reward'.*has no attribute 'not_a_reward'",
+         fix="`source: package.module:callable` must name an importable callable"),
+    Case("reward-path-missing-module", "rewards",
+         lambda tmp: load_reward("my_rewards.nope:score"),
+         r"reward path 'my_rewards.nope:score': cannot import 'my_rewards.nope'",
+         fix="the module must be importable from the working directory or installed"),
+    Case("reward-spec-unknown-task-kind", "rewards",
+         lambda tmp: RewardSpec(source="task:acc").build(shapes()),
+         r"source='task:acc'",
+         fix="`source` is task, task:correct or package.module:callable"),
+    # ---- RL design space
+    Case("group-advantage-batch-not-multiple-of-group", "rl",
+         lambda tmp: GroupAdvantage()(AdvantageInput(torch.rand(6), group_size=4)),
+         r"B=6 .*group_size G=4",
+         fix="B = prompts x group_size; keep each prompt's G rollouts together"),
+    Case("per-step-advantage-with-final-sample-likelihood", "rl",
+         lambda tmp: rl_module(advantage=StepwiseGainAdvantage()),
+         r"per-step advantage .*ELBOLikelihood",
+         fix="StepwiseGainAdvantage needs TrajectoryLikelihood or IntermediateActionLikelihood"),
+    Case("kl-negative-beta", "rl",
+         lambda tmp: KLPenalty(beta=-0.1),
+         r"beta .*got -0\.1",
+         fix="beta >= 0 (0 turns the penalty and the reference model off)"),
+    Case("kl-unknown-estimator", "rl",
+         lambda tmp: KLPenalty(beta=0.1, estimator="k4"),
+         r"estimator .*got 'k4'",
+         fix="estimator is k1, k2 or k3"),
+    Case("kl-without-reference", "rl",
+         lambda tmp: rl_module(kl=KLPenalty(0.05), reference_from_initial=False),
+         r"kl\.beta=0\.05 > 0 needs a reference model",
+         fix="set `reference_from_initial: true`, or `beta: 0`"),
+    Case("intermediate-action-without-draws", "rl",
+         lambda tmp: IntermediateActionLikelihood().validate(Sampler(sample_path(), num_steps=2)),
+         r"record_draws=False",
+         fix="build the sampler with record_draws=True (RLModule does this itself)"),
+    Case("forward-reconstruction-window-past-grid", "rl",
+         lambda tmp: ForwardReconstruction(num_timesteps=8, max_start=4, grid_steps=10),
+         r"num_timesteps=8, max_start=4, grid_steps=10",
+         fix="num_timesteps + max_start <= grid_steps"),
+    Case("step-window-past-rollout-steps", "rl",
+         lambda tmp: one_rl_step(rl_module(likelihood=TrajectoryLikelihood(StepWindow(size=3))), tmp),
+         r"StepWindow: steps 0\.\.2 exceed the sampler's num_steps=2",
+         fix="start + size (max_start + size) <= rollout.num_steps; checked at the first step, not at start-up"),
+    Case("elbo-unknown-weighting", "rl",
+         lambda tmp: ELBOLikelihood(weighting="linear"),
+         r"weighting must be 'exact' or 'uniform', got 'linear'",
+         fix="weighting is exact or uniform"),
+    Case("mean-field-negative-prompt-mask-id", "rl",
+         lambda tmp: MeanFieldLikelihood(prompt_mask_id=-1),
+         r"prompt_mask_id=-1",
+         fix="prompt_mask_id is a prompt id in [0, prompt_vocab_size); 0 is the pad / null prompt"),
+    Case("minibatch-not-multiple-of-group", "rl",
+         lambda tmp: one_rl_step(rl_module(group_size=2, minibatch_size=3), tmp),
+         r"minibatch_size=3 must be a multiple of group_size=2",
+         fix="minibatch_size is a multiple of group_size (a group never splits across mini-batches)"),
+    Case("rl-zero-group-size", "rl",
+         lambda tmp: rl_module(group_size=0),
+         r"group_size=0",
+         fix="group_size >= 1 (>= 2 for group-relative advantages)"),
+    Case("rl-task-vocab-differs-from-path", "rl",
+         lambda tmp: rl_module(path=MixturePath(UniformSource(5))).attach_task(shapes()),
+         r"task 'shapes' has vocab_size=7 but the path's source has vocab_size=5",
+         fix="set the source's vocab_size to the task's V (shapes 7)"),
+    Case("pretrain-task-vocab-differs-from-path", "rl",
+         lambda tmp: PretrainModule(TransformerDenoiser(**TINY), MixturePath(MaskSource(5))).bind(shapes()),
+         r"path vocab_size=5 .*task 'shapes' vocab_size=7",
+         fix="set the source's vocab_size to the task's V"),
+    # ---- recipes and the command line
+    Case("recipe-file-missing", "recipes",
+         lambda tmp: cli("fit", "--config", "recipes/shapes/no_such_recipe.yaml"),
+         r'"config": File does not exist: .*no_such_recipe\.yaml',
+         error=SystemExit,
+         fix="check the path (relative to the working directory)"),
+    Case("recipe-override-unknown-field", "recipes",
+         lambda tmp: cli("fit", "--config", str(RL_RECIPE), "--model.init_args.not_a_field=1"),
+         r"Option 'not_a_field' is not accepted",
+         error=SystemExit,
+         fix="check the spelling; `dflow fit --config R --print_config` lists every field"),
+    Case("recipe-override-unknown-trainer-key", "recipes",
+         lambda tmp: cli("fit", "--config", str(RL_RECIPE), "--trainer.max_stepz=1"),
+         r"unrecognized arguments: --trainer\.max_stepz=1",
+         error=SystemExit,
+         fix="check the spelling against `dflow fit --help`"),
+    Case("recipe-override-wrong-type", "recipes",
+         lambda tmp: cli("fit", "--config", str(RL_RECIPE), "--model.init_args.group_size=eight"),
+         r'"group_size":\s+Expected a <class \'int\'>\. Got value: eight',
+         error=SystemExit,
+         fix="give a value of the annotated type"),
+    Case("recipe-override-rejected-value", "recipes",
+         lambda tmp: cli("fit", "--config", str(RL_RECIPE), "--model.init_args.kl.init_args.beta=-1"),
+         r"beta must be a finite number >= 0, got -1\.0",
+         fix="the inner message is the class's check; fix that value"),
+    Case("recipe-source-vocab-differs-from-task", "recipes",
+         lambda tmp: cli("fit", "--config", str(PRETRAIN_RECIPE), *TINY_CLI, "--trainer.max_steps=1",
+                         "--model.init_args.path.init_args.source.init_args.vocab_size=5"),
+         r"path vocab_size=5 .*task 'shapes' vocab_size=7",
+         fix="set the source's vocab_size to the task's V"),
+    Case("sample-task-args-not-json", "recipes",
+         lambda tmp: dflow_main(["sample", "--checkpoint", save_base(tmp / "base"), "--task-args", "{height: 8}"]),
+         r"--task-args '\{height: 8\}' is not valid JSON",
+         fix='--task-args is JSON: \'{"height": 8, "width": 8}\''),
+    Case("sample-checkpoint-missing", "recipes",
+         lambda tmp: dflow_main(["sample", "--checkpoint", "runs/no_such_export"]),
+         r"path='runs/no_such_export' is not a directory",
+         fix="pass an exported base directory (PretrainModule.export_pretrained / ExportPretrained)"),
+    # ---- checkpoints
+    Case("checkpoint-missing", "checkpoints",
+         lambda tmp: load_checkpoint_file(tmp / "nope.ckpt"),
+         r"checkpoint '.*nope\.ckpt' does not exist",
+         fix="check --ckpt_path; `--ckpt_path last` resumes from CHECKPOINT_DIR/last.ckpt"),
+    Case("checkpoint-truncated", "checkpoints",
+         lambda tmp: load_checkpoint_file(truncated_checkpoint(tmp)),
+         r"checkpoint '.*truncated\.ckpt' is unreadable: truncated or not a torch checkpoint",
+         fix="resume from the previous checkpoint (saves are atomic: last.ckpt is never half-written by dflow)"),
+    Case("checkpoint-not-lightning", "checkpoints",
+         lambda tmp: load_checkpoint_file(plain_torch_file(tmp)),
+         r"checkpoint '.*weights\.pt' is not a Lightning checkpoint \(no 'state_dict'; found \['w'\]\)",
+         fix="--ckpt_path takes a Lightning .ckpt; load bare weights with PretrainedDenoiser instead"),
+    Case("checkpoint-incompatible-shapes", "checkpoints",
+         lambda tmp: check_state_dict(torch.nn.Linear(2, 2), {
+             "state_dict": {"weight": torch.zeros(3, 2), "bias": torch.zeros(2)}, CHECKPOINT_PATH_KEY: "run.ckpt"}),
+         r"checkpoint 'run\.ckpt' is incompatible .*weight: checkpoint \(3, 2\) vs model \(2, 2\)",
+         fix="resume with the configuration the checkpoint was trained with"),
+    Case("recipe-resume-from-missing-checkpoint", "checkpoints",
+         lambda tmp: resume_from("runs/old/checkpoints/step=100.ckpt"),
+         r"checkpoint 'runs/old/checkpoints/step=100\.ckpt' does not exist",
+         fix="check --ckpt_path (`last` resumes from CHECKPOINT_DIR/last.ckpt, and starts afresh if there is none)"),
+    Case("recipe-resume-from-truncated-checkpoint", "checkpoints",
+         lambda tmp: resume_from(truncated_checkpoint(tmp)),
+         r"checkpoint '.*truncated\.ckpt' is unreadable: truncated or not a torch checkpoint",
+         fix="resume from an earlier checkpoint"),
+    Case("recipe-resume-from-weights-file", "checkpoints",
+         lambda tmp: resume_from(plain_torch_file(tmp)),
+         r"checkpoint '.*weights\.pt' is not a Lightning checkpoint",
+         fix="--ckpt_path takes a Lightning .ckpt; start from bare weights with PretrainedDenoiser"),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_bad_input_names_the_field_and_the_value(case: Case, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # runs and exports write under the working directory
+    with pytest.raises(BaseException) as info:
+        case.make_error(tmp_path)
+    err = info.value
+    assert type(err) is case.error, f"{case.id}: expected {case.error.__name__}, got {type(err).__name__}: {err}"
+    if isinstance(err, SystemExit):
+        assert err.code == 2, f"{case.id}: exit code {err.code!r}"
+    assert re.search(case.field_and_value, message(err)), f"{case.id}: message does not match: {message(err)}"
+
+
+def test_catalogue_is_large_and_covers_every_area():
+    assert len(CASES) >= 25
+    assert len({c.id for c in CASES}) == len(CASES)
+    assert {c.area for c in CASES} == set(AREAS)
+
+
+def test_troubleshooting_doc_lists_every_case():
+    doc = (ROOT / "docs" / "troubleshooting.md").read_text()
+    missing = [c.id for c in CASES if f"`{c.id}`" not in doc]
+    assert not missing, f"docs/troubleshooting.md lacks {missing}; regenerate: python {Path(__file__).name}"
+
+
+# ---------------------------------------------------------------------------- docs table
+def observed(case: Case, tmp: Path) -> str:
+    """The message a researcher sees for ``case``: the exception text, or the error lines jsonargparse
+    prints; the scratch directory is shown as ``<tmp>``."""
+    try:
+        case.make_error(tmp)
+    except BaseException as err:  # noqa: BLE001 - the catalogue is about every kind of failure
+        text = message(err)
+        if isinstance(err, SystemExit):
+            text = text[text.index("error:"):]
+        text = text.replace(str(tmp), "<tmp>").replace(str(ROOT) + "/", "")
+        return f"{type(err).__name__}: {text.strip()}"
+    return "(no error)"
+
+
+MAX_SHOWN = 700  # characters of a message shown in the docs; jsonargparse appends the whole config
+
+
+def markdown_tables(tmp: Path) -> str:
+    """One table per area: id, the observed message (cut at MAX_SHOWN characters), the fix."""
+    seen = {}
+    for i, case in enumerate(CASES):
+        scratch = tmp / f"case{i}"
+        scratch.mkdir()
+        with contextlib.chdir(scratch):
+            seen[case.id] = observed(case, scratch)
+    out = []
+    for area in AREAS:
+        out += [f"### {area}", "", "| id | what the researcher sees | fix |", "|---|---|---|"]
+        for case in (c for c in CASES if c.area == area):
+            text = seen[case.id]
+            if len(text) > MAX_SHOWN:
+                text = text[:MAX_SHOWN] + f" … [{len(text) - MAX_SHOWN} more characters]"
+            text = html.escape(text, quote=False).replace("|", "&#124;").replace("\n", "<br>")
+            out.append(f"| `{case.id}` | <code>{text}</code> | {case.fix.replace('|', '&#124;')} |")
+        out.append("")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        print(markdown_tables(Path(tmp)))
