@@ -1,0 +1,349 @@
+"""Run a grid: check everything first, run each unfinished run in its own process, summarise.
+
+Why one process per run (``python -m dflow.ablate.worker``) rather than calling ``trainer.fit``
+in a loop here:
+
+- Lightning's ``ddp`` strategy starts the other ranks by re-running the current command; in a loop
+  that command would be the whole grid. A worker process is re-run as just that run.
+- Nothing leaks from one run into the next (global seeds, torch threads and flags, GPU memory,
+  process groups), so a run's numbers do not depend on its position in the grid.
+- A run that crashes or is killed costs that run only: it leaves no ``result.json``, the grid
+  goes on, and the next invocation reruns it.
+
+The price is a few seconds of start-up (imports) per run, small against any real run.
+``launcher="inline"`` trains in this process instead (one device only): for debugging with
+breakpoints, and for tests that cannot pay the start-up of several processes.
+
+Layout of ``out``::
+
+    out/grid.json               the grid as understood (methods, axes, budget)
+    out/runs/<run_id>/run.json  what the worker runs (LightningCLI arguments, budget, seed, ...)
+    out/runs/<run_id>/train.log the worker's output
+    out/runs/<run_id>/result.json  written atomically when the run finished; never overwritten
+    out/results.csv, out/table.txt, out/*_vs_compute.png
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+import dflow
+from dflow.ablate.files import json_bytes, read_json, write_atomic, write_if_changed
+from dflow.ablate.plots import write_plots
+from dflow.ablate.results import (
+    check_csv,
+    csv_text,
+    format_value,
+    load_result,
+    short_keys,
+    summary_table,
+    table_text,
+)
+from dflow.ablate.spec import SEED_AXIS, GridSpec
+from dflow.ablate.validate import ConfigParser, PlannedRun, plan_grid
+from dflow.ablate.execute import LOG_FILE, PROGRESS_FILE, RESULT_FILE, RUN_FILE, execute
+
+CSV_FILE = "results.csv"
+TABLE_FILE = "table.txt"
+GRID_FILE = "grid.json"
+LAUNCHERS = ("process", "inline")
+INLINE_ARGS = (
+    "--trainer.devices=1",
+)  # "auto" could mean several GPUs, whose launcher re-runs sys.argv
+
+
+@dataclass
+class GridReport:
+    """What :func:`run_grid` did.
+
+    Attributes:
+        out: the grid's directory.
+        planned: every run, checked.
+        executed / reused: ids of runs trained now / finished before and read back.
+        failed: ``{run_id: reason}`` of runs that did not finish (their log is in their directory).
+        results: the finished runs' ``result.json`` records, in grid order.
+        files: the summary files (CSV, table, plots) as they are now.
+        table: the seed table as text.
+    """
+
+    out: Path
+    planned: list[PlannedRun]
+    executed: list[str] = field(default_factory=list)
+    reused: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    results: list[dict[str, Any]] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+    table: str = ""
+
+
+def run_directory(out: Path, run_id: str) -> Path:
+    return Path(out) / "runs" / run_id
+
+
+def run_record(spec: GridSpec, planned: PlannedRun) -> dict[str, Any]:
+    """The worker's ``run.json``."""
+    run = planned.run
+    return {
+        "schema": 1,
+        "run_id": run.run_id,
+        "method": run.method,
+        "grid": spec.name,
+        "recipe": str(run.recipe),
+        "recipe_sha256": planned.recipe_sha256,
+        "axes": run.axes,
+        "overrides": run.overrides,
+        "seed": planned.seed,
+        "budget": spec.budget.to_dict(),
+        "args": planned.args(),
+    }
+
+
+def run_grid(
+    spec: GridSpec,
+    exec_args: list[str] | tuple[str, ...] = (),
+    *,
+    dry_run: bool = False,
+    fail_fast: bool = False,
+    console: Console | None = None,
+    parser: ConfigParser | None = None,
+    launcher: str = "process",
+) -> GridReport:
+    """Check, run (unfinished runs only, one after another) and summarise the grid ``spec``.
+
+    Everything that can be wrong with the input is found before the first run starts: a bad
+    override (``ValueError`` naming it and the nearest valid keys), a run that cannot share the
+    budget unit, runs that disagree on prompts or evaluation, a corrupt earlier ``results.csv`` or
+    ``result.json`` (named; left untouched).
+
+    ``launcher``: ``"process"`` (each run in its own worker process; see the module docstring) or
+    ``"inline"`` (in this process, one device).
+    """
+    if launcher not in LAUNCHERS:
+        raise ValueError(f"launcher={launcher!r} is not one of {LAUNCHERS}")
+    if launcher == "inline":
+        exec_args = (*exec_args, *INLINE_ARGS)
+        multi = [
+            a
+            for a in exec_args
+            if a.split("=", 1)[0] in ("--trainer.strategy", "--trainer.num_nodes")
+        ]
+        if multi:
+            raise ValueError(
+                f"launcher='inline' runs on one device in this process; {multi[0]} needs launcher='process'"
+            )
+    console = console or Console()
+    out = Path(spec.out)
+    check_csv(out / CSV_FILE)
+    planned = plan_grid(spec, exec_args, parser)
+    report = GridReport(out, planned)
+    finished: dict[str, dict[str, Any]] = {}
+    for p in planned:
+        result_file = run_directory(out, p.run.run_id) / RESULT_FILE
+        if result_file.exists():
+            finished[p.run.run_id] = load_result(
+                result_file, p.run.run_id, p.recipe_sha256, spec.budget.to_dict()
+            )
+    report.reused = [p.run.run_id for p in planned if p.run.run_id in finished]
+    if dry_run:
+        console.print(plan_table(spec, planned, finished))
+        return report
+
+    pending = [p for p in planned if p.run.run_id not in finished]
+    console.print(
+        f"[bold]{spec.name}[/]: {len(planned)} runs ({len(finished)} finished, {len(pending)} to run), "
+        f"budget {spec.budget.value:g} {spec.budget.unit} each, out {out}"
+    )
+    if pending:
+        _run_pending(spec, pending, report, finished, console, fail_fast, launcher)
+
+    report.results = [finished[p.run.run_id] for p in planned if p.run.run_id in finished]
+    write_if_changed(out / GRID_FILE, json_bytes(spec.to_dict()))
+    if report.results:
+        report.table = table_text(spec, report.results)
+        write_if_changed(out / CSV_FILE, csv_text(spec, report.results).encode())
+        write_if_changed(out / TABLE_FILE, report.table.encode())
+        report.files = [out / CSV_FILE, out / TABLE_FILE, *write_plots(spec, report.results, out)]
+        console.print(summary_table(spec, report.results))
+    console.print(
+        f"{len(report.executed)} run(s) trained, {len(report.reused)} reused, {len(report.failed)} failed"
+        + (f"; wrote {', '.join(str(f) for f in report.files)}" if report.files else "")
+    )
+    for run_id, reason in report.failed.items():
+        console.print(f"[red]failed[/] {run_id}: {reason}")
+    return report
+
+
+def _run_pending(spec, pending, report, finished, console, fail_fast, launcher) -> None:
+    columns = (
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed:,.0f}/{task.total:,.0f}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as progress:
+        grid_task = progress.add_task(f"grid {spec.name}", total=len(pending))
+        for planned in pending:
+            run_id = planned.run.run_id
+            label = " ".join(f"{k}={format_value(v)}" for k, v in planned.run.axes.items())
+            run_task = progress.add_task(
+                f"{run_id} {label} [{spec.budget.unit}]", total=spec.budget.value
+            )
+            start = launch if launcher == "process" else launch_inline
+            reason = start(
+                spec,
+                planned,
+                lambda used: progress.update(run_task, completed=min(used, spec.budget.value)),
+            )
+            progress.update(grid_task, advance=1)
+            if reason is None:
+                result_file = run_directory(spec.out, run_id) / RESULT_FILE
+                finished[run_id] = load_result(
+                    result_file, run_id, planned.recipe_sha256, spec.budget.to_dict()
+                )
+                report.executed.append(run_id)
+                acc = finished[run_id]["final"].get("eval/acc_overall")
+                progress.update(
+                    run_task,
+                    completed=spec.budget.value,
+                    description=f"[green]done[/] {run_id} {label} acc={acc}",
+                )
+            else:
+                report.failed[run_id] = reason
+                progress.update(run_task, description=f"[red]failed[/] {run_id} {label}")
+                if fail_fast:
+                    break
+
+
+def _prepare(spec: GridSpec, planned: PlannedRun) -> Path:
+    directory = run_directory(spec.out, planned.run.run_id)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / PROGRESS_FILE).unlink(
+        missing_ok=True
+    )  # an earlier, interrupted attempt's progress
+    write_atomic(directory / RUN_FILE, json_bytes(run_record(spec, planned)))
+    return directory
+
+
+def launch_inline(spec: GridSpec, planned: PlannedRun, on_progress=None) -> str | None:
+    """Run one grid run in this process; ``None`` when it finished, else why it did not."""
+    directory = _prepare(spec, planned)
+    try:
+        code = execute(run_record(spec, planned), directory, on_step=on_progress)
+    except Exception as err:  # noqa: BLE001 - a failed run is reported and the grid goes on
+        return f"{type(err).__name__}: {err}"
+    return None if code == 0 and (directory / RESULT_FILE).is_file() else f"exit code {code}"
+
+
+def launch(
+    spec: GridSpec, planned: PlannedRun, on_progress=None, poll_s: float = 0.5
+) -> str | None:
+    """Run one grid run in a worker process; ``None`` when it finished, else why it did not."""
+    directory = _prepare(spec, planned)
+    env = dict(os.environ)
+    package_root = str(
+        Path(dflow.__file__).resolve().parents[1]
+    )  # importable without an install too
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    command = [sys.executable, "-m", "dflow.ablate.worker", str(directory / RUN_FILE)]
+    with open(directory / LOG_FILE, "wb") as log, _sigterm_raises():
+        # its own session: stopping it reaches the ranks a ddp launcher started, and a terminal's
+        # Ctrl-C reaches this process only, which then stops the run (below)
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+        try:
+            while True:
+                try:
+                    code = process.wait(timeout=poll_s)
+                    break
+                except subprocess.TimeoutExpired:
+                    if on_progress is not None:
+                        _report_progress(directory / PROGRESS_FILE, on_progress)
+        except (
+            BaseException
+        ):  # Ctrl-C or SIGTERM to the grid: stop the run too; it reruns next time
+            _stop(process)
+            raise
+    if code == 0 and (directory / RESULT_FILE).is_file():
+        return None
+    _stop(process)  # ranks that outlived a failed rank 0 would wait on it for ever
+    tail = (directory / LOG_FILE).read_text(errors="replace").strip().splitlines()[-8:]
+    return f"exit code {code}; log {directory / LOG_FILE}:\n    " + "\n    ".join(tail)
+
+
+def _stop(process: subprocess.Popen, grace_s: float = 30.0) -> None:
+    """SIGTERM the worker's process group (Lightning saves and exits), SIGKILL it after ``grace_s``."""
+    killpg = getattr(os, "killpg", None)
+    for sig in (signal.SIGTERM, getattr(signal, "SIGKILL", signal.SIGTERM)):
+        try:
+            if killpg is not None:
+                killpg(process.pid, sig)
+            else:
+                process.send_signal(sig)
+        except ProcessLookupError:  # nothing left of it
+            return
+        try:
+            process.wait(timeout=grace_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+@contextlib.contextmanager
+def _sigterm_raises():
+    """While a run trains, SIGTERM to the grid raises (so the run is stopped, not orphaned)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _report_progress(path: Path, on_progress) -> None:
+    try:
+        progress = read_json(path)
+    except ValueError:  # not written yet
+        return
+    if isinstance(progress, dict) and isinstance(progress.get("used"), (int, float)):
+        on_progress(progress["used"])
+
+
+def plan_table(spec: GridSpec, planned: list[PlannedRun], finished: dict[str, Any]) -> Table:
+    """The runs of a grid with their coordinates and whether they are finished (``--dry-run``)."""
+    axes = [k for k in spec.axes if k != SEED_AXIS]
+    short = short_keys(axes)
+    table = Table(
+        title=f"{spec.name}: {len(planned)} runs, budget {spec.budget.value:g} {spec.budget.unit}, out {spec.out}"
+    )
+    for name in ("run id", "method", *(short[k] for k in axes), "seed", "status"):
+        table.add_column(name)
+    for p in planned:
+        status = "finished" if p.run.run_id in finished else "to run"
+        table.add_row(
+            p.run.run_id,
+            p.run.method,
+            *(format_value(p.run.axes[k]) for k in axes),
+            str(p.seed),
+            status,
+        )
+    return table
