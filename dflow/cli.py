@@ -218,9 +218,16 @@ def demo_main(argv: Sequence[str]) -> int:
     return demo(argv)
 
 
+def ablate_main(argv: Sequence[str]) -> int:
+    from dflow.ablate.cli import main as ablate
+
+    return ablate(list(argv))
+
+
 SUBCOMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "sample": sample_main,
     "demo": demo_main,
+    "ablate": ablate_main,
 }
 # <<< end of the subcommand registry
 
