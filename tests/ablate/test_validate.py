@@ -4,7 +4,7 @@ without compute accounting and runs that would not be comparable are named in a 
 from __future__ import annotations
 
 import pytest
-from conftest import rl_recipe, write_yaml
+from tiny_recipes import rl_recipe, write_yaml
 
 from dflow.ablate.spec import parse_grid
 from dflow.ablate.validate import plan_grid
