@@ -117,7 +117,8 @@ def test_one_run_through_the_worker_process(tmp_path, recipes, config_parser):
 def test_cli_dry_run_lists_runs_and_rejects_bad_input(grid_file, tmp_path, capsys):
     from dflow.cli import main as dflow_main
 
-    assert dflow_main(["ablate", str(grid_file), "--dry-run"]) == 0  # `dflow ablate` dispatches here
+    # `dflow ablate` dispatches here
+    assert dflow_main(["ablate", str(grid_file), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "4 runs" in out and out.count("to run") == 4
     assert not (tmp_path / "out").exists()  # a dry run writes nothing
