@@ -10,7 +10,9 @@ import yaml
 from dflow.cli import run_lightning_cli
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPES = sorted(p for p in (ROOT / "recipes").glob("*/*.yaml") if not p.name.startswith("pretrain_"))
+TASK_FOLDERS = ("shapes", "glyphs", "text")  # recipes/ablations holds `dflow ablate` grids, not recipes
+RECIPES = sorted(p for folder in TASK_FOLDERS for p in (ROOT / "recipes" / folder).glob("*.yaml")
+                 if not p.name.startswith("pretrain_"))
 TINY = ["--model.init_args.denoiser=dflow.lightning.TransformerDenoiser",
         "--model.init_args.denoiser.init_args.hidden_size=16",
         "--model.init_args.denoiser.init_args.num_layers=1",
