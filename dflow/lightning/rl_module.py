@@ -300,10 +300,11 @@ class RLModule(L.LightningModule):
         metrics.update(self._compute_logs())
         metrics["eval/rl_step"] = float(self.rl_steps)
         self.eval_history.append({"step": self.global_step, "rl_step": self.rl_steps, **metrics})
+        log_dir = self.trainer.log_dir  # a broadcast under DDP: every rank must ask, not rank 0 alone
         if self.trainer.is_global_zero:
             for logger in self.loggers:
                 logger.log_metrics(metrics, step=self.global_step)
-            out = Path(self.trainer.log_dir or ".") / "samples" / f"rl_step_{self.rl_steps:05d}.png"
+            out = Path(log_dir or ".") / "samples" / f"rl_step_{self.rl_steps:05d}.png"
             write_grid(self.task, grid.x1, self.grid_prompts, out)
         return metrics
 

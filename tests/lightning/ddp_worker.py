@@ -51,7 +51,9 @@ def main(devices: int, out: str) -> None:
         evaluation=SamplerConfig(num_steps=3),
         group_size=GROUP,
         lr=1e-2,
-        eval_every_n_steps=0,
+        eval_every_n_steps=2,  # evaluation under DDP (log_dir is a collective call on every rank)
+        num_eval_prompts=4,
+        num_grid_prompts=2,
         rewards=[RewardSpec(source="ddp_worker:red_pixels")],
         seed_rollouts_per_prompt=True,
     )
@@ -59,12 +61,13 @@ def main(devices: int, out: str) -> None:
     record = RecordGroups()
     trainer = L.Trainer(
         accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto", max_steps=2,
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        logger=False, enable_checkpointing=False, default_root_dir=out + ".logs", enable_progress_bar=False, enable_model_summary=False,
         callbacks=[record],
     )
     trainer.fit(module, datamodule=data)
     batches = trainer.strategy.all_gather(torch.tensor(record.batches))  # [world, steps, P] or [steps, P]
     reward = trainer.callback_metrics["train/reward"].item()  # reduced over ranks (sync_dist)
+    assert [h["rl_step"] for h in module.eval_history] == [0, 2]  # start and end, on every rank
     torch.save({k: v.clone() for k, v in module.denoiser.state_dict().items()}, f"{out}.rank{trainer.global_rank}")
     if trainer.is_global_zero:
         state = {k: v.clone() for k, v in module.denoiser.state_dict().items()}
