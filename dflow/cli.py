@@ -26,7 +26,7 @@ from lightning.pytorch.cli import LightningCLI
 from dflow.lightning.builders import PretrainedDenoiser, instantiate, read_meta, resolve_path
 from dflow.lightning.callbacks import DFlowProgressBar
 from dflow.lightning.data import derive_seed, stratified_indices
-from dflow.lightning.reliability import AtomicCheckpointIO, load_checkpoint_file
+from dflow.lightning.reliability import AtomicCheckpointIO, load_checkpoint_file, GracefulShutdown
 from dflow.paths import LinearScheduler, MaskSource, MixturePath, ProbabilityPath, UniformSource
 from dflow.sampling import SamplerConfig
 from dflow.tasks import Task, get_task
@@ -40,7 +40,8 @@ TRAINER_DEFAULTS: dict[str, Any] = {
 class DFlowCLI(LightningCLI):
     """LightningCLI that adds :class:`~dflow.lightning.callbacks.DFlowProgressBar` unless the recipe
     names its own progress bar or sets ``trainer.enable_progress_bar: false``, and
-    :class:`~dflow.lightning.reliability.AtomicCheckpointIO` unless it names a CheckpointIO. Only ``fit`` and
+    :class:`~dflow.lightning.reliability.AtomicCheckpointIO` unless it names a CheckpointIO, and
+    :class:`~dflow.lightning.reliability.GracefulShutdown` (SIGTERM / Ctrl-C save ``last.ckpt``). Only ``fit`` and
     ``validate``: the modules define no test or predict step, and each subcommand parser costs
     about a second to build."""
 
@@ -67,6 +68,9 @@ class DFlowCLI(LightningCLI):
         has_bar = any(isinstance(c, ProgressBar) for c in [*given, *callbacks])
         if config.get("enable_progress_bar", True) is not False and not has_bar:
             callbacks = [*callbacks, DFlowProgressBar()]
+        # SIGTERM / Ctrl-C: finish the step, save last.ckpt, stop (unless the recipe configures its own)
+        if not any(isinstance(c, GracefulShutdown) for c in [*given, *callbacks]):
+            callbacks = [*callbacks, GracefulShutdown()]
         # atomic saves, and a missing or non-Lightning --ckpt_path named in a ValueError rather than
         # Lightning's KeyError('pytorch-lightning_version'); a recipe that names its own CheckpointIO keeps it
         plugins = config.get("plugins") or []
