@@ -83,6 +83,8 @@ class Sampler:
         if self.uses_guidance(cond):
             uncond = policy(x_t, t, None)
             out = uncond + self.guidance_scale * (out - uncond)
+        if not torch.is_tensor(out):
+            return out  # rollout's shape check names the problem
         if out.dtype in (torch.float16, torch.bfloat16):  # under mixed precision: score in float32
             out = out.float()
         if self.temperature != 1.0:
