@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import copy
 import math
+import random
 import time
 from pathlib import Path
 from typing import Literal
 
 import lightning as L
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -310,7 +312,8 @@ class RLModule(L.LightningModule):
 
     # ------------------------------------------------------------------ checkpoint extras
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["dflow_rl"] = {"generator": self.generator.get_state(), "compute": vars(self.compute).copy(),
+        checkpoint["dflow_rl"] = {"generator": self.generator.get_state(), "global_rng": _global_rng_state(),
+                                  "compute": vars(self.compute).copy(),
                                   "faults": dict(self.faults), "eval_history": list(self.eval_history),
                                   "rl_steps": self.rl_steps}
 
@@ -319,10 +322,22 @@ class RLModule(L.LightningModule):
         extra = checkpoint.get("dflow_rl")
         if extra:
             self.generator.set_state(extra["generator"])
+            if "global_rng" in extra:  # rollouts use self.generator; anything else drawing at random continues too
+                _set_global_rng_state(extra["global_rng"])
             self.compute = Compute(**extra["compute"])
             self.faults.update(extra["faults"])
             self.eval_history = list(extra["eval_history"])
             self.rl_steps = int(extra["rl_steps"])
+
+
+def _global_rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def _set_global_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
 
 
 def _snapshot(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:

@@ -144,3 +144,21 @@ def test_kill_during_save_keeps_previous_checkpoint(tmp_path):
     assert ckpt["step"] == 1 and torch.equal(ckpt["state_dict"]["w"], torch.ones(3))
     leftovers = [p for p in os.listdir(tmp_path) if p != "last.ckpt"]
     assert all(".tmp-" in p for p in leftovers)  # only the dead writer's temp file, never a half target
+
+
+def test_checkpoint_restores_global_rng_states(tmp_path):
+    import random
+
+    import numpy as np
+
+    run(tmp_path / "a", 1)
+    ckpt = load_checkpoint_file(tmp_path / "a" / "ckpt" / "last.ckpt")
+    saved = ckpt["dflow_rl"]["global_rng"]
+    torch.set_rng_state(saved["torch"]), np.random.set_state(saved["numpy"]), random.setstate(saved["python"])
+    expected = (torch.rand(3), np.random.rand(3), random.random())  # what the saved states draw next
+    module = make_module()
+    module.attach_task(get_task("shapes"))
+    torch.manual_seed(999), np.random.seed(999), random.seed(999)  # a fresh process's states
+    module.on_load_checkpoint(ckpt)
+    drawn = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(drawn[0], expected[0]) and (drawn[1] == expected[1]).all() and drawn[2] == expected[2]
