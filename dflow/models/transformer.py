@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 
 import torch
+from einops import rearrange
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModel, PreTrainedModel
 
@@ -71,9 +72,22 @@ class DFlowTransformer(PreTrainedModel):
             )
             for _ in range(config.num_layers)
         )
+        k = getattr(config, "conv_kernel", 0)
+        self.local_mix = (
+            nn.ModuleList(nn.Conv2d(hidden, hidden, k, padding=k // 2, groups=hidden) for _ in range(config.num_layers))
+            if k else None
+        )
         self.final_norm = AdaptiveLayerNorm(hidden, config.layer_norm_eps, config.time_conditioning)
         self.head = nn.Linear(hidden, config.vocab_size)
         self.post_init()
+
+    def _mix_locally(self, h: Tensor, conv: nn.Conv2d) -> Tensor:
+        """Add a depthwise convolution of the pixel tokens (the prompt prefix is left as it is)."""
+        lc = self.config.prompt_len
+        height, width = self.config.image_shape
+        image = rearrange(h[:, lc:], "b (y x) d -> b d y x", y=height, x=width)  # [B, D, H, W]
+        mixed = rearrange(conv(image), "b d y x -> b (y x) d")  # [B, L, D]
+        return torch.cat([h[:, :lc], h[:, lc:] + mixed], dim=1)  # [B, Lc + L, D]
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -117,7 +131,9 @@ class DFlowTransformer(PreTrainedModel):
             prefix = prefix + self.prompt_position_embed.weight  # [B, Lc, D]
             h = torch.cat([prefix, h], dim=1)  # [B, Lc + L, D]
         tau = self.time_embed(t) if self.time_embed is not None else None  # [B, D] | None
-        for block in self.blocks:
+        for i, block in enumerate(self.blocks):
+            if self.local_mix is not None:
+                h = self._mix_locally(h, self.local_mix[i])
             h = block(h, tau)  # [B, Lc + L, D]
         h = self.final_norm(h[:, config.prompt_len :], tau)  # [B, L, D]
         return self.head(h)  # [B, L, V]
