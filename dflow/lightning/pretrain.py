@@ -2,7 +2,7 @@
 
 One training step, per batch of clean data ``x1 [B, L]`` with prompts ``cond [B, Lc]``::
 
-    t    ~ U[t_min, t_max)                    # [B]
+    t    ~ t_min + (t_max - t_min) u^(1/t_skew), u ~ U[0, 1)   # [B]; t_skew = 1: uniform
     x_t  ~ q(. | x1) = path.sample_xt(x1, t)  # [B, L]
     cond[row] = 0 with probability cond_dropout (the null prompt: classifier-free guidance)
     loss = loss_fn(denoiser(x_t, t, cond), x1, x_t, t, path)
@@ -55,6 +55,10 @@ class PretrainModule(L.LightningModule):
         min_lr_ratio: final learning rate as a fraction of ``lr``.
         t_min: lower end of the training-time distribution.
         t_max: upper end (< 1 keeps the generalized-KL weight ``1 / (1 - kappa)`` finite).
+        t_skew: ``t = t_min + (t_max - t_min) u ** (1 / t_skew)``, ``u ~ U[0, 1)``: density
+            ``~ t ** (t_skew - 1)``. 1 is uniform; 2 rises linearly towards the data end, where the
+            nearly clean states that decide the last sampling steps are (few noisy tokens per
+            sample there, so uniform time gives them little gradient).
         eval_sampler: sampler settings for validation; default 20 uniform steps with guidance 2.
         eval_samples_per_prompt: samples drawn per validation prompt.
         grid_samples: samples shown in each validation PNG.
@@ -74,6 +78,7 @@ class PretrainModule(L.LightningModule):
         min_lr_ratio: float = 0.1,
         t_min: float = 0.0,
         t_max: float = 1.0,
+        t_skew: float = 1.0,
         eval_sampler: SamplerConfig | None = None,
         eval_samples_per_prompt: int = 1,
         grid_samples: int = 32,
@@ -88,6 +93,8 @@ class PretrainModule(L.LightningModule):
             raise ValueError(f"cond_dropout must be in [0, 1], got cond_dropout={cond_dropout!r}")
         if not (0.0 <= t_min < t_max <= 1.0):
             raise ValueError(f"need 0 <= t_min < t_max <= 1, got t_min={t_min!r}, t_max={t_max!r}")
+        if not t_skew > 0:
+            raise ValueError(f"t_skew must be > 0, got t_skew={t_skew!r}")
         if not lr > 0:
             raise ValueError(f"lr must be > 0, got lr={lr!r}")
         if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
@@ -104,7 +111,7 @@ class PretrainModule(L.LightningModule):
         self.cond_dropout = float(cond_dropout)
         self.lr, self.weight_decay, self.betas = lr, weight_decay, tuple(betas)
         self.warmup_steps, self.min_lr_ratio = warmup_steps, min_lr_ratio
-        self.t_min, self.t_max = float(t_min), float(t_max)
+        self.t_min, self.t_max, self.t_skew = float(t_min), float(t_max), float(t_skew)
         self.eval_config = eval_sampler if eval_sampler is not None else SamplerConfig(num_steps=20, guidance_scale=2.0)
         self.eval_sampler = self.eval_config.build(path)
         self.eval_samples_per_prompt = eval_samples_per_prompt
@@ -159,11 +166,15 @@ class PretrainModule(L.LightningModule):
         drop = torch.rand(cond.shape[0], generator=generator, device=cond.device) < self.cond_dropout  # [B]
         return cond.masked_fill(drop[:, None], 0)
 
+    def sample_time(self, n: int, generator: torch.Generator | None = None, device=None) -> Tensor:
+        """``n`` training times ``t = t_min + (t_max - t_min) u ** (1 / t_skew)``, float ``[n]``."""
+        u = torch.rand(n, generator=generator, device=device)  # [n]
+        return self.t_min + (self.t_max - self.t_min) * u ** (1.0 / self.t_skew)
+
     def loss_on(self, x1: Tensor, cond: Tensor | None, generator: torch.Generator | None = None) -> Tensor:
         """The pretraining loss of one batch of clean data ``x1 [B, L]`` with prompts ``cond [B, Lc]``."""
         denoiser = self._require_bound()
-        B = x1.shape[0]
-        t = self.t_min + (self.t_max - self.t_min) * torch.rand(B, generator=generator, device=x1.device)  # [B]
+        t = self.sample_time(x1.shape[0], generator, x1.device)  # [B]
         x_t = self.path.sample_xt(x1, t, generator)  # [B, L]
         if cond is not None:
             cond = self.drop_cond(cond, generator)

@@ -35,8 +35,15 @@ def test_transformer_sizes_come_from_task_and_path(shapes):
         assert (c.vocab_size, c.mask_id, c.seq_len) == (7, mask_id, 64)
         assert (c.prompt_len, c.prompt_vocab_size) == (shapes.prompt_len, shapes.prompt_vocab_size)
         assert tuple(c.image_shape) == (8, 8)
+        assert c.initializer_range == 0.02  # the transformers default unless the recipe asks
         x_t = source.sample((2, 64))
         assert model(x_t, torch.rand(2), shapes.encode_prompts(shapes.prompts("train")[:2])).shape == (2, 64, 7)
+
+
+def test_transformer_passes_the_initializer_range_through(shapes):
+    model = TransformerDenoiser(**TINY, initializer_range=0.1).build(shapes, MixturePath(UniformSource(7)))
+    assert model.config.initializer_range == 0.1
+    assert 0.07 < model.token_embed.weight.std().item() < 0.13
 
 
 def test_path_vocab_must_match_task(shapes):

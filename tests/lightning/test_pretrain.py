@@ -88,6 +88,15 @@ def test_gkl_loss_is_the_mean_of_path_generalized_kl(task):
     assert got.item() == pytest.approx(want.item(), rel=1e-6)
 
 
+def test_time_skew_moves_training_times_towards_the_data(task):
+    # t_skew = 2: t = u ** (1/2) ~ Beta(2, 1), mean 2/3, variance 1/18; 20000 draws: std of the mean 0.0017
+    t = make_module(task, t_skew=2.0).sample_time(20000, torch.Generator().manual_seed(0))
+    assert abs(t.mean().item() - 2 / 3) < 0.01
+    assert abs(make_module(task).sample_time(20000, torch.Generator().manual_seed(0)).mean().item() - 0.5) < 0.01
+    t = make_module(task, t_min=0.2, t_max=0.6).sample_time(1000)
+    assert 0.2 <= t.min().item() and t.max().item() < 0.6
+
+
 def test_bind_rejects_a_path_of_another_vocabulary(task):
     module = PretrainModule(TransformerDenoiser(**TINY), MixturePath(UniformSource(5)))
     with pytest.raises(ValueError, match=r"vocab_size=5 .* vocab_size=7"):
