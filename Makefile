@@ -40,6 +40,12 @@ bench: install
 demo: install
 	$(BIN)/dflow demo --out runs/demo
 
+# Retrain the embedded bases dflow/assets/{shapes_uniform,shapes_mask,glyphs_uniform} with the pretraining
+# recipes, one after another, then evaluate them on the test prompts (scripts/eval_bases.py prints the table
+# of docs/pretraining.md). About TIME in total on 2 shared CPU cores; logs in runs/.
+base-models: install
+	scripts/make_base_models.sh
+
 lint: install
 	$(BIN)/python -m compileall -q dflow benchmarks tests
 

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Retrain the embedded base models with the pretraining recipes, one after another, copy each
+# exported directory to dflow/assets/<name>/, and evaluate it on the test prompts
+# (scripts/eval_bases.py prints the table that docs/pretraining.md shows).
+#
+# Usage: scripts/make_base_models.sh [name ...]    (default: all three; names below)
+# Logs and checkpoints go to runs/ (ignored by git); only dflow/assets/<name>/ changes in the tree.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DFLOW=${DFLOW:-.venv/bin/dflow}
+PYTHON=${PYTHON:-.venv/bin/python}
+
+declare -A RECIPE=(
+  [shapes_uniform]=recipes/shapes/pretrain_uniform.yaml
+  [shapes_mask]=recipes/shapes/pretrain_mask.yaml
+  [glyphs_uniform]=recipes/glyphs/pretrain_uniform.yaml
+)
+declare -A EXPORT=(
+  [shapes_uniform]=runs/shapes_pretrain_uniform/export
+  [shapes_mask]=runs/shapes_pretrain_mask/export
+  [glyphs_uniform]=runs/glyphs_pretrain_uniform/export
+)
+names=("$@")
+[ ${#names[@]} -gt 0 ] || names=(shapes_uniform shapes_mask glyphs_uniform)
+
+for name in "${names[@]}"; do
+  [ -n "${RECIPE[$name]:-}" ] || { echo "unknown base name=$name; known: ${!RECIPE[*]}" >&2; exit 2; }
+  echo "== $name: ${RECIPE[$name]} ($(date -u +%H:%M:%S))"
+  start=$(date +%s)
+  "$DFLOW" fit --config "${RECIPE[$name]}" --trainer.enable_progress_bar=false
+  echo "== $name trained in $(( ($(date +%s) - start) / 60 )) min"
+  rm -rf "dflow/assets/$name"
+  mkdir -p dflow/assets
+  cp -r "${EXPORT[$name]}" "dflow/assets/$name"
+done
+"$PYTHON" scripts/eval_bases.py "${names[@]}"
