@@ -37,7 +37,9 @@ bench: install
 
 # The README's main command: RL fine-tuning of the embedded shapes base for a few minutes on CPU;
 # prints strict accuracy before/after and writes runs/demo/{before,after,reward_curve}.png.
+# If the embedded base is missing (a checkout without dflow/assets/shapes_uniform), it is trained first.
 demo: install
+	test -d dflow/assets/shapes_uniform || scripts/make_base_models.sh shapes_uniform
 	$(BIN)/dflow demo --out runs/demo
 
 # Retrain the embedded bases dflow/assets/{shapes_uniform,shapes_mask,glyphs_uniform} with the pretraining
