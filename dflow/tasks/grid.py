@@ -99,3 +99,29 @@ def save_grid(
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path, format="PNG")
     return path
+
+
+class PaletteImageTask:
+    """Rendering and embedding shared by image tasks whose tokens index a palette (row-major pixels).
+
+    Subclasses set ``palette`` (float ``[V, 3]`` RGB in ``[0, 1]``), ``height``, ``width`` and
+    ``render_scale``, and provide ``check_x1`` (from :class:`dflow.tasks.base.Task`).
+    """
+
+    palette: np.ndarray
+    height: int
+    width: int
+    render_scale: int
+
+    def render(self, x1, prompts, path: str | Path, ncol: int = 8) -> Path:
+        x1 = self.check_x1(x1, prompts)
+        images = x1.view(-1, self.height, self.width).numpy()  # [B, H, W]
+        tiles = palette_tiles(images, self.palette, self.render_scale)
+        captions = [p.text for p in prompts] if prompts is not None else None
+        return save_grid(tiles, path, captions, ncol)
+
+    def embedding(self):
+        """The palette's RGB colours as float ``[V, 3]``: the distance metric-induced paths use."""
+        import torch
+
+        return torch.from_numpy(self.palette.copy())

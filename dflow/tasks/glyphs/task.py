@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,14 +18,14 @@ from dflow.tasks.base import (
 )
 from dflow.tasks.glyphs.font import min_hamming_distance
 from dflow.tasks.glyphs.reader import GlyphLayout, GlyphReader, similarity
-from dflow.tasks.grid import palette_tiles, save_grid
+from dflow.tasks.grid import PaletteImageTask
 
 PALETTE = np.array([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]], dtype=np.float32)  # background, ink
 MAX_LENGTH = 8  # keeps the sequences short; the index space per length is len(alphabet)**n
 HELDOUT_FRACTION_CAP = 4  # at most 1/4 of the strings of a length are held out for the test split
 
 
-class GlyphsTask(Task):
+class GlyphsTask(PaletteImageTask, Task):
     """Write the prompt's string in a fixed layout of 3x5 glyph cells (OCR analogue).
 
     Output tokens are the pixels of an ``H x W`` binary image in row-major order (0 = background,
@@ -54,6 +53,7 @@ class GlyphsTask(Task):
         render_scale: pixels per image cell in ``render``.
     """
 
+    palette = PALETTE  # [V, 3] RGB: rendering and the metric-path embedding
     name = "glyphs"
 
     def __init__(
@@ -168,20 +168,3 @@ class GlyphsTask(Task):
         reads, targets = self._reads_and_targets(x1, prompts)
         values = [r == s for r, s in zip(reads, targets)]
         return torch.tensor(values, dtype=torch.bool, device=x1.device)
-
-    def render(
-        self,
-        x1: Tensor,
-        prompts: Sequence[Prompt] | None,
-        path: str | Path,
-        ncol: int = 8,
-    ) -> Path:
-        x1 = self.check_x1(x1, prompts)
-        images = x1.view(-1, self.height, self.width).numpy()  # [B, H, W]
-        tiles = palette_tiles(images, PALETTE, self.render_scale)
-        captions = [p.text for p in prompts] if prompts is not None else None
-        return save_grid(tiles, path, captions, ncol)
-
-    def embedding(self) -> Tensor:
-        """Palette RGB in ``[0, 1]``, float ``[2, 3]`` (black background, white ink)."""
-        return torch.from_numpy(PALETTE.copy())

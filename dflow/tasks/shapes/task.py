@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -17,7 +16,7 @@ from dflow.tasks.base import (
     choose_prompts,
     numpy_rng,
 )
-from dflow.tasks.grid import palette_tiles, save_grid
+from dflow.tasks.grid import PaletteImageTask
 from dflow.tasks.shapes.draw import render_spec
 from dflow.tasks.shapes.prompts import (
     CATEGORIES,
@@ -32,7 +31,7 @@ from dflow.tasks.shapes.verify import Score, score_batch
 MIN_SIDE = 8  # four 3x3 objects with 1-pixel gaps need 7x7; one more pixel keeps placement easy
 
 
-class ShapesTask(Task):
+class ShapesTask(PaletteImageTask, Task):
     """Compose coloured shapes in a ``height x width`` image as the prompt asks (GenEval analogue).
 
     Output tokens are the pixels in row-major order; value 0 is the black background and values
@@ -63,6 +62,7 @@ class ShapesTask(Task):
         render_scale: pixels per image cell in ``render``.
     """
 
+    palette = PALETTE  # [V, 3] RGB: rendering and the metric-path embedding
     name = "shapes"
 
     def __init__(
@@ -143,20 +143,3 @@ class ShapesTask(Task):
     def correct(self, x1: Tensor, prompts: Sequence[Prompt]) -> Tensor:
         values = [s.correct for s in self.scores(x1, prompts)]
         return torch.tensor(values, dtype=torch.bool, device=x1.device)
-
-    def render(
-        self,
-        x1: Tensor,
-        prompts: Sequence[Prompt] | None,
-        path: str | Path,
-        ncol: int = 8,
-    ) -> Path:
-        x1 = self.check_x1(x1, prompts)
-        images = x1.view(-1, self.height, self.width).numpy()  # [B, H, W]
-        tiles = palette_tiles(images, PALETTE, self.render_scale)
-        captions = [p.text for p in prompts] if prompts is not None else None
-        return save_grid(tiles, path, captions, ncol)
-
-    def embedding(self) -> Tensor:
-        """Palette RGB in ``[0, 1]``, float ``[7, 3]`` (row 0 = black background)."""
-        return torch.from_numpy(PALETTE.copy())
