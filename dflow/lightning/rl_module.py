@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import copy
 import math
-import random
 import time
 from pathlib import Path
 from typing import Literal
 
 import lightning as L
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -28,6 +26,7 @@ from dflow.lightning.builders import DenoiserBuilder
 from dflow.lightning.evaluation import evaluate, spread_prompts, write_grid
 from dflow.lightning.reliability import check_state_dict
 from dflow.lightning.rewards import RewardSpec, build_rewards
+from dflow.lightning.rl_state import global_rng_state, restore, set_global_rng_state, snapshot
 from dflow.paths.base import ProbabilityPath
 from dflow.rl.advantages import AdvantageEstimator, AdvantageInput, GroupAdvantage
 from dflow.rl.aggregation import LossAggregation
@@ -200,7 +199,7 @@ class RLModule(L.LightningModule):
                     for idx in self.update.minibatches(traj.batch_size, G, self.generator)]
         # With several optimiser steps per RL step, a fault in a later mini-batch must also undo the
         # earlier ones: snapshot weights and optimiser state (three copies of the weights with AdamW).
-        snapshot = _snapshot(self.denoiser, opt.optimizer) if len(schedule) > 1 else None
+        saved = snapshot(self.denoiser, opt.optimizer) if len(schedule) > 1 else None
         for i, idx in enumerate(schedule):
             out = self.update.loss(self.policy, batch_ready, idx.to(self.device), self.rollout_sampler, self.compute)
             opt.zero_grad(set_to_none=True)
@@ -213,8 +212,8 @@ class RLModule(L.LightningModule):
                     fault = ValueError(f"gradient norm is {norm.item()}")
             if fault is not None:
                 opt.zero_grad(set_to_none=True)
-                if snapshot is not None and i > 0:
-                    _restore(self.denoiser, opt.optimizer, snapshot)
+                if saved is not None and i > 0:
+                    restore(self.denoiser, opt.optimizer, saved)
                 return self._fault("nonfinite_grad", fault)
             # Only the last optimiser step of an RL step goes through Lightning's wrapper, so that
             # trainer.global_step (max_steps, checkpoint cadence, log x-axis) counts RL steps.
@@ -312,7 +311,7 @@ class RLModule(L.LightningModule):
 
     # ------------------------------------------------------------------ checkpoint extras
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["dflow_rl"] = {"generator": self.generator.get_state(), "global_rng": _global_rng_state(),
+        checkpoint["dflow_rl"] = {"generator": self.generator.get_state(), "global_rng": global_rng_state(),
                                   "compute": vars(self.compute).copy(),
                                   "faults": dict(self.faults), "eval_history": list(self.eval_history),
                                   "rl_steps": self.rl_steps}
@@ -323,34 +322,11 @@ class RLModule(L.LightningModule):
         if extra:
             self.generator.set_state(extra["generator"])
             if "global_rng" in extra:  # rollouts use self.generator; anything else drawing at random continues too
-                _set_global_rng_state(extra["global_rng"])
+                set_global_rng_state(extra["global_rng"])
             self.compute = Compute(**extra["compute"])
             self.faults.update(extra["faults"])
             self.eval_history = list(extra["eval_history"])
             self.rl_steps = int(extra["rl_steps"])
-
-
-def _global_rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-
-
-def _set_global_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-
-
-def _snapshot(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
-    params = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    return params, copy.deepcopy(optimizer.state_dict())
-
-
-def _restore(model: torch.nn.Module, optimizer: torch.optim.Optimizer, snapshot: tuple[dict, dict]) -> None:
-    params, opt_state = snapshot
-    with torch.no_grad():
-        for k, v in model.state_dict().items():
-            v.copy_(params[k])
-    optimizer.load_state_dict(opt_state)
 
 
 def _to(adv, device):
