@@ -33,8 +33,14 @@ def evaluate(
     batch_size: int = 64,
     seed: int = 1234,
     device: torch.device | str = "cpu",
+    samples_per_prompt: int = 1,
 ) -> EvalResult:
-    """Sample once per prompt with ``sampler`` (fixed ``seed``: the same noise for every model compared)."""
+    """Sample each prompt ``samples_per_prompt`` times with ``sampler`` (fixed ``seed``: the same noise
+    for every model compared). Several samples per prompt, as GenEval's 4, keep categories with few
+    test prompts from swinging between 0 and 1."""
+    if samples_per_prompt < 1:
+        raise ValueError(f"samples_per_prompt must be >= 1, got samples_per_prompt={samples_per_prompt}")
+    prompts = [p for p in prompts for _ in range(samples_per_prompt)]
     gen = torch.Generator(device=device).manual_seed(seed)
     metric = task.metric()
     rewards, samples = [], []

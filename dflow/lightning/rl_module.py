@@ -52,6 +52,8 @@ class RLModule(L.LightningModule):
         on_bad_reward: ``"skip"`` the step (and count it) or ``"stop"`` the run when a reward raises or
             returns NaN / inf / a wrong shape.
         max_consecutive_faults: stop after this many skipped steps in a row.
+        eval_samples_per_prompt: samples per test prompt at evaluation (GenEval draws 4; the small
+            categories of the shapes test split have 1-6 prompts, so 1 sample is a coin flip).
         reference_from_initial: the KL reference is a frozen copy of the initial policy.
         seed_rollouts_per_prompt: roll out each prompt's group with its own generator seeded by
             ``(seed, step, prompt index)``, so results do not depend on how prompts are split over
@@ -83,6 +85,7 @@ class RLModule(L.LightningModule):
         reference_from_initial: bool = True,
         eval_every_n_steps: int = 10,
         num_eval_prompts: int | None = None,
+        eval_samples_per_prompt: int = 4,
         eval_batch_size: int = 64,
         num_grid_prompts: int = 16,
         seed: int = 0,
@@ -94,6 +97,8 @@ class RLModule(L.LightningModule):
             raise ValueError(f"group_size must be >= 1, got group_size={group_size}")
         if on_bad_reward not in ("skip", "stop"):
             raise ValueError(f"on_bad_reward must be 'skip' or 'stop', got on_bad_reward={on_bad_reward!r}")
+        if eval_samples_per_prompt < 1:
+            raise ValueError(f"eval_samples_per_prompt must be >= 1, got eval_samples_per_prompt={eval_samples_per_prompt}")
         if not lr > 0:
             raise ValueError(f"lr must be > 0, got lr={lr}")
         self.save_hyperparameters(ignore=["denoiser", "path", "likelihood", "objective", "advantage", "kl", "aggregation"])
@@ -294,7 +299,8 @@ class RLModule(L.LightningModule):
         was_training = self.denoiser.training
         self.denoiser.eval()
         res = evaluate(self.policy, self.task, self.eval_sampler, self.eval_prompts,
-                       self.hparams.eval_batch_size, device=self.device)
+                       self.hparams.eval_batch_size, device=self.device,
+                       samples_per_prompt=self.hparams.eval_samples_per_prompt)
         grid = evaluate(self.policy, self.task, self.eval_sampler, self.grid_prompts, device=self.device)
         self.denoiser.train(was_training)
         metrics = {f"eval/{k.replace('/', '_')}": v for k, v in res.metrics.items()}

@@ -582,3 +582,32 @@ def test_fault_in_a_later_minibatch_undoes_the_whole_rl_step(copy_task, tiny_bui
     assert _same_state(callback.optimizer, trainer.optimizers[0].state_dict())
     assert _optimizer_steps(trainer) == 4  # the good first RL step only
     assert float(trainer.callback_metrics["faults/nonfinite_grad"]) == 1.0
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def test_evaluation_samples_each_prompt_several_times(tiny_builder):
+    """``samples_per_prompt=k`` evaluates k independent samples of every prompt, in prompt order,
+    and the per-category accuracy is the mean over all of them; 0 is refused by name."""
+    from dflow.lightning.evaluation import evaluate
+    from dflow.tasks import ShapesTask
+
+    task = ShapesTask(height=8, width=8, train_prompts_per_category=2, test_prompts_per_category=1)
+    module = _module(tiny_builder, UniformSource(task.vocab_size), METHODS["udm_grpo"]())
+    module.attach_task(task)
+    prompts = task.prompts("test")[:3]
+    res = evaluate(module.policy, task, module.eval_sampler, prompts, batch_size=4, samples_per_prompt=3)
+    assert res.x1.shape == (9, task.seq_len)
+    expanded = [p for p in prompts for _ in range(3)]
+    correct = task.correct(res.x1, expanded).float()
+    assert res.metrics["reward"] == pytest.approx(float(task.reward(res.x1, expanded).mean()))
+    by_cat: dict[str, list[float]] = {}
+    for p, c in zip(expanded, correct.tolist()):
+        by_cat.setdefault(p.category, []).append(c)
+    for cat, values in by_cat.items():
+        assert res.metrics[f"acc/{cat}"] == pytest.approx(sum(values) / len(values))
+    with pytest.raises(ValueError, match="samples_per_prompt=0"):
+        evaluate(module.policy, task, module.eval_sampler, prompts, samples_per_prompt=0)
+    with pytest.raises(ValueError, match="eval_samples_per_prompt=0"):
+        _module(tiny_builder, UniformSource(task.vocab_size), METHODS["udm_grpo"](), eval_samples_per_prompt=0)
