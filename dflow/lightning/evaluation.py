@@ -71,6 +71,21 @@ def spread_prompts(prompts: Sequence[Prompt], n: int) -> list[Prompt]:
     return out
 
 
+def balanced_prompts(prompts: Sequence[Prompt], per_category: int) -> list[Prompt]:
+    """Exactly ``per_category`` entries for every category: its prompts cycled in order.
+
+    The category mean (GenEval's overall score) is only as precise as its noisiest category; with a
+    fixed number of samples per prompt a category of 1 test prompt gets 4 samples and one of 60
+    gets 240. Equal counts give every category the same standard error (at most 0.5/sqrt(n)).
+    """
+    if per_category < 1:
+        raise ValueError(f"samples per category must be >= 1, got per_category={per_category}")
+    by_cat: dict[str, list[Prompt]] = {}
+    for p in prompts:
+        by_cat.setdefault(p.category, []).append(p)
+    return [cat[i % len(cat)] for cat in by_cat.values() for i in range(per_category)]
+
+
 def write_grid(task: Task, x1: Tensor, prompts: Sequence[Prompt], path: str | Path, ncol: int = 8) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from dflow.lightning.builders import DenoiserBuilder
-from dflow.lightning.evaluation import evaluate, spread_prompts, write_grid
+from dflow.lightning.evaluation import balanced_prompts, evaluate, spread_prompts, write_grid
 from dflow.lightning.reliability import check_state_dict
 from dflow.lightning.rewards import RewardSpec, build_rewards
 from dflow.lightning.rl_state import global_rng_state, restore, set_global_rng_state, snapshot
@@ -54,6 +54,8 @@ class RLModule(L.LightningModule):
         max_consecutive_faults: stop after this many skipped steps in a row.
         eval_samples_per_prompt: samples per test prompt at evaluation (GenEval draws 4; the small
             categories of the shapes test split have 1-6 prompts, so 1 sample is a coin flip).
+        eval_samples_per_category: instead, exactly this many samples in every category (its test
+            prompts cycled): equal precision per category for the category mean.
         reference_from_initial: the KL reference is a frozen copy of the initial policy.
         seed_rollouts_per_prompt: roll out each prompt's group with its own generator seeded by
             ``(seed, step, prompt index)``, so results do not depend on how prompts are split over
@@ -86,6 +88,7 @@ class RLModule(L.LightningModule):
         eval_every_n_steps: int = 10,
         num_eval_prompts: int | None = None,
         eval_samples_per_prompt: int = 4,
+        eval_samples_per_category: int | None = None,
         eval_batch_size: int = 64,
         num_grid_prompts: int = 16,
         seed: int = 0,
@@ -97,6 +100,8 @@ class RLModule(L.LightningModule):
             raise ValueError(f"group_size must be >= 1, got group_size={group_size}")
         if on_bad_reward not in ("skip", "stop"):
             raise ValueError(f"on_bad_reward must be 'skip' or 'stop', got on_bad_reward={on_bad_reward!r}")
+        if eval_samples_per_category is not None and eval_samples_per_category < 1:
+            raise ValueError(f"eval_samples_per_category must be >= 1 or null, got eval_samples_per_category={eval_samples_per_category}")
         if eval_samples_per_prompt < 1:
             raise ValueError(f"eval_samples_per_prompt must be >= 1, got eval_samples_per_prompt={eval_samples_per_prompt}")
         if not lr > 0:
@@ -149,6 +154,8 @@ class RLModule(L.LightningModule):
         test = task.prompts("test")
         n = self.hparams.num_eval_prompts
         self.eval_prompts = test if n is None else spread_prompts(test, n)
+        if self.hparams.eval_samples_per_category is not None:
+            self.eval_prompts = balanced_prompts(self.eval_prompts, self.hparams.eval_samples_per_category)
         self.grid_prompts = spread_prompts(test, self.hparams.num_grid_prompts)
         self.denoiser = self.builder.build(task, self.path)
         # kept outside nn.Module's registry: the compiled wrapper must not add a second copy of the
@@ -300,7 +307,7 @@ class RLModule(L.LightningModule):
         self.denoiser.eval()
         res = evaluate(self.policy, self.task, self.eval_sampler, self.eval_prompts,
                        self.hparams.eval_batch_size, device=self.device,
-                       samples_per_prompt=self.hparams.eval_samples_per_prompt)
+                       samples_per_prompt=1 if self.hparams.eval_samples_per_category else self.hparams.eval_samples_per_prompt)
         grid = evaluate(self.policy, self.task, self.eval_sampler, self.grid_prompts, device=self.device)
         self.denoiser.train(was_training)
         metrics = {f"eval/{k.replace('/', '_')}": v for k, v in res.metrics.items()}

@@ -611,3 +611,20 @@ def test_evaluation_samples_each_prompt_several_times(tiny_builder):
         evaluate(module.policy, task, module.eval_sampler, prompts, samples_per_prompt=0)
     with pytest.raises(ValueError, match="eval_samples_per_prompt=0"):
         _module(tiny_builder, UniformSource(task.vocab_size), METHODS["udm_grpo"](), eval_samples_per_prompt=0)
+
+
+def test_balanced_evaluation_gives_every_category_the_same_count():
+    from dflow.lightning.evaluation import balanced_prompts
+    from dflow.tasks import ShapesTask
+
+    test = ShapesTask().prompts("test")  # categories of 1 to 60 prompts
+    out = balanced_prompts(test, 8)
+    categories = {p.category for p in test}
+    assert len(out) == 8 * len(categories)
+    for cat in categories:
+        mine = [p for p in out if p.category == cat]
+        pool = [p for p in test if p.category == cat]
+        assert len(mine) == 8
+        assert mine == [pool[i % len(pool)] for i in range(8)]  # cycled in order
+    with pytest.raises(ValueError, match="per_category=0"):
+        balanced_prompts(test, 0)
