@@ -134,15 +134,18 @@ class RLModule(L.LightningModule):
     def configure_model(self) -> None:
         if self.denoiser is not None:
             return
-        task = self.task
-        if task is None and self._trainer is not None and self.trainer.datamodule is not None:
-            task = self.trainer.datamodule.task
+        task, split = self.task, "train"
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        if datamodule is not None:
+            task = task if task is not None else datamodule.task
+            split = getattr(datamodule, "split", split)  # batches index the data module's prompt split
         if task is None:
             raise ValueError("RLModule needs a task: use a PromptDataModule (data: ...) or call attach_task(task)")
-        self.attach_task(task)
+        self.attach_task(task, split)
 
-    def attach_task(self, task) -> None:
-        """Build the policy (and the frozen reference) for ``task``; validates vocabularies at start-up."""
+    def attach_task(self, task, split: str = "train") -> None:
+        """Build the policy (and the frozen reference) for ``task``; validates vocabularies at start-up.
+        Training batches are indices into ``task.prompts(split)``."""
         if task.vocab_size != self.path.vocab_size:
             raise ValueError(
                 f"task {task.name!r} has vocab_size={task.vocab_size} but the path's source has "
@@ -150,7 +153,7 @@ class RLModule(L.LightningModule):
             )
         self.task = task
         self.rewards = build_rewards(self.reward_specs, task)
-        self.train_prompts = task.prompts("train")
+        self.train_prompts = task.prompts(split)
         test = task.prompts("test")
         n = self.hparams.num_eval_prompts
         self.eval_prompts = test if n is None else spread_prompts(test, n)

@@ -628,3 +628,27 @@ def test_balanced_evaluation_gives_every_category_the_same_count():
         assert mine == [pool[i % len(pool)] for i in range(8)]  # cycled in order
     with pytest.raises(ValueError, match="per_category=0"):
         balanced_prompts(test, 0)
+
+
+SEEN_PROMPTS: list = []
+
+
+def recording_reward(x1, prompts):
+    SEEN_PROMPTS.extend(prompts)
+    return torch.zeros(len(prompts))
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_training_prompts_come_from_the_data_modules_split(tiny_builder, tmp_path, split):
+    """The data module's batches index ``task.prompts(split)``; the module must resolve them in the
+    same split (it once always used "train", silently training on other prompts)."""
+    from dflow.lightning import PromptDataModule
+    from dflow.tasks import ShapesTask
+
+    task = ShapesTask(height=8, width=8, train_prompts_per_category=2, test_prompts_per_category=1)
+    module = _module(tiny_builder, UniformSource(task.vocab_size), METHODS["udm_grpo"](),
+                     rewards=[RewardSpec(source=f"{__name__}:recording_reward", name="rec")])
+    data = PromptDataModule(task, prompts_per_step=P, split=split, steps_per_epoch=2)
+    SEEN_PROMPTS.clear()
+    _trainer(tmp_path).fit(module, datamodule=data)
+    assert SEEN_PROMPTS and set(SEEN_PROMPTS) <= set(task.prompts(split))
