@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(module.eval_history) < 2:
         raise ValueError("dflow demo: the recipe must evaluate before and after training (eval_every_n_steps > 0)")
     before, after = module.eval_history[0], module.eval_history[-1]
-    table = Table(title=f"strict accuracy on {len(module.eval_prompts)} held-out test prompts")
+    table = Table(title=f"strict accuracy on the test split ({len(module.eval_prompts)} samples)")
     for col in ("", "before", f"after {after['rl_step']} RL steps", "change"):
         table.add_column(col, justify="right" if col else "left")
     keys = [k for k in before if k.startswith("eval/acc_")] + ["eval/reward"]
