@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -80,8 +81,22 @@ class DFlowCLI(LightningCLI):
         return super()._instantiate_trainer(config, callbacks)
 
 
+# Lightning warnings that every dflow run would print and that do not apply to it (checked, not
+# guessed): RL optimises manually and checkpoints after the step on purpose; the frozen reference
+# and the dropout-free denoiser sit in eval mode on purpose; dflow's batch streams define __len__
+# per worker by construction (dflow/lightning/data.py); the pytree notice is Lightning's own.
+QUIET_WARNINGS = (
+    r"Using ModelCheckpoint with manual optimization",
+    r"Found \d+ module\(s\) in eval mode",
+    r"Your `IterableDataset` has `__len__` defined",
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+)
+
+
 def run_lightning_cli(args: Sequence[str] | None = None) -> DFlowCLI:
     """``dflow fit|validate ...`` through LightningCLI (``None``: read ``sys.argv``); returns the CLI."""
+    for message in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
     return DFlowCLI(
         subclass_mode_model=True,
         subclass_mode_data=True,
