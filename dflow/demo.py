@@ -32,8 +32,13 @@ def _reward_curve(metrics_csv: Path, out: Path) -> Path | None:
                 reward[float(row["step"]) + 1] = float(row["train/reward"])  # after step k
             if row.get("eval/acc_overall"):
                 acc[float(row["eval/rl_step"])] = float(row["eval/acc_overall"])
+    steps = sorted(reward)
+    window = 10  # the reward of one step (8 prompts) is noisy; its trailing mean shows the trend
+    smooth = {x: sum(reward[s] for s in steps[max(0, i - window + 1) : i + 1]) / min(window, i + 1)
+              for i, x in enumerate(steps)}
     bands = []
-    for label, series in (("train reward (rollouts)", reward), ("strict test accuracy", acc)):
+    for label, series in (("train reward (rollouts)", reward), (f"train reward, mean of {window} steps", smooth),
+                          ("strict test accuracy", acc)):
         xs = sorted(series)
         ys = [series[x] for x in xs]
         if xs:

@@ -169,10 +169,11 @@ def line_chart(
         )  # the legend is 250 px wide
         draw.text((lx + 26, ly + 9), text, fill="black", font=small, anchor="lm")
         ly += 22
-    draw.text((lx, ly + 8), "line: mean over seeds", fill=(90, 90, 90), font=small, anchor="lm")
-    draw.text(
-        (lx, ly + 26), "band: min to max over seeds", fill=(90, 90, 90), font=small, anchor="lm"
-    )
+    if any(b.lo != b.hi for b in bands):  # single runs have no spread to explain
+        draw.text((lx, ly + 8), "line: mean over seeds", fill=(90, 90, 90), font=small, anchor="lm")
+        draw.text(
+            (lx, ly + 26), "band: min to max over seeds", fill=(90, 90, 90), font=small, anchor="lm"
+        )
     if not bands:
         draw.text(
             ((x0 + x1) / 2, (y0 + y1) / 2), "no data", fill=(150, 150, 150), font=font, anchor="mm"
