@@ -38,6 +38,35 @@ TRAINER_DEFAULTS: dict[str, Any] = {
 }
 
 
+_NUMPY_DATA = {"_reconstruct", "ndarray", "dtype"}
+
+
+def _dflow_globals(config) -> list:
+    """The classes of package ``dflow`` that the ``--ckpt_path`` file pickles (empty if none given)."""
+    import importlib
+
+    subcommand = config.get("subcommand")
+    ckpt_path = config[subcommand].get("ckpt_path") if subcommand else None
+    if not ckpt_path or not Path(str(ckpt_path)).is_file():
+        return []
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(str(ckpt_path))
+    except Exception:  # not a readable zip checkpoint: the load below names the problem
+        return []
+    found = []
+    for name in names:
+        module, _, attr = name.rpartition(".")
+        # dflow's records, and numpy's array/dtype constructors (RNG states of checkpoints written
+        # before they were stored as tensors)
+        if module.startswith("dflow.") or (module.startswith("numpy") and attr in _NUMPY_DATA):
+            found.append(getattr(importlib.import_module(module), attr))
+    if any(getattr(c, "__module__", "").startswith("numpy") for c in found):
+        import numpy as np  # the dtype classes are built, not named, so the scan above misses them
+
+        found += [type(np.dtype(t)) for t in (np.uint32, np.int64, np.float64)]
+    return found
+
+
 class DFlowCLI(LightningCLI):
     """LightningCLI that adds :class:`~dflow.lightning.callbacks.DFlowProgressBar` unless the recipe
     names its own progress bar or sets ``trainer.enable_progress_bar: false``, and
@@ -54,8 +83,11 @@ class DFlowCLI(LightningCLI):
         # LightningCLI torch.loads --ckpt_path for its hyperparameters before any trainer exists, so
         # a truncated or foreign file would surface as a bare unpickling / zip-reader error: if that
         # load fails, let load_checkpoint_file name the file and what is wrong with it
+        # it loads with weights_only=True: allow dflow's own config records (SamplerConfig, RewardSpec
+        # in the saved hyperparameters), nothing else
         try:
-            super()._parse_ckpt_path()
+            with torch.serialization.safe_globals(_dflow_globals(self.config)):
+                super()._parse_ckpt_path()
         except Exception:
             subcommand = self.config.get("subcommand")
             ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None

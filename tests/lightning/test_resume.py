@@ -18,6 +18,7 @@ from dflow.lightning.loggers import ResumableCSVLogger
 from dflow.lightning.reliability import AtomicCheckpointIO, load_checkpoint_file
 from dflow.lightning.rewards import RewardSpec
 from dflow.lightning.rl_module import RLModule
+from dflow.lightning.rl_state import set_global_rng_state
 from dflow.paths import MixturePath, UniformSource
 from dflow.rl import ClippedSurrogate, ForwardReconstruction, GroupAdvantage, KLPenalty
 from dflow.sampling import SamplerConfig
@@ -154,7 +155,7 @@ def test_checkpoint_restores_global_rng_states(tmp_path):
     run(tmp_path / "a", 1)
     ckpt = load_checkpoint_file(tmp_path / "a" / "ckpt" / "last.ckpt")
     saved = ckpt["dflow_rl"]["global_rng"]
-    torch.set_rng_state(saved["torch"]), np.random.set_state(saved["numpy"]), random.setstate(saved["python"])
+    set_global_rng_state(saved)
     expected = (torch.rand(3), np.random.rand(3), random.random())  # what the saved states draw next
     module = make_module()
     module.attach_task(get_task("shapes"))
@@ -162,3 +163,18 @@ def test_checkpoint_restores_global_rng_states(tmp_path):
     module.on_load_checkpoint(ckpt)
     drawn = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(drawn[0], expected[0]) and (drawn[1] == expected[1]).all() and drawn[2] == expected[2]
+
+
+def test_rl_checkpoint_loads_with_weights_only(tmp_path):
+    """LightningCLI reads an explicit ``--ckpt_path`` with ``torch.load(weights_only=True)`` before
+    the trainer exists; numpy arrays in the saved RNG state and dflow's config records in the
+    hyperparameters once made every such resume fail. dflow's CLI allows its own classes only."""
+    from dflow.cli import _dflow_globals
+
+    run(tmp_path / "a", 1)
+    path = tmp_path / "a" / "ckpt" / "last.ckpt"
+    allowed = _dflow_globals({"subcommand": "fit", "fit": {"ckpt_path": str(path)}})
+    assert allowed and all(c.__module__.startswith(("dflow.", "numpy")) for c in allowed)
+    with torch.serialization.safe_globals(allowed):
+        ckpt = torch.load(path, weights_only=True, map_location="cpu")
+    assert "global_rng" in ckpt["dflow_rl"]
