@@ -27,7 +27,7 @@ from lightning.pytorch.cli import LightningCLI
 from dflow.lightning.builders import PretrainedDenoiser, instantiate, read_meta, resolve_path
 from dflow.lightning.callbacks import DFlowProgressBar
 from dflow.lightning.data import derive_seed, stratified_indices
-from dflow.lightning.reliability import AtomicCheckpointIO, load_checkpoint_file, GracefulShutdown
+from dflow.lightning.reliability import AtomicCheckpointIO, GracefulShutdown, load_checkpoint_file
 from dflow.paths import LinearScheduler, MaskSource, MixturePath, ProbabilityPath, UniformSource
 from dflow.sampling import SamplerConfig
 from dflow.tasks import Task, get_task
@@ -41,12 +41,17 @@ TRAINER_DEFAULTS: dict[str, Any] = {
 _NUMPY_DATA = {"_reconstruct", "ndarray", "dtype"}
 
 
+def _ckpt_path(config) -> Any:
+    """The ``--ckpt_path`` of the parsed subcommand, or None."""
+    subcommand = config.get("subcommand")
+    return config[subcommand].get("ckpt_path") if subcommand else None
+
+
 def _dflow_globals(config) -> list:
     """The classes of package ``dflow`` that the ``--ckpt_path`` file pickles (empty if none given)."""
     import importlib
 
-    subcommand = config.get("subcommand")
-    ckpt_path = config[subcommand].get("ckpt_path") if subcommand else None
+    ckpt_path = _ckpt_path(config)
     if not ckpt_path or not Path(str(ckpt_path)).is_file():
         return []
     try:
@@ -82,15 +87,14 @@ class DFlowCLI(LightningCLI):
     def _parse_ckpt_path(self) -> None:
         # LightningCLI torch.loads --ckpt_path for its hyperparameters before any trainer exists, so
         # a truncated or foreign file would surface as a bare unpickling / zip-reader error: if that
-        # load fails, let load_checkpoint_file name the file and what is wrong with it
-        # it loads with weights_only=True: allow dflow's own config records (SamplerConfig, RewardSpec
-        # in the saved hyperparameters), nothing else
+        # load fails, let load_checkpoint_file name the file and what is wrong with it. It loads with
+        # weights_only=True: allow dflow's own config records (SamplerConfig, RewardSpec in the saved
+        # hyperparameters) and nothing else
         try:
             with torch.serialization.safe_globals(_dflow_globals(self.config)):
                 super()._parse_ckpt_path()
         except Exception:
-            subcommand = self.config.get("subcommand")
-            ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+            ckpt_path = _ckpt_path(self.config)
             if ckpt_path:
                 load_checkpoint_file(ckpt_path)  # raises the ValueError when the file is the problem
             raise

@@ -56,11 +56,17 @@ def evaluate(
     return EvalResult(metrics=values, x1=torch.cat(samples))
 
 
+def by_category(prompts: Sequence[Prompt]) -> dict[str, list[Prompt]]:
+    """Prompts grouped by category, categories and prompts in first-seen order."""
+    groups: dict[str, list[Prompt]] = {}
+    for p in prompts:
+        groups.setdefault(p.category, []).append(p)
+    return groups
+
+
 def spread_prompts(prompts: Sequence[Prompt], n: int) -> list[Prompt]:
     """``n`` prompts taken round-robin over categories (a grid that shows every category)."""
-    by_cat: dict[str, list[Prompt]] = {}
-    for p in prompts:
-        by_cat.setdefault(p.category, []).append(p)
+    by_cat = by_category(prompts)
     out: list[Prompt] = []
     i = 0
     while len(out) < min(n, len(prompts)):
@@ -80,10 +86,7 @@ def balanced_prompts(prompts: Sequence[Prompt], per_category: int) -> list[Promp
     """
     if per_category < 1:
         raise ValueError(f"samples per category must be >= 1, got per_category={per_category}")
-    by_cat: dict[str, list[Prompt]] = {}
-    for p in prompts:
-        by_cat.setdefault(p.category, []).append(p)
-    return [cat[i % len(cat)] for cat in by_cat.values() for i in range(per_category)]
+    return [cat[i % len(cat)] for cat in by_category(prompts).values() for i in range(per_category)]
 
 
 def write_grid(task: Task, x1: Tensor, prompts: Sequence[Prompt], path: str | Path, ncol: int = 8) -> Path:

@@ -156,9 +156,10 @@ class RLModule(L.LightningModule):
         self.train_prompts = task.prompts(split)
         test = task.prompts("test")
         n = self.hparams.num_eval_prompts
-        self.eval_prompts = test if n is None else spread_prompts(test, n)
-        if self.hparams.eval_samples_per_category is not None:
-            self.eval_prompts = balanced_prompts(self.eval_prompts, self.hparams.eval_samples_per_category)
+        chosen = test if n is None else spread_prompts(test, n)
+        per_category, per_prompt = self.hparams.eval_samples_per_category, self.hparams.eval_samples_per_prompt
+        self.eval_prompts = (balanced_prompts(chosen, per_category) if per_category is not None
+                             else [p for p in chosen for _ in range(per_prompt)])
         self.grid_prompts = spread_prompts(test, self.hparams.num_grid_prompts)
         self.denoiser = self.builder.build(task, self.path)
         # kept outside nn.Module's registry: the compiled wrapper must not add a second copy of the
@@ -309,8 +310,7 @@ class RLModule(L.LightningModule):
         was_training = self.denoiser.training
         self.denoiser.eval()
         res = evaluate(self.policy, self.task, self.eval_sampler, self.eval_prompts,
-                       self.hparams.eval_batch_size, device=self.device,
-                       samples_per_prompt=1 if self.hparams.eval_samples_per_category else self.hparams.eval_samples_per_prompt)
+                       self.hparams.eval_batch_size, device=self.device)
         grid = evaluate(self.policy, self.task, self.eval_sampler, self.grid_prompts, device=self.device)
         self.denoiser.train(was_training)
         metrics = {f"eval/{k.replace('/', '_')}": v for k, v in res.metrics.items()}
