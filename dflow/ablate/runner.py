@@ -25,12 +25,9 @@ Layout of ``out``::
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import subprocess
-import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,8 +36,9 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-import dflow
-from dflow.ablate.files import json_bytes, read_json, write_atomic, write_if_changed
+from dflow.ablate.execute import RESULT_FILE
+from dflow.ablate.files import json_bytes, write_if_changed
+from dflow.ablate.launch import launch, launch_inline, run_directory, sigterm_raises
 from dflow.ablate.plots import write_plots
 from dflow.ablate.results import (
     check_csv,
@@ -53,7 +51,6 @@ from dflow.ablate.results import (
 )
 from dflow.ablate.spec import SEED_AXIS, GridSpec
 from dflow.ablate.validate import ConfigParser, PlannedRun, plan_grid
-from dflow.ablate.execute import LOG_FILE, PROGRESS_FILE, RESULT_FILE, RUN_FILE, execute
 
 CSV_FILE = "results.csv"
 TABLE_FILE = "table.txt"
@@ -88,28 +85,6 @@ class GridReport:
     table: str = ""
 
 
-def run_directory(out: Path, run_id: str) -> Path:
-    return Path(out) / "runs" / run_id
-
-
-def run_record(spec: GridSpec, planned: PlannedRun) -> dict[str, Any]:
-    """The worker's ``run.json``."""
-    run = planned.run
-    return {
-        "schema": 1,
-        "run_id": run.run_id,
-        "method": run.method,
-        "grid": spec.name,
-        "recipe": str(run.recipe),
-        "recipe_sha256": planned.recipe_sha256,
-        "axes": run.axes,
-        "overrides": run.overrides,
-        "seed": planned.seed,
-        "budget": spec.budget.to_dict(),
-        "args": planned.args(),
-    }
-
-
 def run_grid(
     spec: GridSpec,
     exec_args: list[str] | tuple[str, ...] = (),
@@ -119,8 +94,9 @@ def run_grid(
     console: Console | None = None,
     parser: ConfigParser | None = None,
     launcher: str = "process",
+    jobs: int = 1,
 ) -> GridReport:
-    """Check, run (unfinished runs only, one after another) and summarise the grid ``spec``.
+    """Check, run (unfinished runs only) and summarise the grid ``spec``.
 
     Everything that can be wrong with the input is found before the first run starts: a bad
     override (``ValueError`` naming it and the nearest valid keys), a run that cannot share the
@@ -129,9 +105,17 @@ def run_grid(
 
     ``launcher``: ``"process"`` (each run in its own worker process; see the module docstring) or
     ``"inline"`` (in this process, one device).
+
+    ``jobs``: how many runs train at once (process launcher only). On a CPU machine each worker then
+    gets ``cpu_count // jobs`` torch threads (unless ``OMP_NUM_THREADS`` is set): small models use
+    several cores better as several runs than as one run's threads. Results do not depend on it.
     """
     if launcher not in LAUNCHERS:
         raise ValueError(f"launcher={launcher!r} is not one of {LAUNCHERS}")
+    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
+        raise ValueError(f"jobs={jobs!r}: expected a positive integer (runs trained at once)")
+    if jobs > 1 and launcher != "process":
+        raise ValueError(f"jobs={jobs} needs launcher='process' (inline runs share one process)")
     if launcher == "inline":
         exec_args = (*exec_args, *INLINE_ARGS)
         multi = [
@@ -166,7 +150,7 @@ def run_grid(
         f"budget {spec.budget.value:g} {spec.budget.unit} each, out {out}"
     )
     if pending:
-        _run_pending(spec, pending, report, finished, console, fail_fast, launcher)
+        _run_pending(spec, pending, report, finished, console, fail_fast, launcher, jobs)
 
     report.results = [finished[p.run.run_id] for p in planned if p.run.run_id in finished]
     write_if_changed(out / GRID_FILE, json_bytes(spec.to_dict()))
@@ -185,7 +169,7 @@ def run_grid(
     return report
 
 
-def _run_pending(spec, pending, report, finished, console, fail_fast, launcher) -> None:
+def _run_pending(spec, pending, report, finished, console, fail_fast, launcher, jobs) -> None:
     columns = (
         SpinnerColumn(),
         TextColumn("{task.description}"),
@@ -193,139 +177,64 @@ def _run_pending(spec, pending, report, finished, console, fail_fast, launcher) 
         TextColumn("{task.completed:,.0f}/{task.total:,.0f}"),
         TimeElapsedColumn(),
     )
+    lock = threading.Lock()  # report / finished are shared by the runs that train at once
+    stop = threading.Event()  # fail-fast or an interrupted grid: no new run starts, running ones stop
+    threads = None
+    if jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+
     with Progress(*columns, console=console, transient=False) as progress:
         grid_task = progress.add_task(f"grid {spec.name}", total=len(pending))
-        for planned in pending:
+
+        def one(planned: PlannedRun) -> None:
+            if stop.is_set():
+                return
             run_id = planned.run.run_id
             label = " ".join(f"{k}={format_value(v)}" for k, v in planned.run.axes.items())
             run_task = progress.add_task(
                 f"{run_id} {label} [{spec.budget.unit}]", total=spec.budget.value
             )
-            start = launch if launcher == "process" else launch_inline
-            reason = start(
-                spec,
-                planned,
-                lambda used: progress.update(run_task, completed=min(used, spec.budget.value)),
+            on_progress = lambda used: progress.update(  # noqa: E731
+                run_task, completed=min(used, spec.budget.value)
             )
+            if launcher == "process":
+                reason = launch(spec, planned, on_progress, stop=stop, threads=threads)
+            else:
+                reason = launch_inline(spec, planned, on_progress)
             progress.update(grid_task, advance=1)
             if reason is None:
                 result_file = run_directory(spec.out, run_id) / RESULT_FILE
-                finished[run_id] = load_result(
-                    result_file, run_id, planned.recipe_sha256, spec.budget.to_dict()
-                )
-                report.executed.append(run_id)
-                acc = finished[run_id]["final"].get("eval/acc_overall")
+                result = load_result(result_file, run_id, planned.recipe_sha256, spec.budget.to_dict())
+                with lock:
+                    finished[run_id] = result
+                    report.executed.append(run_id)
+                acc = result["final"].get("eval/acc_overall")
                 progress.update(
                     run_task,
                     completed=spec.budget.value,
                     description=f"[green]done[/] {run_id} {label} acc={acc}",
                 )
             else:
-                report.failed[run_id] = reason
+                with lock:
+                    report.failed[run_id] = reason
                 progress.update(run_task, description=f"[red]failed[/] {run_id} {label}")
                 if fail_fast:
+                    stop.set()
+
+        if jobs == 1:
+            for planned in pending:
+                one(planned)
+                if stop.is_set():
                     break
-
-
-def _prepare(spec: GridSpec, planned: PlannedRun) -> Path:
-    directory = run_directory(spec.out, planned.run.run_id)
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / PROGRESS_FILE).unlink(
-        missing_ok=True
-    )  # an earlier, interrupted attempt's progress
-    write_atomic(directory / RUN_FILE, json_bytes(run_record(spec, planned)))
-    return directory
-
-
-def launch_inline(spec: GridSpec, planned: PlannedRun, on_progress=None) -> str | None:
-    """Run one grid run in this process; ``None`` when it finished, else why it did not."""
-    directory = _prepare(spec, planned)
-    try:
-        code = execute(run_record(spec, planned), directory, on_step=on_progress)
-    except Exception as err:  # noqa: BLE001 - a failed run is reported and the grid goes on
-        return f"{type(err).__name__}: {err}"
-    return None if code == 0 and (directory / RESULT_FILE).is_file() else f"exit code {code}"
-
-
-def launch(
-    spec: GridSpec, planned: PlannedRun, on_progress=None, poll_s: float = 0.5
-) -> str | None:
-    """Run one grid run in a worker process; ``None`` when it finished, else why it did not."""
-    directory = _prepare(spec, planned)
-    env = dict(os.environ)
-    package_root = str(
-        Path(dflow.__file__).resolve().parents[1]
-    )  # importable without an install too
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
-    command = [sys.executable, "-m", "dflow.ablate.worker", str(directory / RUN_FILE)]
-    with open(directory / LOG_FILE, "wb") as log, _sigterm_raises():
-        # its own session: stopping it reaches the ranks a ddp launcher started, and a terminal's
-        # Ctrl-C reaches this process only, which then stops the run (below)
-        process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
-        try:
-            while True:
-                try:
-                    code = process.wait(timeout=poll_s)
-                    break
-                except subprocess.TimeoutExpired:
-                    if on_progress is not None:
-                        _report_progress(directory / PROGRESS_FILE, on_progress)
-        except (
-            BaseException
-        ):  # Ctrl-C or SIGTERM to the grid: stop the run too; it reruns next time
-            _stop(process)
-            raise
-    if code == 0 and (directory / RESULT_FILE).is_file():
-        return None
-    _stop(process)  # ranks that outlived a failed rank 0 would wait on it for ever
-    tail = (directory / LOG_FILE).read_text(errors="replace").strip().splitlines()[-8:]
-    return f"exit code {code}; log {directory / LOG_FILE}:\n    " + "\n    ".join(tail)
-
-
-def _stop(process: subprocess.Popen, grace_s: float = 30.0) -> None:
-    """SIGTERM the worker's process group (Lightning saves and exits), SIGKILL it after ``grace_s``."""
-    killpg = getattr(os, "killpg", None)
-    for sig in (signal.SIGTERM, getattr(signal, "SIGKILL", signal.SIGTERM)):
-        try:
-            if killpg is not None:
-                killpg(process.pid, sig)
-            else:
-                process.send_signal(sig)
-        except ProcessLookupError:  # nothing left of it
             return
-        try:
-            process.wait(timeout=grace_s)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
-@contextlib.contextmanager
-def _sigterm_raises():
-    """While a run trains, SIGTERM to the grid raises (so the run is stopped, not orphaned)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _report_progress(path: Path, on_progress) -> None:
-    try:
-        progress = read_json(path)
-    except ValueError:  # not written yet
-        return
-    if isinstance(progress, dict) and isinstance(progress.get("used"), (int, float)):
-        on_progress(progress["used"])
+        with sigterm_raises(), ThreadPoolExecutor(jobs, thread_name_prefix="dflow-ablate") as pool:
+            futures = [pool.submit(one, planned) for planned in pending]
+            try:
+                for future in futures:
+                    future.result()
+            except BaseException:  # Ctrl-C or SIGTERM: stop every running worker; they rerun next time
+                stop.set()
+                raise
 
 
 def plan_table(spec: GridSpec, planned: list[PlannedRun], finished: dict[str, Any]) -> Table:

@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 from rich.console import Console
 
+import dflow.ablate.launch as launch
 import dflow.ablate.runner as runner
 from dflow.ablate.cli import main
 from dflow.ablate.runner import run_grid
@@ -81,8 +82,9 @@ def test_tiny_grid_end_to_end_then_reused(grid_file, config_parser, monkeypatch)
 
     # rerunning the finished grid trains nothing and leaves every file as it was
     before = _snapshot(out)
-    monkeypatch.setattr(runner, "execute", _no_training)
+    monkeypatch.setattr(launch, "execute", _no_training)
     monkeypatch.setattr(runner, "launch", _no_training)
+    monkeypatch.setattr(runner, "launch_inline", _no_training)
     again = run_grid(spec, console=_console(), parser=config_parser, launcher="inline")
     assert again.executed == [] and again.reused == ids
     assert _snapshot(out) == before
@@ -112,6 +114,34 @@ def test_one_run_through_the_worker_process(tmp_path, recipes, config_parser):
         str(recipes["elbo"]),
     ]
     assert (run_dir / "train.log").is_file() and (spec.out / "results.csv").is_file()
+
+
+def test_two_runs_at_once_through_worker_processes(tmp_path, recipes, config_parser, monkeypatch):
+    """``jobs=2``: both runs train in worker processes at the same time, one torch thread each."""
+    grid = tmp_path / "two.yaml"
+    grid.write_text(
+        f"methods: {{elbo: {recipes['elbo']}}}\ngrid: {{seed: [0, 1]}}\n"
+        f"budget: {{unit: tokens, value: 100}}\nout: {tmp_path / 'two'}\n"
+    )
+    spec = load_grid(grid)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(runner.os, "cpu_count", lambda: 2)
+    starts, real = [], launch.subprocess.Popen
+
+    def popen(*args, **kwargs):
+        starts.append(kwargs["env"]["OMP_NUM_THREADS"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(launch.subprocess, "Popen", popen)
+    report = run_grid(spec, console=_console(), parser=config_parser, jobs=2)
+    assert report.failed == {} and sorted(report.executed) == sorted(r.run_id for r in spec.runs())
+    assert starts == ["1", "1"]
+    assert len(list(csv.DictReader((spec.out / "results.csv").open()))) == 2
+
+    with pytest.raises(ValueError, match="jobs=0"):
+        run_grid(spec, console=_console(), parser=config_parser, jobs=0)
+    with pytest.raises(ValueError, match="jobs=2 needs launcher='process'"):
+        run_grid(spec, console=_console(), parser=config_parser, jobs=2, launcher="inline")
 
 
 def test_cli_dry_run_lists_runs_and_rejects_bad_input(grid_file, tmp_path, capsys):
