@@ -64,7 +64,8 @@ class TransformerDenoiser(nn.Module):
 # ---------------------------------------------------------------------------------------------- dflow without recording
 @torch.no_grad()
 def rollout_without_recording(
-    path: MixturePath, policy: Callable, times: Tensor, batch_size: int, seq_len: int, generator: torch.Generator
+    path: MixturePath, policy: Callable, times: Tensor, batch_size: int, seq_len: int, generator: torch.Generator,
+    cond=None,
 ) -> Tensor:
     """The sampler's loop with nothing recorded: returns only ``x_1`` ``[B, L]``.
 
@@ -74,7 +75,7 @@ def rollout_without_recording(
     x = path.source.sample((batch_size, seq_len), generator=generator)  # [B, L]
     for k in range(times.shape[0] - 1):
         t, s = times[k].expand(batch_size), times[k + 1].expand(batch_size)
-        logits = policy(x, t, None)  # [B, L, V]
+        logits = policy(x, t, cond)  # [B, L, V]
         draw = torch.empty_like(logits).exponential_(generator=generator).log_().neg_().add_(logits).argmax(-1)
         jump = torch.rand(x.shape, generator=generator) < path.jump_prob(x, t, s)  # [B, L]
         x = torch.where(jump, draw, x)
