@@ -30,10 +30,11 @@ test-slow: install
 test-all: install
 	$(BIN)/python -m pytest -m "slow or not slow" -n $(PYTEST_WORKERS) --dist loadfile
 
-# Speed benchmarks; flow-matching (CC BY-NC) is an optional peer installed only here, never imported by dflow.
+# Speed and memory benchmarks (each writes its block of docs/benchmarks.md); flow-matching (CC BY-NC) is an optional peer installed only here, never imported by dflow.
 bench: install
 	$(BIN)/pip install -q --no-deps flow-matching || echo "flow-matching not installed: peer column skipped"
 	$(BIN)/python benchmarks/sampler_speed.py
+	$(BIN)/python benchmarks/training_cost.py
 
 # The README's main command: RL fine-tuning of the embedded shapes base for a few minutes on CPU;
 # prints strict accuracy before/after and writes runs/demo/{before,after,reward_curve}.png.

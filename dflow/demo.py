@@ -33,7 +33,7 @@ def _reward_curve(metrics_csv: Path, out: Path) -> Path | None:
             if row.get("eval/acc_overall"):
                 acc[float(row["eval/rl_step"])] = float(row["eval/acc_overall"])
     steps = sorted(reward)
-    window = 10  # the reward of one step (8 prompts) is noisy; its trailing mean shows the trend
+    window = 10  # the reward of one step is noisy (a few prompts); its trailing mean shows the trend
     smooth = {x: sum(reward[s] for s in steps[max(0, i - window + 1) : i + 1]) / min(window, i + 1)
               for i, x in enumerate(steps)}
     bands = []
