@@ -13,6 +13,11 @@ from dflow.ablate.validate import plan_grid
 
 REPO = Path(__file__).resolve().parents[2]
 GRIDS = sorted((REPO / "recipes" / "ablations").glob("*.yaml"))
+# Grids that run one seed on purpose, and why. Every other study reports a spread over >= 3 seeds.
+ONE_SEED = {
+    "shapes_objectives": "with one on-policy update per batch the four objectives have the same gradient, "
+    "so their runs of one seed are identical; more seeds repeat that, they cannot separate them",
+}
 
 
 @pytest.mark.parametrize("grid", GRIDS, ids=[g.stem for g in GRIDS])
@@ -20,7 +25,7 @@ def test_shipped_grid_plans(grid, config_parser, monkeypatch):
     monkeypatch.chdir(REPO)  # recipes are named relative to the repository root
     spec = load_grid(grid)
     assert spec.name == grid.stem and spec.budget.eval_every is not None
-    assert len(spec.axes.get("seed", [])) >= 3  # the studies report a spread over seeds
+    assert len(spec.axes.get("seed", [])) >= (1 if spec.name in ONE_SEED else 3)
     one_seed = dataclasses.replace(spec, axes={**spec.axes, "seed": spec.axes["seed"][:1]})
     planned = plan_grid(one_seed, parser=config_parser)
     assert len(planned) == len(spec.runs()) // len(spec.axes["seed"])
