@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -41,7 +42,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from sampler_speed import rollout_without_recording  # noqa: E402
 
-from dflow.cli import QUIET_WARNINGS, TRAINER_DEFAULTS, DFlowCLI  # noqa: E402
+from dflow.cli import cli_settings  # noqa: E402
+from dflow.sampling import Sampler  # noqa: E402
 
 DOC = ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- training_cost:begin -->", "<!-- training_cost:end -->"
@@ -63,19 +65,16 @@ class StepLog(Callback):
                           if k.startswith(("time/", "compute/"))})
 
 
-def build(recipe: Path, extra: list[str]) -> DFlowCLI:
+def build(recipe: Path, extra: list[str]):
     """The recipe's trainer, model and data, built as ``dflow fit`` would (nothing run, no files)."""
-    import warnings
-
-    for message in (*QUIET_WARNINGS, "LightningCLI's args parameter is intended"):
-        warnings.filterwarnings("ignore", message=message)
+    # the benchmark's own command line is not the recipe's: `args` is what counts
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     args = ["--config", str(recipe), f"--model.init_args.denoiser.init_args.path={BASE}",
             "--model.init_args.eval_every_n_steps=0", "--trainer.logger=false",
             "--trainer.enable_checkpointing=false", "--trainer.callbacks=[]",
             "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", *extra]
-    return DFlowCLI(subclass_mode_model=True, subclass_mode_data=True, parser_kwargs={"parser_mode": "omegaconf"},
-                    trainer_defaults=TRAINER_DEFAULTS, seed_everything_default=0, run=False, args=args,
-                    save_config_callback=None)
+    cli_class, kwargs = cli_settings()
+    return cli_class(**kwargs, run=False, args=args, save_config_callback=None)
 
 
 def step_cost(method: str, steps: int) -> dict[str, float]:
@@ -84,19 +83,18 @@ def step_cost(method: str, steps: int) -> dict[str, float]:
     log = StepLog()
     cli.trainer.callbacks.append(log)
     cli.trainer.fit(cli.model, cli.datamodule)
-    hp, data = cli.model.hparams, cli.datamodule.hparams
-    samples = data["prompts_per_step"] * hp["group_size"]
-    per_step = [{k: b[k] - a.get(k, 0.0) for k in b if k.startswith("compute/")}
-                for a, b in zip([{}] + log.rows, log.rows)]
+    samples = cli.datamodule.hparams["prompts_per_step"] * cli.model.group_size
+    last, before = log.rows[-1], (log.rows[-2] if len(log.rows) > 1 else {})
+    per_sample = {k: (last[k] - before.get(k, 0.0)) / samples for k in last if k.startswith("compute/")}
     later = log.rows[1:] or log.rows
     rollout = statistics.median(r["time/rollout"] for r in later)
     update = statistics.median(r["time/update"] for r in later)
     return {
         "samples": samples,
-        "rollout_steps": hp["rollout"]["num_steps"] if isinstance(hp["rollout"], dict) else hp["rollout"].num_steps,
-        "forward": per_step[-1]["compute/forward"] / samples,
-        "backward": per_step[-1]["compute/backward"] / samples,
-        "fwd_equiv": per_step[-1]["compute/fwd_equiv"] / samples,
+        "rollout_steps": cli.model.rollout_sampler.num_steps,
+        "forward": per_sample["compute/forward"],
+        "backward": per_sample["compute/backward"],
+        "fwd_equiv": per_sample["compute/fwd_equiv"],
         "rollout_s": rollout,
         "update_s": update,
         "update_over_rollout": update / rollout,
@@ -107,10 +105,9 @@ def memory_child(method: str, samples: int) -> dict[str, float]:
     """Run in a child process: one RL step with ``samples`` rollouts; the peak memory it added."""
     recipe = ROOT / "recipes" / "shapes" / f"{method}.yaml"
     group = 8
+    # one update over all rollouts: a recipe's mini-batches would cap the memory of larger batches
     extra = [f"--data.init_args.prompts_per_step={samples // group}", f"--model.init_args.group_size={group}",
-             "--trainer.max_steps=1"]
-    if method == "dflowgrpo":  # its mini-batches of 32 would cap the memory of larger batches
-        extra.append("--model.init_args.minibatch_size=null")
+             "--model.init_args.minibatch_size=null", "--trainer.max_steps=1"]
     cli = build(recipe, extra)
     cuda = torch.cuda.is_available()
     if cuda:
@@ -153,11 +150,8 @@ def sampler_overhead(repeats: int, batch: int = 64, steps: int = 20) -> dict[str
     module.attach_task(task, "test")
     test = task.prompts("test")
     cond = task.encode_prompts([test[i % len(test)] for i in range(batch)])
-    from dflow.sampling import Sampler, time_grid
-
     sampler = Sampler(module.path, num_steps=steps)
     policy = module.policy.eval()
-    times = time_grid("uniform", steps)
     out: dict[str, list[float]] = {"record": [], "plain": []}
     with torch.no_grad():
         for r in range(repeats):
@@ -168,7 +162,7 @@ def sampler_overhead(repeats: int, batch: int = 64, steps: int = 20) -> dict[str
                 if name == "record":
                     sampler.rollout(policy, cond, batch_size=batch, seq_len=task.seq_len, generator=gen)
                 else:
-                    rollout_without_recording(module.path, policy, times, batch, task.seq_len, gen, cond=cond)
+                    rollout_without_recording(module.path, policy, sampler.times, batch, task.seq_len, gen, cond=cond)
                 out[name].append(1000 * (time.process_time() - tic))
     record, plain = statistics.median(out["record"]), statistics.median(out["plain"])
     return {"batch": batch, "steps": steps, "seq_len": task.seq_len, "record_ms": record, "plain_ms": plain,

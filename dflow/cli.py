@@ -72,13 +72,30 @@ def _dflow_globals(config) -> list:
     return found
 
 
+# Lightning warnings that every dflow run would print and that do not apply to it (checked, not
+# guessed): RL optimises manually and checkpoints after the step on purpose; the frozen reference
+# and the dropout-free denoiser sit in eval mode on purpose; dflow's batch streams define __len__
+# per worker by construction (dflow/lightning/data.py); the pytree notice is Lightning's own.
+QUIET_WARNINGS = (
+    r"Using ModelCheckpoint with manual optimization",
+    r"Found \d+ module\(s\) in eval mode",
+    r"Your `IterableDataset` has `__len__` defined",
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+)
+
+
 class DFlowCLI(LightningCLI):
     """LightningCLI that adds :class:`~dflow.lightning.callbacks.DFlowProgressBar` unless the recipe
     names its own progress bar or sets ``trainer.enable_progress_bar: false``, and
     :class:`~dflow.lightning.reliability.AtomicCheckpointIO` unless it names a CheckpointIO, and
     :class:`~dflow.lightning.reliability.GracefulShutdown` (SIGTERM / Ctrl-C save ``last.ckpt``). Only ``fit`` and
     ``validate``: the modules define no test or predict step, and each subcommand parser costs
-    about a second to build."""
+    about a second to build. Building one silences :data:`QUIET_WARNINGS` for the process."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        for message in QUIET_WARNINGS:
+            warnings.filterwarnings("ignore", message=message)
+        super().__init__(*args, **kwargs)
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
@@ -117,31 +134,23 @@ class DFlowCLI(LightningCLI):
         return super()._instantiate_trainer(config, callbacks)
 
 
-# Lightning warnings that every dflow run would print and that do not apply to it (checked, not
-# guessed): RL optimises manually and checkpoints after the step on purpose; the frozen reference
-# and the dropout-free denoiser sit in eval mode on purpose; dflow's batch streams define __len__
-# per worker by construction (dflow/lightning/data.py); the pytree notice is Lightning's own.
-QUIET_WARNINGS = (
-    r"Using ModelCheckpoint with manual optimization",
-    r"Found \d+ module\(s\) in eval mode",
-    r"Your `IterableDataset` has `__len__` defined",
-    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
-)
-
-
-def run_lightning_cli(args: Sequence[str] | None = None) -> DFlowCLI:
-    """``dflow fit|validate ...`` through LightningCLI (``None``: read ``sys.argv``); returns the CLI."""
-    for message in QUIET_WARNINGS:
-        warnings.filterwarnings("ignore", message=message)
-    return DFlowCLI(
+def cli_settings() -> tuple[type[DFlowCLI], dict[str, Any]]:
+    """The class and keyword arguments ``dflow fit`` builds its LightningCLI with: one place for the
+    CLI itself, ``dflow ablate``'s parser and workers, and the benchmarks that build a recipe's run."""
+    return DFlowCLI, dict(
         subclass_mode_model=True,
         subclass_mode_data=True,
         parser_kwargs={"parser_mode": "omegaconf"},
         save_config_kwargs={"overwrite": True},
-        trainer_defaults=TRAINER_DEFAULTS,
+        trainer_defaults=dict(TRAINER_DEFAULTS),
         seed_everything_default=0,
-        args=None if args is None else list(args),
     )
+
+
+def run_lightning_cli(args: Sequence[str] | None = None) -> DFlowCLI:
+    """``dflow fit|validate ...`` through LightningCLI (``None``: read ``sys.argv``); returns the CLI."""
+    cli_class, kwargs = cli_settings()
+    return cli_class(**kwargs, args=None if args is None else list(args))
 
 
 # ---------------------------------------------------------------------------- dflow sample

@@ -17,6 +17,7 @@ from typing import Any
 from jsonargparse import Namespace
 
 from dflow.ablate.spec import SEED_AXIS, SEED_KEYS, GridSpec, Run, encode_value, nearest
+from dflow.cli import cli_settings
 
 # Settings that decide what a run is measured on. Runs of one grid must agree on them, unless the
 # grid varies one of them on purpose (as an axis or an override): then the CSV records the choice.
@@ -29,20 +30,6 @@ SHARED_FIELDS = (
     "model.init_args.num_eval_prompts",  # the evaluation prompts ...
     "model.init_args.eval_batch_size",  # ... and their noise (one seeded generator over the batches)
 )
-
-
-def cli_settings() -> tuple[type, dict[str, Any]]:
-    """The class and keyword arguments ``dflow fit`` builds its LightningCLI with."""
-    from dflow.cli import TRAINER_DEFAULTS, DFlowCLI
-
-    return DFlowCLI, dict(
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        parser_kwargs={"parser_mode": "omegaconf"},
-        save_config_kwargs={"overwrite": True},
-        trainer_defaults=dict(TRAINER_DEFAULTS),
-        seed_everything_default=0,
-    )
 
 
 class ConfigParser:
