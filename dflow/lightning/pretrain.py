@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from torch import Tensor, nn
 from dflow.lightning.builders import META_FILE, DenoiserBuilder, check_task_path, describe
 from dflow.lightning.data import derive_seed
 from dflow.lightning.losses import CrossEntropyLoss, PretrainLoss
+from dflow.lightning.schedules import check_schedule, warmup_cosine
 from dflow.models import HFMaskedLMDenoiser
 from dflow.paths import ProbabilityPath
 from dflow.sampling import SamplerConfig
@@ -97,10 +97,7 @@ class PretrainModule(L.LightningModule):
             raise ValueError(f"t_skew must be > 0, got t_skew={t_skew!r}")
         if not lr > 0:
             raise ValueError(f"lr must be > 0, got lr={lr!r}")
-        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be an int >= 0, got warmup_steps={warmup_steps!r}")
-        if not 0.0 <= min_lr_ratio <= 1.0:
-            raise ValueError(f"min_lr_ratio must be in [0, 1], got min_lr_ratio={min_lr_ratio!r}")
+        check_schedule(warmup_steps, min_lr_ratio)
         for name, value in (("eval_samples_per_prompt", eval_samples_per_prompt), ("grid_samples", grid_samples)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be an int >= 0, got {name}={value!r}")
@@ -200,15 +197,7 @@ class PretrainModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def _lr_factor(self, total_steps: int):
-        warmup, floor = self.warmup_steps, self.min_lr_ratio
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = min((step - warmup) / max(total_steps - warmup, 1), 1.0)
-            return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-        return factor
+        return warmup_cosine(self.warmup_steps, total_steps, self.min_lr_ratio)
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()

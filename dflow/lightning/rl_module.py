@@ -27,6 +27,7 @@ from dflow.lightning.evaluation import balanced_prompts, evaluate, spread_prompt
 from dflow.lightning.reliability import check_state_dict
 from dflow.lightning.rewards import RewardSpec, build_rewards
 from dflow.lightning.rl_state import global_rng_state, restore, set_global_rng_state, snapshot
+from dflow.lightning.schedules import check_schedule, warmup_cosine
 from dflow.paths.base import ProbabilityPath
 from dflow.rl.advantages import AdvantageEstimator, AdvantageInput, GroupAdvantage
 from dflow.rl.aggregation import LossAggregation
@@ -48,6 +49,10 @@ class RLModule(L.LightningModule):
         group_size: ``G`` rollouts per prompt (a group never splits across devices or mini-batches).
         num_inner_epochs / minibatch_size: passes over the batch and samples per optimiser step
             (None = the whole batch: strictly on-policy, one step per rollout batch).
+        lr / weight_decay: AdamW's.
+        warmup_steps / min_lr_ratio / decay_steps: optional schedule over RL steps: linear warm-up to
+            ``lr``, then a half cosine down to ``min_lr_ratio * lr`` at ``decay_steps`` (default
+            ``trainer.max_steps``). The defaults (0, 1.0) keep ``lr`` constant; logged as ``train/lr``.
         rewards: reward terms and weights (default: the task's partial-credit reward).
         on_bad_reward: ``"skip"`` the step (and count it) or ``"stop"`` the run when a reward raises or
             returns NaN / inf / a wrong shape.
@@ -80,6 +85,9 @@ class RLModule(L.LightningModule):
         minibatch_size: int | None = None,
         lr: float = 1e-5,
         weight_decay: float = 0.0,
+        warmup_steps: int = 0,
+        min_lr_ratio: float = 1.0,
+        decay_steps: int | None = None,
         max_grad_norm: float | None = 1.0,
         rewards: list[RewardSpec] | None = None,
         on_bad_reward: Literal["skip", "stop"] = "stop",
@@ -106,6 +114,9 @@ class RLModule(L.LightningModule):
             raise ValueError(f"eval_samples_per_prompt must be >= 1, got eval_samples_per_prompt={eval_samples_per_prompt}")
         if not lr > 0:
             raise ValueError(f"lr must be > 0, got lr={lr}")
+        check_schedule(warmup_steps, min_lr_ratio)
+        if decay_steps is not None and (isinstance(decay_steps, bool) or not isinstance(decay_steps, int) or decay_steps < 1):
+            raise ValueError(f"decay_steps must be an int >= 1 or null, got decay_steps={decay_steps!r}")
         self.save_hyperparameters(ignore=["denoiser", "path", "likelihood", "objective", "advantage", "kl", "aggregation"])
         self.automatic_optimization = False
         self.builder, self.path = denoiser, path
@@ -170,8 +181,22 @@ class RLModule(L.LightningModule):
             self.reference = copy.deepcopy(self.denoiser).eval().requires_grad_(False)
 
     def configure_optimizers(self):
+        hp = self.hparams
         params = [p for p in self.denoiser.parameters() if p.requires_grad]
-        return torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
+        if hp.warmup_steps == 0 and hp.min_lr_ratio == 1.0:
+            return optimizer  # constant lr: no scheduler (and none in checkpoints)
+        total = hp.decay_steps
+        if total is None:
+            max_steps = self.trainer.max_steps if self._trainer is not None else -1
+            if max_steps is None or max_steps < 1:
+                raise ValueError(
+                    f"min_lr_ratio={hp.min_lr_ratio} / warmup_steps={hp.warmup_steps} need a length: set "
+                    f"decay_steps or trainer.max_steps (got max_steps={max_steps})"
+                )
+            total = max_steps
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(hp.warmup_steps, total, hp.min_lr_ratio))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     @property
     def policy(self):
@@ -239,6 +264,10 @@ class RLModule(L.LightningModule):
                 stats.setdefault(k, []).append(v)
         times["update"] = time.perf_counter() - tic
         self.faults["consecutive"] = 0
+        lr_used = opt.optimizer.param_groups[0]["lr"]
+        scheduler = self.lr_schedulers()  # manual optimisation: stepped here, once per RL step trained
+        if scheduler is not None:
+            scheduler.step()
 
         correct = self.task.correct(x1, prompts).float()
         logs = {
@@ -247,6 +276,7 @@ class RLModule(L.LightningModule):
             "train/acc": correct.mean().item(),
             "train/entropy": -traj.log_probs.sum(-1).mean().item() / self.task.seq_len,
             "train/grad_norm": sum(grad_norms) / len(grad_norms),
+            "train/lr": lr_used,
             "train/rl_step": float(self.rl_steps + 1),
             **{f"reward/{k}": v.float().mean().item() for k, v in record.components.items()},
             **{f"adv/{k}": v for k, v in adv.stats.items()},

@@ -484,6 +484,12 @@ def test_construction_errors(tiny_builder):
         _module(tiny_builder, UniformSource(V), METHODS["udm_grpo"](), on_bad_reward="ignore")
     with pytest.raises(ValueError, match="lr"):
         _module(tiny_builder, UniformSource(V), METHODS["udm_grpo"](), lr=0.0)
+    with pytest.raises(ValueError, match="min_lr_ratio=1.5"):
+        _module(tiny_builder, UniformSource(V), METHODS["udm_grpo"](), min_lr_ratio=1.5)
+    with pytest.raises(ValueError, match="warmup_steps=-1"):
+        _module(tiny_builder, UniformSource(V), METHODS["udm_grpo"](), warmup_steps=-1)
+    with pytest.raises(ValueError, match="decay_steps=0"):
+        _module(tiny_builder, UniformSource(V), METHODS["udm_grpo"](), decay_steps=0)
     # a per-step advantage with per-step units is fine; the draws recorder is switched on by itself
     module = _module(
         tiny_builder,
@@ -652,3 +658,38 @@ def test_training_prompts_come_from_the_data_modules_split(tiny_builder, tmp_pat
     SEEN_PROMPTS.clear()
     _trainer(tmp_path).fit(module, datamodule=data)
     assert SEEN_PROMPTS and set(SEEN_PROMPTS) <= set(task.prompts(split))
+
+
+# ---------------------------------------------------------------- learning-rate schedule
+
+
+def test_lr_schedule_steps_once_per_rl_step(copy_task, tiny_builder, prompt_batches, tmp_path):
+    """warm-up 1, cosine to 0.2 lr over 3 RL steps, lr 1e-2; logged lr of RL step s (0-based):
+    s = 0: 1/1 = 1 -> 1e-2 (warm-up); s = 1: progress (1-1)/(3-1) = 0 -> 1e-2;
+    s = 2: progress 1/2 -> 0.2 + 0.8 x (1 + cos(pi/2)) / 2 = 0.6 -> 6e-3;
+    s = 3: progress 1 -> 0.2 -> 2e-3 (the floor; stays there). Two optimiser steps per RL step
+    (2 epochs x 2 mini-batches) still advance it once."""
+    module = _module(tiny_builder, UniformSource(V), METHODS["udm_grpo"](), warmup_steps=1,
+                     min_lr_ratio=0.2, decay_steps=3)
+    logger = CSVLogger(tmp_path, name="lr", version=0)
+    trainer = _trainer(tmp_path, logger=logger)
+    trainer.fit(module, datamodule=prompt_batches(copy_task, num_batches=4, prompts_per_step=P))
+    logger.save()
+    with open(tmp_path / "lr" / "version_0" / "metrics.csv") as fh:
+        lrs = [float(r["train/lr"]) for r in csv.DictReader(fh) if r.get("train/lr")]
+    assert lrs == pytest.approx([1e-2, 1e-2, 6e-3, 2e-3], rel=1e-6)
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(2e-3)
+
+
+def test_constant_lr_has_no_scheduler(copy_task, tiny_builder, prompt_batches, tmp_path):
+    module = _module(tiny_builder, UniformSource(V), METHODS["udm_grpo"]())
+    trainer = _trainer(tmp_path)
+    trainer.fit(module, datamodule=prompt_batches(copy_task, num_batches=2, prompts_per_step=P))
+    assert trainer.lr_scheduler_configs == []
+    assert _finite_metrics(trainer)["train/lr"] == pytest.approx(1e-2, rel=1e-6)
+
+
+def test_lr_schedule_needs_a_length(copy_task, tiny_builder, prompt_batches, tmp_path):
+    module = _module(tiny_builder, UniformSource(V), METHODS["udm_grpo"](), min_lr_ratio=0.5)
+    with pytest.raises(ValueError, match="decay_steps or trainer.max_steps"):
+        _trainer(tmp_path).fit(module, datamodule=prompt_batches(copy_task, num_batches=1, prompts_per_step=P))
