@@ -1,4 +1,4 @@
-"""``dflow ablate GRID.yaml [--dry-run] [--out DIR] [--fail-fast] [--jobs N] [--trainer.KEY=VALUE ...]``.
+"""``dflow ablate GRID.yaml [--dry-run] [--out DIR] [--fail-fast] [--jobs N] [--reuse-from DIR ...] [--trainer.KEY=VALUE ...]``.
 
 Trainer settings given on the command line (``--trainer.devices=2 --trainer.strategy=ddp``) say
 *how* to run and go to every run unchanged; they are checked like every override but do not enter
@@ -37,6 +37,14 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         "on a CPU machine 2 jobs of 1 thread finish a grid sooner than 1 job of 2 threads",
     )
     parser.add_argument(
+        "--reuse-from",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="output folder of another grid (repeatable): its finished runs with the same id, recipe "
+        "text and budget are copied here instead of trained",
+    )
+    parser.add_argument(
         "--inline",
         action="store_true",
         help="train in this process instead of one worker process per run (one device; for debugging)",
@@ -63,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             fail_fast=opts.fail_fast,
             launcher="inline" if opts.inline else "process",
             jobs=opts.jobs,
+            reuse_from=opts.reuse_from,
         )
     except ValueError as err:
         print(f"dflow ablate: error: {err}", file=sys.stderr)

@@ -26,7 +26,9 @@ Layout of ``out``::
 from __future__ import annotations
 
 import os
+import shutil
 import threading
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,6 +97,7 @@ def run_grid(
     parser: ConfigParser | None = None,
     launcher: str = "process",
     jobs: int = 1,
+    reuse_from: Sequence[str | Path] = (),
 ) -> GridReport:
     """Check, run (unfinished runs only) and summarise the grid ``spec``.
 
@@ -109,6 +112,11 @@ def run_grid(
     ``jobs``: how many runs train at once (process launcher only). On a CPU machine each worker then
     gets ``cpu_count // jobs`` torch threads (unless ``OMP_NUM_THREADS`` is set): small models use
     several cores better as several runs than as one run's threads. Results do not depend on it.
+
+    ``reuse_from``: output folders of other grids. A run of this grid not finished here whose id
+    (same method name, recipe and overrides) is finished there, from the same recipe text and
+    budget, is copied here instead of trained (nothing is copied in a dry run, and a run folder
+    that already exists here is never replaced).
     """
     if launcher not in LAUNCHERS:
         raise ValueError(f"launcher={launcher!r} is not one of {LAUNCHERS}")
@@ -139,9 +147,10 @@ def run_grid(
             finished[p.run.run_id] = load_result(
                 result_file, p.run.run_id, p.recipe_sha256, spec.budget.to_dict()
             )
+    borrowed = _borrow(spec, planned, finished, reuse_from, console, copy=not dry_run)
     report.reused = [p.run.run_id for p in planned if p.run.run_id in finished]
     if dry_run:
-        console.print(plan_table(spec, planned, finished))
+        console.print(plan_table(spec, planned, finished, borrowed))
         return report
 
     pending = [p for p in planned if p.run.run_id not in finished]
@@ -167,6 +176,41 @@ def run_grid(
     for run_id, reason in report.failed.items():
         console.print(f"[red]failed[/] {run_id}: {reason}")
     return report
+
+
+def _borrow(spec, planned, finished, sources, console, copy: bool) -> dict[str, Path]:
+    """Find (and unless ``copy`` is false, copy in) finished runs of other grid folders: ``{run_id: source}``."""
+    out, found = Path(spec.out), {}
+    for source in map(Path, sources):
+        if not (source / "runs").is_dir():
+            raise ValueError(f"reuse_from: {str(source)!r} is not a dflow ablate output folder (no runs/ inside)")
+    for p in planned:
+        run_id, target = p.run.run_id, run_directory(out, p.run.run_id)
+        if run_id in finished:
+            continue
+        for source in map(Path, sources):
+            result_file = run_directory(source, run_id) / RESULT_FILE
+            if not result_file.is_file():
+                continue
+            try:
+                result = load_result(result_file, run_id, p.recipe_sha256, spec.budget.to_dict())
+            except ValueError as err:
+                console.print(f"[yellow]not reused[/] {run_id} from {source}: {err}")
+                continue
+            if target.exists():
+                console.print(f"[yellow]not reused[/] {run_id}: {target} exists (an unfinished run); it is kept")
+                break
+            found[run_id] = source
+            if copy:
+                partial = target.with_name(target.name + ".copying")
+                shutil.rmtree(partial, ignore_errors=True)  # left by an interrupted copy
+                shutil.copytree(result_file.parent, partial)
+                partial.rename(target)
+                finished[run_id] = result
+            break
+    if found and copy:
+        console.print(f"reused {len(found)} finished run(s) from {', '.join(sorted({str(s) for s in found.values()}))}")
+    return found
 
 
 def _run_pending(spec, pending, report, finished, console, fail_fast, launcher, jobs) -> None:
@@ -237,8 +281,11 @@ def _run_pending(spec, pending, report, finished, console, fail_fast, launcher, 
                 raise
 
 
-def plan_table(spec: GridSpec, planned: list[PlannedRun], finished: dict[str, Any]) -> Table:
+def plan_table(
+    spec: GridSpec, planned: list[PlannedRun], finished: dict[str, Any], borrowed: dict[str, Path] | None = None
+) -> Table:
     """The runs of a grid with their coordinates and whether they are finished (``--dry-run``)."""
+    borrowed = borrowed or {}
     axes = [k for k in spec.axes if k != SEED_AXIS]
     short = short_keys(axes)
     table = Table(
@@ -247,7 +294,9 @@ def plan_table(spec: GridSpec, planned: list[PlannedRun], finished: dict[str, An
     for name in ("run id", "method", *(short[k] for k in axes), "seed", "status"):
         table.add_column(name)
     for p in planned:
-        status = "finished" if p.run.run_id in finished else "to run"
+        run_id = p.run.run_id
+        status = ("finished" if run_id in finished
+                  else f"finished in {borrowed[run_id]}" if run_id in borrowed else "to run")
         table.add_row(
             p.run.run_id,
             p.run.method,

@@ -97,6 +97,37 @@ def test_tiny_grid_end_to_end_then_reused(grid_file, config_parser, monkeypatch)
     assert third.executed == [ids[1]] and third.reused == [ids[0], *ids[2:]]
     assert {p: v for p, v in _snapshot(out / "runs").items() if ids[1] not in str(p)} == kept
 
+    # another output folder borrows this grid's finished runs (--reuse-from): nothing trains, the
+    # run folders are copied whole, the summaries match; the source is left as it was
+    source_files = _snapshot(out)
+    monkeypatch.setattr(runner, "launch", _no_training)
+    monkeypatch.setattr(runner, "launch_inline", _no_training)
+    other = load_grid(grid_file, out=out.parent / "other")
+    listing = _console()
+    dry = run_grid(other, console=listing, parser=config_parser, launcher="inline", dry_run=True, reuse_from=[out])
+    assert dry.reused == [] and not (other.out / "runs").exists()  # a dry run copies nothing
+    assert listing.file.getvalue().count(f"finished in {out}") == len(ids)
+    copied = run_grid(other, console=_console(), parser=config_parser, launcher="inline", reuse_from=[out])
+    assert copied.executed == [] and copied.reused == ids
+    assert (other.out / "results.csv").read_text() == (out / "results.csv").read_text()
+    for run_id in ids:
+        assert (other.out / "runs" / run_id / "result.json").read_bytes() == (
+            out / "runs" / run_id / "result.json"
+        ).read_bytes()
+    assert _snapshot(out) == source_files
+    # a source run made from another recipe text is not borrowed (it would not be this grid's run)
+    tampered = other.out / "runs" / ids[0] / "result.json"
+    tampered.write_text(tampered.read_text().replace(copied.results[0]["recipe_sha256"], "0" * 64))
+    listing = _console()
+    third_dir = load_grid(grid_file, out=out.parent / "third")
+    check = run_grid(third_dir, console=listing, parser=config_parser, launcher="inline", dry_run=True,
+                     reuse_from=[other.out])
+    text = listing.file.getvalue()
+    assert "not reused" in text and "another version of recipe" in text
+    assert text.count(f"finished in {other.out}") == len(ids) - 1 and check.reused == []
+    with pytest.raises(ValueError, match="not a dflow ablate output folder"):
+        run_grid(third_dir, console=_console(), parser=config_parser, launcher="inline", reuse_from=[out / "runs"])
+
 
 def test_one_run_through_the_worker_process(tmp_path, recipes, config_parser):
     grid = tmp_path / "one.yaml"
