@@ -31,8 +31,8 @@ def _snapshot(directory):
     }
 
 
-def _console():
-    return Console(file=io.StringIO(), width=120)
+def _console(width=120):
+    return Console(file=io.StringIO(), width=width)
 
 
 def _no_training(*args, **kwargs):
@@ -103,7 +103,7 @@ def test_tiny_grid_end_to_end_then_reused(grid_file, config_parser, monkeypatch)
     monkeypatch.setattr(runner, "launch", _no_training)
     monkeypatch.setattr(runner, "launch_inline", _no_training)
     other = load_grid(grid_file, out=out.parent / "other")
-    listing = _console()
+    listing = _console(width=1000)  # long tmp paths must not wrap in the table
     dry = run_grid(other, console=listing, parser=config_parser, launcher="inline", dry_run=True, reuse_from=[out])
     assert dry.reused == [] and not (other.out / "runs").exists()  # a dry run copies nothing
     assert listing.file.getvalue().count(f"finished in {out}") == len(ids)
@@ -118,7 +118,7 @@ def test_tiny_grid_end_to_end_then_reused(grid_file, config_parser, monkeypatch)
     # a source run made from another recipe text is not borrowed (it would not be this grid's run)
     tampered = other.out / "runs" / ids[0] / "result.json"
     tampered.write_text(tampered.read_text().replace(copied.results[0]["recipe_sha256"], "0" * 64))
-    listing = _console()
+    listing = _console(width=1000)  # long tmp paths must not wrap in the table
     third_dir = load_grid(grid_file, out=out.parent / "third")
     check = run_grid(third_dir, console=listing, parser=config_parser, launcher="inline", dry_run=True,
                      reuse_from=[other.out])
