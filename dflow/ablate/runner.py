@@ -180,37 +180,44 @@ def run_grid(
 
 def _borrow(spec, planned, finished, sources, console, copy: bool) -> dict[str, Path]:
     """Find (and unless ``copy`` is false, copy in) finished runs of other grid folders: ``{run_id: source}``."""
-    out, found = Path(spec.out), {}
-    for source in map(Path, sources):
+    out, budget, sources, found = Path(spec.out), spec.budget.to_dict(), [Path(s) for s in sources], {}
+    for source in sources:
         if not (source / "runs").is_dir():
             raise ValueError(f"reuse_from: {str(source)!r} is not a dflow ablate output folder (no runs/ inside)")
     for p in planned:
-        run_id, target = p.run.run_id, run_directory(out, p.run.run_id)
+        run_id = p.run.run_id
         if run_id in finished:
             continue
-        for source in map(Path, sources):
+        for source in sources:
             result_file = run_directory(source, run_id) / RESULT_FILE
             if not result_file.is_file():
                 continue
             try:
-                result = load_result(result_file, run_id, p.recipe_sha256, spec.budget.to_dict())
+                result = load_result(result_file, run_id, p.recipe_sha256, budget)
             except ValueError as err:
                 console.print(f"[yellow]not reused[/] {run_id} from {source}: {err}")
                 continue
+            target = run_directory(out, run_id)
             if target.exists():
                 console.print(f"[yellow]not reused[/] {run_id}: {target} exists (an unfinished run); it is kept")
-                break
-            found[run_id] = source
-            if copy:
-                partial = target.with_name(target.name + ".copying")
-                shutil.rmtree(partial, ignore_errors=True)  # left by an interrupted copy
-                shutil.copytree(result_file.parent, partial)
-                partial.rename(target)
-                finished[run_id] = result
+            else:
+                found[run_id] = source
+                if copy:
+                    _copy_run(result_file.parent, target)
+                    finished[run_id] = result
             break
     if found and copy:
         console.print(f"reused {len(found)} finished run(s) from {', '.join(sorted({str(s) for s in found.values()}))}")
     return found
+
+
+def _copy_run(source: Path, target: Path) -> None:
+    """Copy a run folder whole; ``target`` appears only once complete (an interrupted copy leaves
+    ``<target>.copying``, replaced next time)."""
+    partial = target.with_name(target.name + ".copying")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(source, partial)
+    partial.rename(target)
 
 
 def _run_pending(spec, pending, report, finished, console, fail_fast, launcher, jobs) -> None:

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from dflow.lightning.builders import META_FILE, DenoiserBuilder, check_task_path, describe
 from dflow.lightning.data import derive_seed
 from dflow.lightning.losses import CrossEntropyLoss, PretrainLoss
-from dflow.lightning.schedules import check_schedule, warmup_cosine
+from dflow.lightning.schedules import check_schedule, warmup_cosine, with_schedule
 from dflow.models import HFMaskedLMDenoiser
 from dflow.paths import ProbabilityPath
 from dflow.sampling import SamplerConfig
@@ -193,8 +193,7 @@ class PretrainModule(L.LightningModule):
             betas=self.betas,
         )
         total = max(int(self.trainer.estimated_stepping_batches), 1) if self._trainer is not None else 1
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor(total))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return with_schedule(optimizer, self._lr_factor(total))
 
     def _lr_factor(self, total_steps: int):
         return warmup_cosine(self.warmup_steps, total_steps, self.min_lr_ratio)

@@ -27,7 +27,7 @@ from dflow.lightning.evaluation import balanced_prompts, evaluate, spread_prompt
 from dflow.lightning.reliability import check_state_dict
 from dflow.lightning.rewards import RewardSpec, build_rewards
 from dflow.lightning.rl_state import global_rng_state, restore, set_global_rng_state, snapshot
-from dflow.lightning.schedules import check_schedule, warmup_cosine
+from dflow.lightning.schedules import check_schedule, warmup_cosine, with_schedule
 from dflow.paths.base import ProbabilityPath
 from dflow.rl.advantages import AdvantageEstimator, AdvantageInput, GroupAdvantage
 from dflow.rl.aggregation import LossAggregation
@@ -114,9 +114,7 @@ class RLModule(L.LightningModule):
             raise ValueError(f"eval_samples_per_prompt must be >= 1, got eval_samples_per_prompt={eval_samples_per_prompt}")
         if not lr > 0:
             raise ValueError(f"lr must be > 0, got lr={lr}")
-        check_schedule(warmup_steps, min_lr_ratio)
-        if decay_steps is not None and (isinstance(decay_steps, bool) or not isinstance(decay_steps, int) or decay_steps < 1):
-            raise ValueError(f"decay_steps must be an int >= 1 or null, got decay_steps={decay_steps!r}")
+        check_schedule(warmup_steps, min_lr_ratio, decay_steps)
         self.save_hyperparameters(ignore=["denoiser", "path", "likelihood", "objective", "advantage", "kl", "aggregation"])
         self.automatic_optimization = False
         self.builder, self.path = denoiser, path
@@ -195,8 +193,7 @@ class RLModule(L.LightningModule):
                     f"decay_steps or trainer.max_steps (got max_steps={max_steps})"
                 )
             total = max_steps
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(hp.warmup_steps, total, hp.min_lr_ratio))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return with_schedule(optimizer, warmup_cosine(hp.warmup_steps, total, hp.min_lr_ratio))
 
     @property
     def policy(self):
@@ -234,34 +231,10 @@ class RLModule(L.LightningModule):
             self.policy, self.reference, traj, _to(adv, self.device), self.rollout_sampler, G, self.compute, self.generator
         )
         opt = self.optimizers()
-        stats: dict[str, list[float]] = {}
-        grad_norms = []
-        schedule = [idx for _ in range(self.update.num_inner_epochs)
-                    for idx in self.update.minibatches(traj.batch_size, G, self.generator)]
-        # With several optimiser steps per RL step, a fault in a later mini-batch must also undo the
-        # earlier ones: snapshot weights and optimiser state (three copies of the weights with AdamW).
-        saved = snapshot(self.denoiser, opt.optimizer) if len(schedule) > 1 else None
-        for i, idx in enumerate(schedule):
-            out = self.update.loss(self.policy, batch_ready, idx.to(self.device), self.rollout_sampler, self.compute)
-            opt.zero_grad(set_to_none=True)
-            fault = None if torch.isfinite(out.loss) else ValueError(f"loss is {out.loss.item()}")
-            if fault is None:
-                self.manual_backward(out.loss)
-                params = [p for p in self.denoiser.parameters() if p.grad is not None]
-                norm = torch.nn.utils.clip_grad_norm_(params, hp.max_grad_norm or math.inf)
-                if not torch.isfinite(norm):
-                    fault = ValueError(f"gradient norm is {norm.item()}")
-            if fault is not None:
-                opt.zero_grad(set_to_none=True)
-                if saved is not None and i > 0:
-                    restore(self.denoiser, opt.optimizer, saved)
-                return self._fault("nonfinite_grad", fault)
-            # Only the last optimiser step of an RL step goes through Lightning's wrapper, so that
-            # trainer.global_step (max_steps, checkpoint cadence, log x-axis) counts RL steps.
-            (opt.step if i == len(schedule) - 1 else opt.optimizer.step)()
-            grad_norms.append(float(norm))
-            for k, v in out.stats.items():
-                stats.setdefault(k, []).append(v)
+        optimised = self._optimise(opt, batch_ready, traj.batch_size)
+        if optimised is None:
+            return None  # a non-finite loss or gradient: the step is undone and counted
+        stats, grad_norms = optimised
         times["update"] = time.perf_counter() - tic
         self.faults["consecutive"] = 0
         lr_used = opt.optimizer.param_groups[0]["lr"]
@@ -290,6 +263,40 @@ class RLModule(L.LightningModule):
         self.rl_steps += 1
         if hp.eval_every_n_steps and self.rl_steps % hp.eval_every_n_steps == 0:
             self.run_evaluation()
+
+    def _optimise(self, opt, batch_ready, batch_size: int):
+        """``num_inner_epochs`` x mini-batches of losses, each backward -> clip -> optimiser step.
+        Returns the per-step stats and gradient norms, or None after a non-finite loss or gradient
+        (every step of this RL step undone, the fault counted)."""
+        stats: dict[str, list[float]] = {}
+        grad_norms = []
+        schedule = [idx for _ in range(self.update.num_inner_epochs)
+                    for idx in self.update.minibatches(batch_size, self.group_size, self.generator)]
+        # With several optimiser steps per RL step, a fault in a later mini-batch must also undo the
+        # earlier ones: snapshot weights and optimiser state (three copies of the weights with AdamW).
+        saved = snapshot(self.denoiser, opt.optimizer) if len(schedule) > 1 else None
+        for i, idx in enumerate(schedule):
+            out = self.update.loss(self.policy, batch_ready, idx.to(self.device), self.rollout_sampler, self.compute)
+            opt.zero_grad(set_to_none=True)
+            fault = None if torch.isfinite(out.loss) else ValueError(f"loss is {out.loss.item()}")
+            if fault is None:
+                self.manual_backward(out.loss)
+                params = [p for p in self.denoiser.parameters() if p.grad is not None]
+                norm = torch.nn.utils.clip_grad_norm_(params, self.hparams.max_grad_norm or math.inf)
+                if not torch.isfinite(norm):
+                    fault = ValueError(f"gradient norm is {norm.item()}")
+            if fault is not None:
+                opt.zero_grad(set_to_none=True)
+                if saved is not None and i > 0:
+                    restore(self.denoiser, opt.optimizer, saved)
+                return self._fault("nonfinite_grad", fault)
+            # Only the last optimiser step of an RL step goes through Lightning's wrapper, so that
+            # trainer.global_step (max_steps, checkpoint cadence, log x-axis) counts RL steps.
+            (opt.step if i == len(schedule) - 1 else opt.optimizer.step)()
+            grad_norms.append(float(norm))
+            for k, v in out.stats.items():
+                stats.setdefault(k, []).append(v)
+        return stats, grad_norms
 
     def _rollout(self, prompt_ids: list[int], cond: Tensor):
         G, L = self.group_size, self.task.seq_len

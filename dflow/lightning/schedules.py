@@ -3,15 +3,30 @@
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Any, Callable
+
+import torch
 
 
-def check_schedule(warmup_steps: int, min_lr_ratio: float) -> None:
-    """``ValueError`` naming the field for a warm-up that is not an int >= 0 or a floor outside [0, 1]."""
-    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_schedule(warmup_steps: int, min_lr_ratio: float, decay_steps: int | None = None) -> None:
+    """``ValueError`` naming the field for a warm-up that is not an int >= 0, a floor outside [0, 1],
+    or a decay length that is neither None nor an int >= 1."""
+    if not _is_int(warmup_steps) or warmup_steps < 0:
         raise ValueError(f"warmup_steps must be an int >= 0, got warmup_steps={warmup_steps!r}")
     if not 0.0 <= min_lr_ratio <= 1.0:
         raise ValueError(f"min_lr_ratio must be in [0, 1], got min_lr_ratio={min_lr_ratio!r}")
+    if decay_steps is not None and (not _is_int(decay_steps) or decay_steps < 1):
+        raise ValueError(f"decay_steps must be an int >= 1 or null, got decay_steps={decay_steps!r}")
+
+
+def with_schedule(optimizer: torch.optim.Optimizer, factor: Callable[[int], float]) -> dict[str, Any]:
+    """What ``configure_optimizers`` returns for a rate of ``lr x factor(step)``, stepped per step."""
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int, min_lr_ratio: float) -> Callable[[int], float]:
