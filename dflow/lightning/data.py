@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import numpy as np
@@ -237,7 +237,10 @@ class PromptDataModule(_StreamDataModule):
     """RL prompts: training batches are long ``[P]`` indices into ``task.prompts(split)``.
 
     The prompt list is walked in seeded random permutations, one after another (so within a pass
-    no prompt repeats), a new series every epoch. With several devices each rank takes every
+    no prompt repeats), a new series every epoch. ``balance="category"`` walks the categories
+    round-robin instead, each category's prompts in their own seeded permutations (a small category
+    then comes round as often as a large one, as in a score that averages the categories: the shapes
+    test split has 1 to 60 prompts per category). With several devices each rank takes every
     ``world_size``-th batch of the same series (whole groups stay on one rank: a rank expands its
     own prompts into ``G`` rollouts). Validation batches index ``task.prompts("test")``.
 
@@ -249,6 +252,8 @@ class PromptDataModule(_StreamDataModule):
         eval_prompts: test prompts per evaluation (stratified over categories); ``None`` = all.
         eval_batch_size: prompts per validation batch.
         steps_per_epoch: batches per epoch; large, so that ``trainer.max_steps`` ends the run.
+        balance: ``"prompt"`` (every prompt equally often) or ``"category"`` (every category equally
+            often, round-robin over the categories in order of first appearance).
     """
 
     def __init__(
@@ -260,10 +265,13 @@ class PromptDataModule(_StreamDataModule):
         eval_prompts: int | None = None,
         eval_batch_size: int = 32,
         steps_per_epoch: int = 1_000_000,
+        balance: Literal["prompt", "category"] = "prompt",
     ) -> None:
         super().__init__()
         if not isinstance(task, Task):
             raise ValueError(f"PromptDataModule: task must be a dflow Task, got task={task!r}")
+        if balance not in ("prompt", "category"):
+            raise ValueError(f"PromptDataModule: balance must be 'prompt' or 'category', got balance={balance!r}")
         self._save_task_hparams()
         self.task = task
         self.prompts_per_step = _check_int("prompts_per_step", prompts_per_step, 1)
@@ -272,22 +280,35 @@ class PromptDataModule(_StreamDataModule):
         self.eval_prompts = None if eval_prompts is None else _check_int("eval_prompts", eval_prompts, 1)
         self.eval_batch_size = _check_int("eval_batch_size", eval_batch_size, 1)
         self.steps_per_epoch = _check_int("steps_per_epoch", steps_per_epoch, 1)
-        self.num_prompts = len(task.prompts(split))
+        prompts = task.prompts(split)
+        self.num_prompts = len(prompts)
         if self.num_prompts == 0:
             raise ValueError(f"task {task.name!r} has no prompts in split={split!r}")
+        self.balance = balance
+        by_category: dict[str, list[int]] = {}
+        for i, p in enumerate(prompts):
+            by_category.setdefault(p.category, []).append(i)
+        self._categories = list(by_category.values())  # prompt indices per category, first-seen order
 
     def prompt_indices(self, epoch: int, batch_index: int, _generator: torch.Generator | None = None) -> Tensor:
         """The ``P`` prompt indices of global batch ``batch_index`` of ``epoch``, long ``[P]``."""
         rank, world = _rank_world()
-        n, P = self.num_prompts, self.prompts_per_step
+        P = self.prompts_per_step
         first = (batch_index * world + rank) * P  # position in the epoch's stream of permutations
-        out, perms = [], {}
-        for pos in range(first, first + P):
-            sweep, offset = divmod(pos, n)
-            if sweep not in perms:
-                perms[sweep] = np.random.default_rng([self.seed, epoch, sweep]).permutation(n)
-            out.append(int(perms[sweep][offset]))
+        out = [self._draw(epoch, pos) for pos in range(first, first + P)]
         return torch.tensor(out, dtype=torch.long)
+
+    def _draw(self, epoch: int, pos: int) -> int:
+        """The prompt at position ``pos`` of the epoch's stream."""
+        if self.balance == "prompt":
+            sweep, offset = divmod(pos, self.num_prompts)
+            return int(np.random.default_rng([self.seed, epoch, sweep]).permutation(self.num_prompts)[offset])
+        num_categories = len(self._categories)
+        category, visit = pos % num_categories, pos // num_categories  # round-robin over categories
+        members = self._categories[category]
+        sweep, offset = divmod(visit, len(members))
+        order = np.random.default_rng([self.seed, epoch, sweep, 1 + category]).permutation(len(members))
+        return members[int(order[offset])]
 
     def train_dataloader(self) -> StreamLoader:
         return self._loader(BatchStream(self.prompt_indices, self.steps_per_epoch, self.seed))

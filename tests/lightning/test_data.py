@@ -94,6 +94,27 @@ def test_prompt_batches_are_deterministic_and_resume(task):
     assert all(torch.equal(a, b) for a, b in zip(first_batches(resumed, 2), full[4:6]))
 
 
+def test_category_balance_visits_every_category_equally_often(task):
+    test = task.prompts("test")
+    counts = Counter(p.category for p in test)
+    assert max(counts.values()) > min(counts.values())  # the split is unbalanced
+    cats = list(dict.fromkeys(p.category for p in test))  # first-seen order = round-robin order
+    module = PromptDataModule(task, prompts_per_step=4, split="test", seed=2, balance="category")
+    stream = torch.cat(first_batches(module, 30)).tolist()  # 120 draws = 20 rounds of 6 categories
+    assert [test[i].category for i in stream] == cats * 20
+    for c in cats:  # within a category: seeded permutations, one after another (no repeat in a pass)
+        drawn = [i for i in stream if test[i].category == c]
+        n = counts[c]
+        for start in range(0, len(drawn) - n + 1, n):
+            assert sorted(drawn[start:start + n]) == sorted(i for i, p in enumerate(test) if p.category == c)
+    again = torch.cat(first_batches(PromptDataModule(task, prompts_per_step=4, split="test", seed=2,
+                                                     balance="category"), 30)).tolist()
+    assert again == stream
+    resumed = PromptDataModule(task, prompts_per_step=4, split="test", seed=2, balance="category")
+    resumed.resume_from(epoch=0, batches=10)
+    assert torch.cat(first_batches(resumed, 2)).tolist() == stream[40:48]
+
+
 def test_prompt_validation_batches_index_the_test_split(task):
     module = PromptDataModule(task, eval_prompts=None, eval_batch_size=8)
     indices = torch.cat(list(module.val_dataloader()))
@@ -107,6 +128,8 @@ def test_bad_arguments_name_the_field(task):
         PromptDataModule(task, prompts_per_step=0)
     with pytest.raises(ValueError, match="split"):
         PromptDataModule(task, split="validation")
+    with pytest.raises(ValueError, match="balance='categories'"):
+        PromptDataModule(task, balance="categories")
     with pytest.raises(ValueError, match="task"):
         TaskDataModule("shapes")
 
