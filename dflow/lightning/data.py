@@ -15,6 +15,7 @@ An "epoch" is only a block of ``batches_per_epoch`` batches; every epoch draws f
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Iterator
 from typing import Any, Literal
@@ -43,16 +44,27 @@ def _rank_world() -> tuple[int, int]:
     return 0, 1
 
 
+def indices_by_category(prompts: list[Prompt]) -> list[list[int]]:
+    """Prompt indices grouped by category, the categories in order of first appearance."""
+    by_category: dict[str, list[int]] = {}
+    for i, p in enumerate(prompts):
+        by_category.setdefault(p.category, []).append(i)
+    return list(by_category.values())
+
+
+@functools.lru_cache(maxsize=32)
+def _permutation(key: tuple[int, ...], n: int) -> tuple[int, ...]:
+    """The seeded permutation of ``range(n)`` for ``key`` (cached: a step draws P positions of it)."""
+    return tuple(int(i) for i in np.random.default_rng(list(key)).permutation(n))
+
+
 def stratified_indices(prompts: list[Prompt], n: int | None, seed: int) -> list[int]:
     """``n`` prompt indices taken round-robin over the categories (each category's prompts in a
     seeded random order), so a small evaluation set still covers every category; all when ``None``."""
     if n is None or n >= len(prompts):
         return list(range(len(prompts)))
     rng = np.random.default_rng([seed, 7])
-    by_category: dict[str, list[int]] = {}
-    for i, p in enumerate(prompts):
-        by_category.setdefault(p.category, []).append(i)
-    queues = [list(rng.permutation(idx)) for idx in by_category.values()]
+    queues = [list(rng.permutation(idx)) for idx in indices_by_category(prompts)]
     out: list[int] = []
     while len(out) < n:
         for queue in queues:
@@ -285,10 +297,7 @@ class PromptDataModule(_StreamDataModule):
         if self.num_prompts == 0:
             raise ValueError(f"task {task.name!r} has no prompts in split={split!r}")
         self.balance = balance
-        by_category: dict[str, list[int]] = {}
-        for i, p in enumerate(prompts):
-            by_category.setdefault(p.category, []).append(i)
-        self._categories = list(by_category.values())  # prompt indices per category, first-seen order
+        self._categories = indices_by_category(prompts)
 
     def prompt_indices(self, epoch: int, batch_index: int, _generator: torch.Generator | None = None) -> Tensor:
         """The ``P`` prompt indices of global batch ``batch_index`` of ``epoch``, long ``[P]``."""
@@ -302,13 +311,12 @@ class PromptDataModule(_StreamDataModule):
         """The prompt at position ``pos`` of the epoch's stream."""
         if self.balance == "prompt":
             sweep, offset = divmod(pos, self.num_prompts)
-            return int(np.random.default_rng([self.seed, epoch, sweep]).permutation(self.num_prompts)[offset])
+            return _permutation((self.seed, epoch, sweep), self.num_prompts)[offset]
         num_categories = len(self._categories)
         category, visit = pos % num_categories, pos // num_categories  # round-robin over categories
         members = self._categories[category]
         sweep, offset = divmod(visit, len(members))
-        order = np.random.default_rng([self.seed, epoch, sweep, 1 + category]).permutation(len(members))
-        return members[int(order[offset])]
+        return members[_permutation((self.seed, epoch, sweep, 1 + category), len(members))[offset]]
 
     def train_dataloader(self) -> StreamLoader:
         return self._loader(BatchStream(self.prompt_indices, self.steps_per_epoch, self.seed))
