@@ -28,7 +28,8 @@ _COPY_PALETTE = np.array([[0.9, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.2, 0.9]])  #
 class CopyTask(Task):
     """Copy the prompt: ``V = 3``, ``L = 4``, prompt ids ``value + 1`` (0 is the pad id).
 
-    All ``3**4 = 81`` targets are prompts; even ones train, odd ones test. The category is the first
+    All ``3**4 = 81`` targets are prompts: odd ones test; of the even ones, every other one is a
+    pretraining prompt and the rest RL prompts (three disjoint splits). The category is the first
     value (``"first_0"``, ...), so per-category metrics have three entries.
     """
 
@@ -40,7 +41,7 @@ class CopyTask(Task):
         self.categories = tuple(f"first_{v}" for v in range(vocab_size))
         targets = list(itertools.product(range(vocab_size), repeat=seq_len))
         every = [Prompt(" ".join(map(str, t)), f"first_{t[0]}", tuple(t)) for t in targets]
-        self._prompts = {"train": every[0::2], "test": every[1::2]}
+        self._prompts = {"pretrain": every[0::4], "rl": every[2::4], "test": every[1::2]}
 
     def prompts(self, split: str) -> list[Prompt]:
         return list(self._prompts[check_split(split)])
@@ -51,7 +52,7 @@ class CopyTask(Task):
     def _targets(self, prompts: Sequence[Prompt]) -> Tensor:
         return torch.tensor([p.spec for p in prompts], dtype=torch.long).view(-1, self.seq_len)
 
-    def sample_data(self, n: int, generator=None, split: str = "train") -> TaskBatch:
+    def sample_data(self, n: int, generator=None, split: str = "pretrain") -> TaskBatch:
         prompts = choose_prompts(self.prompts(split), n, generator)
         return TaskBatch(self._targets(prompts), self.encode_prompts(prompts), prompts)
 
@@ -106,7 +107,7 @@ class PromptBatches(L.LightningDataModule):
         super().__init__()
         self.task = task
         gen = torch.Generator().manual_seed(seed)
-        n = len(task.prompts("train"))
+        n = len(task.prompts("rl"))
         self.batches = [
             torch.randperm(n, generator=gen)[:prompts_per_step] for _ in range(num_batches)
         ]

@@ -97,7 +97,7 @@ class Case:
 @functools.lru_cache(maxsize=None)
 def shapes() -> ShapesTask:
     """An 8x8 shapes task (V = 7, L = 64) with a few prompts: cheap to build and to roll out."""
-    return ShapesTask(height=8, width=8, train_prompts_per_category=4, test_prompts_per_category=2)
+    return ShapesTask(height=8, width=8, pretrain_prompts_per_category=4, test_prompts_per_category=2)
 
 
 def uniform7() -> MixturePath:
@@ -154,7 +154,7 @@ def x1_of(value: int, n: int = 1) -> torch.Tensor:
 
 
 def prompts(n: int = 2):
-    return shapes().prompts("train")[:n]
+    return shapes().prompts("rl")[:n]
 
 
 def nan_reward(x1, prompts):
@@ -339,12 +339,16 @@ CASES: list[Case] = [
          fix="shapes images are at least 8x8"),
     Case("task-unknown-split", "tasks",
          lambda tmp: shapes().prompts("val"),
-         r"split must be one of \('train', 'test'\), got 'val'",
-         fix="splits are train and test"),
+         r"split must be one of \('pretrain', 'rl', 'test'\), got 'val'",
+         fix="splits are pretrain (the base's data), rl (RL training prompts) and test (scored only)"),
+    Case("task-split-train", "tasks",
+         lambda tmp: PromptDataModule(shapes(), split="train"),
+         r"split='train' is ambiguous.*split='pretrain'.*split='rl'",
+         fix="RL recipes train on `split: rl`; pretraining recipes on `split: pretrain`"),
     Case("data-module-unknown-split", "tasks",
          lambda tmp: PromptDataModule(shapes(), split="validation"),
          r"got 'validation'",
-         fix="`data.init_args.split` is train or test"),
+         fix="`data.init_args.split` is pretrain, rl or test"),
     Case("task-x1-out-of-range", "tasks",
          lambda tmp: shapes().reward(x1_of(9), prompts(1)),
          r"x1 values must lie in \[0, 7\) for task 'shapes', found 9",

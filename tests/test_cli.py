@@ -18,7 +18,7 @@ from dflow.tasks import ShapesTask
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     """A tiny untrained 8x8 shapes base exported with its meta (mask source)."""
-    task = ShapesTask(height=8, width=8, train_prompts_per_category=10, test_prompts_per_category=5)
+    task = ShapesTask(height=8, width=8, pretrain_prompts_per_category=10, test_prompts_per_category=5)
     torch.manual_seed(0)
     module = PretrainModule(TransformerDenoiser(hidden_size=16, num_layers=1, num_heads=2), MixturePath(MaskSource(7)))
     module.bind(task)

@@ -207,7 +207,7 @@ class TaskDataModule(_StreamDataModule):
         val_prompts: test prompts evaluated at each validation (stratified over categories);
             ``None`` = all of them.
         val_batch_size: prompts per validation batch.
-        split: prompt split the training data is drawn from.
+        split: prompt split the training data is drawn from (``"pretrain"``: the base model's data).
     """
 
     def __init__(
@@ -219,7 +219,7 @@ class TaskDataModule(_StreamDataModule):
         train_size: int = 10_000_000,  # effectively endless; max_steps ends the run
         val_prompts: int | None = 16,
         val_batch_size: int = 16,
-        split: str = "train",
+        split: str = "pretrain",
     ) -> None:
         super().__init__()
         if not isinstance(task, Task):
@@ -259,7 +259,9 @@ class PromptDataModule(_StreamDataModule):
     Args:
         task: the task (``class_path`` in YAML).
         prompts_per_step: ``P``, prompts per training step (per device).
-        split: prompt split for training.
+        split: prompt split for training: ``"rl"`` (disjoint from the test split the module is
+            scored on). ``"test"`` trains on the evaluation prompts: an in-sample run, to be labelled
+            as one wherever it is reported.
         seed: seeds the permutations.
         eval_prompts: test prompts per evaluation (stratified over categories); ``None`` = all.
         eval_batch_size: prompts per validation batch.
@@ -272,7 +274,7 @@ class PromptDataModule(_StreamDataModule):
         self,
         task: Task,
         prompts_per_step: int = 8,
-        split: str = "train",
+        split: str = "rl",
         seed: int = 0,
         eval_prompts: int | None = None,
         eval_batch_size: int = 32,

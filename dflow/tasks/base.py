@@ -27,7 +27,9 @@ from torch import Tensor
 
 from dflow.tasks.metrics import CategoryAccuracy
 
-SPLITS = ("train", "test")
+# The held-out protocol (DESIGN.md): what the base saw, what RL trains on, what is scored. The three
+# prompt lists are disjoint; RL recipes train on "rl" and evaluate on "test".
+SPLITS = ("pretrain", "rl", "test")
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,12 @@ class TaskBatch:
 
 
 def check_split(split: str) -> str:
-    """Return ``split`` if it is ``"train"`` or ``"test"``, else raise ``ValueError``."""
+    """Return ``split`` if it is one of :data:`SPLITS`, else raise ``ValueError``."""
+    if split == "train":
+        raise ValueError(
+            "split='train' is ambiguous since the held-out protocol: use split='pretrain' (the base "
+            "model's data) or split='rl' (RL training prompts, disjoint from the test split)"
+        )
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     return split
@@ -93,7 +100,8 @@ class Task(ABC):
 
     @abstractmethod
     def prompts(self, split: str) -> list[Prompt]:
-        """The fixed, deterministic prompt list of ``split`` (``"train"`` or ``"test"``)."""
+        """The fixed, deterministic prompt list of ``split``: ``"pretrain"`` (the base's data),
+        ``"rl"`` (RL training) or ``"test"`` (scored only); the three are disjoint."""
 
     @abstractmethod
     def encode_prompts(self, prompts: Sequence[Prompt]) -> Tensor:
@@ -101,7 +109,7 @@ class Task(ABC):
 
     @abstractmethod
     def sample_data(
-        self, n: int, generator: torch.Generator | None = None, split: str = "train"
+        self, n: int, generator: torch.Generator | None = None, split: str = "pretrain"
     ) -> TaskBatch:
         """``n`` prompts drawn uniformly (with replacement) from ``prompts(split)``, each with a
         random valid ground-truth sample."""

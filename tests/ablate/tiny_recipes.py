@@ -75,7 +75,7 @@ def rl_recipe(method: str = "udm", data_seed: int = 0) -> dict:
                     "init_args": {
                         "height": 8,
                         "width": 8,
-                        "train_prompts_per_category": 4,
+                        "pretrain_prompts_per_category": 4,
                         "test_prompts_per_category": 2,
                         "render_scale": 2,
                     },

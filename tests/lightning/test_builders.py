@@ -18,7 +18,7 @@ TINY = dict(hidden_size=16, num_layers=1, num_heads=2)
 
 @pytest.fixture(scope="module")
 def shapes() -> ShapesTask:
-    return ShapesTask(height=8, width=8, train_prompts_per_category=10, test_prompts_per_category=5)
+    return ShapesTask(height=8, width=8, pretrain_prompts_per_category=10, test_prompts_per_category=5)
 
 
 def save_model(directory, **overrides) -> str:
@@ -37,7 +37,7 @@ def test_transformer_sizes_come_from_task_and_path(shapes):
         assert tuple(c.image_shape) == (8, 8)
         assert c.initializer_range == 0.02  # the transformers default unless the recipe asks
         x_t = source.sample((2, 64))
-        assert model(x_t, torch.rand(2), shapes.encode_prompts(shapes.prompts("train")[:2])).shape == (2, 64, 7)
+        assert model(x_t, torch.rand(2), shapes.encode_prompts(shapes.prompts("pretrain")[:2])).shape == (2, 64, 7)
 
 
 def test_transformer_passes_the_initializer_range_through(shapes):

@@ -15,7 +15,7 @@ from dflow.tasks import ShapesTask
 
 @pytest.fixture(scope="module")
 def task() -> ShapesTask:
-    return ShapesTask(height=8, width=8, train_prompts_per_category=10, test_prompts_per_category=5)
+    return ShapesTask(height=8, width=8, pretrain_prompts_per_category=10, test_prompts_per_category=5)
 
 
 def first_batches(module, n: int) -> list:
@@ -33,7 +33,7 @@ def test_task_batches_have_the_documented_shapes(task):
     assert batch["x1"].shape == (5, task.seq_len) and batch["x1"].dtype == torch.long
     assert batch["cond"].shape == (5, task.prompt_len)
     # prompt_idx points at the prompts whose encoding is cond
-    prompts = [task.prompts("train")[i] for i in batch["prompt_idx"].tolist()]
+    prompts = [task.prompts("pretrain")[i] for i in batch["prompt_idx"].tolist()]
     assert torch.equal(task.encode_prompts(prompts), batch["cond"])
     assert task.correct(batch["x1"], prompts).all()
 
@@ -74,7 +74,7 @@ def test_validation_prompts_cover_every_category(task):
 
 
 def test_prompt_batches_have_size_p_and_walk_permutations(task):
-    n = len(task.prompts("train"))
+    n = len(task.prompts("rl"))
     module = PromptDataModule(task, prompts_per_step=6, seed=3)
     batches = first_batches(module, n // 6)
     assert all(b.shape == (6,) and b.dtype == torch.long for b in batches)

@@ -26,7 +26,7 @@ TINY = dict(hidden_size=16, num_layers=1, num_heads=2)
 
 @pytest.fixture(scope="module")
 def task() -> ShapesTask:
-    return ShapesTask(height=8, width=8, train_prompts_per_category=10, test_prompts_per_category=5)
+    return ShapesTask(height=8, width=8, pretrain_prompts_per_category=10, test_prompts_per_category=5)
 
 
 def make_module(task, source=None, **kwargs) -> PretrainModule:

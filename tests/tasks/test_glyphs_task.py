@@ -3,6 +3,8 @@
 reward = 1 - levenshtein(read, target) / max(len(read), len(target), 1)
 """
 
+from collections import Counter
+
 import pytest
 import torch
 
@@ -111,10 +113,13 @@ def test_layout_and_prompt_tokens(glyphs_task):
 
 def test_categories_and_held_out_strings(glyphs_task):
     assert glyphs_task.categories == ("len2", "len3", "len4")
-    for p in glyphs_task.prompts("train") + glyphs_task.prompts("test"):
-        assert p.text == p.spec and p.category == f"len{len(p.text)}"
-    train = {p.text for p in glyphs_task.prompts("train")}
-    assert len(train) == len(glyphs_task.prompts("train"))  # no duplicates
+    for split in ("pretrain", "rl", "test"):
+        for p in glyphs_task.prompts(split):
+            assert p.text == p.spec and p.category == f"len{len(p.text)}"
+        texts = {p.text for p in glyphs_task.prompts(split)}
+        assert len(texts) == len(glyphs_task.prompts(split))  # no duplicates
+    # len2 has 12**2 = 144 strings: 36 test + 108 pretraining, none left for RL
+    assert Counter(p.category for p in glyphs_task.prompts("rl")) == {"len3": 200, "len4": 200}
 
 
 def test_constructor_validation():

@@ -41,8 +41,8 @@ HELDOUT = (
 )
 
 
-def test_held_out_compositions_appear_only_in_test(shapes_task: ShapesTask):
-    train_comps = set().union(*(compositions(p) for p in shapes_task.prompts("train")))
+def test_held_out_compositions_never_appear_in_pretraining(shapes_task: ShapesTask):
+    train_comps = set().union(*(compositions(p) for p in shapes_task.prompts("pretrain")))
     assert not train_comps & HELDOUT
     for p in shapes_task.prompts("test"):
         assert compositions(p) & HELDOUT, p.text
@@ -52,7 +52,7 @@ def test_held_out_compositions_appear_only_in_test(shapes_task: ShapesTask):
 
 
 def test_category_texts_follow_geneval(shapes_task: ShapesTask):
-    train = shapes_task.prompts("train")
+    train = shapes_task.prompts("pretrain")
     by_cat = {c: [p.text for p in train if p.category == c] for c in CATEGORIES}
     assert "a square" in by_cat["single_object"]
     assert "a square and a cross" in by_cat["two_object"]
@@ -63,10 +63,14 @@ def test_category_texts_follow_geneval(shapes_task: ShapesTask):
 
 
 def test_category_sizes(shapes_task: ShapesTask):
-    counts = {s: Counter(p.category for p in shapes_task.prompts(s)) for s in ("train", "test")}
-    assert counts["train"]["colors"] == len(COLORS) * len(SHAPES) - len(HELDOUT_COLOR_SHAPE)
-    assert counts["test"]["single_object"] == 1 and counts["train"]["single_object"] == 3
-    assert counts["train"]["position"] == 150 and counts["test"]["position"] == 60
+    counts = {s: Counter(p.category for p in shapes_task.prompts(s)) for s in ("pretrain", "rl", "test")}
+    assert counts["pretrain"]["colors"] == len(COLORS) * len(SHAPES) - len(HELDOUT_COLOR_SHAPE)
+    assert counts["test"]["single_object"] == 1 and counts["pretrain"]["single_object"] == 3
+    assert counts["pretrain"]["position"] == 150 and counts["test"]["position"] == 60
+    # RL gets every prompt the other two leave: only the two large categories have any
+    for cat in CATEGORIES:
+        assert counts["pretrain"][cat] + counts["rl"][cat] + counts["test"][cat] == len(all_specs(cat))
+    assert set(counts["rl"]) == {"position", "color_attr"}
     # the split rule partitions every category's full spec list
     for cat in CATEGORIES:
         specs = all_specs(cat)
@@ -87,7 +91,7 @@ def test_training_images_never_show_held_out_colour_shape_pairs(shapes_task: Sha
 
 def test_word_tokeniser(shapes_task: ShapesTask):
     assert len(WORDS) == len(set(WORDS)) == shapes_task.prompt_vocab_size - 1
-    p = next(p for p in shapes_task.prompts("train") if p.text == "a square")
+    p = next(p for p in shapes_task.prompts("pretrain") if p.text == "a square")
     ids = shapes_task.encode_prompts([p])[0].tolist()
     assert ids == [WORDS.index("a") + 1, WORDS.index("square") + 1] + [0] * 6
     with pytest.raises(ValueError, match="'purple'"):
@@ -99,10 +103,10 @@ def test_word_tokeniser(shapes_task: ShapesTask):
 def test_prompt_seed_changes_only_subsampled_categories():
     a, b = ShapesTask(seed=0), ShapesTask(seed=1)
     for cat in ("colors", "counting"):
-        assert [p for p in a.prompts("train") if p.category == cat] == [
-            p for p in b.prompts("train") if p.category == cat
+        assert [p for p in a.prompts("pretrain") if p.category == cat] == [
+            p for p in b.prompts("pretrain") if p.category == cat
         ]
-    assert a.prompts("train") != b.prompts("train")
+    assert a.prompts("pretrain") != b.prompts("pretrain")
 
 
 def test_spec_type_is_checked(shapes_task: ShapesTask):

@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from dflow.tasks import TASKS, GlyphsTask, Prompt, ShapesTask, Task, TextTask, get_task
+from dflow.tasks.base import SPLITS
 
 
 def test_registry_builds_each_task_and_names_known_ones_on_error():
@@ -35,16 +36,24 @@ def test_default_sizes():
     assert (x.vocab_size, x.seq_len, x.prompt_len, x.prompt_vocab_size) == (4, 16, 19, 11)
 
 
-def test_prompts_are_deterministic_and_splits_disjoint(any_task: Task):
+def test_prompts_are_deterministic_and_the_three_splits_disjoint(any_task: Task):
     fresh = type(any_task)()
-    for split in ("train", "test"):
+    for split in SPLITS:
         assert fresh.prompts(split) == any_task.prompts(split)
-    train, test = any_task.prompts("train"), any_task.prompts("test")
-    assert not {p.text for p in train} & {p.text for p in test}
-    # every category is represented on both sides of the split
-    assert set(Counter(p.category for p in train)) == set(any_task.categories)
+    texts = {split: {p.text for p in any_task.prompts(split)} for split in SPLITS}
+    assert not texts["pretrain"] & texts["test"]
+    assert not texts["rl"] & texts["test"], "RL must never train on a test prompt"
+    assert not texts["pretrain"] & texts["rl"]
+    # every category is represented in pretraining and test; RL has prompts to train on
+    pretrain, test = any_task.prompts("pretrain"), any_task.prompts("test")
+    assert set(Counter(p.category for p in pretrain)) == set(any_task.categories)
     assert set(Counter(p.category for p in test)) == set(any_task.categories)
-    assert 100 <= len(test) <= 200 and len(train) >= 300
+    assert 100 <= len(test) <= 200 and len(pretrain) >= 300 and len(any_task.prompts("rl")) >= 300
+
+
+def test_train_is_not_a_split_any_more(any_task: Task):
+    with pytest.raises(ValueError, match=r"split='train'.*'pretrain'.*'rl'"):
+        any_task.prompts("train")
 
 
 def test_unknown_split_is_rejected(any_task: Task):
@@ -66,7 +75,7 @@ def test_encode_prompts_shape_range_and_padding(any_task: Task):
     assert len({tuple(r.tolist()) for r in cond}) == len({p.text for p in prompts})
 
 
-@pytest.mark.parametrize("split", ["train", "test"])
+@pytest.mark.parametrize("split", SPLITS)
 def test_ground_truth_scores_one_over_many_seeds(any_task: Task, split: str):
     seen: Counter = Counter()
     for seed in range(6):
@@ -77,13 +86,14 @@ def test_ground_truth_scores_one_over_many_seeds(any_task: Task, split: str):
         assert torch.equal(any_task.reward(batch.x1, batch.prompts), torch.ones(48))
         assert bool(any_task.correct(batch.x1, batch.prompts).all())
         seen.update(p.category for p in batch.prompts)
-    assert set(seen) == set(any_task.categories) or any_task.name == "shapes"
+    expected = {p.category for p in any_task.prompts(split)}
+    assert set(seen) == expected or any_task.name == "shapes"
 
 
 def test_ground_truth_for_every_prompt(any_task: Task):
-    """Every prompt of both splits, rendered once, is judged correct (shapes' small categories
+    """Every prompt of every split, rendered once, is judged correct (shapes' small categories
     are too rare in random draws to rely on sampling)."""
-    for split in ("train", "test"):
+    for split in SPLITS:
         prompts = any_task.prompts(split)
         gen = torch.Generator().manual_seed(1)
         x1 = torch.cat([_one_sample(any_task, p, gen, split) for p in prompts])
@@ -190,7 +200,7 @@ def test_corrupted_samples_stay_in_range_and_correct_iff_reward_is_one(any_task:
 
 def test_prompts_are_hashable_and_unique_within_a_split(any_task: Task):
     # the data modules index prompts with a dict {prompt: position}
-    for split in ("train", "test"):
+    for split in SPLITS:
         prompts = any_task.prompts(split)
         assert len({p: i for i, p in enumerate(prompts)}) == len(prompts)
 

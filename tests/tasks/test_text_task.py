@@ -57,8 +57,11 @@ def test_solutions_are_split_not_just_puzzles(text_task: TextTask):
     def solutions(split):
         return {int(consistent_solutions(p.spec.givens)[0]) for p in text_task.prompts(split)}
 
-    train, test = solutions("train"), solutions("test")
-    assert len(test) == 48 and len(train) == 240 and not train & test
+    pretrain, rl, test = solutions("pretrain"), solutions("rl"), solutions("test")
+    assert len(test) == 48 and len(pretrain) == 240 and not pretrain & test
+    # RL puzzles are other blankings of the pretraining solutions, never a test solution
+    assert rl <= pretrain and not rl & test
+    assert not {p.text for p in text_task.prompts("rl")} & {p.text for p in text_task.prompts("pretrain")}
 
 
 def test_tokenizer_layout(text_task: TextTask):

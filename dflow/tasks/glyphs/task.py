@@ -38,16 +38,21 @@ class GlyphsTask(PaletteImageTask, Task):
 
         reward = 1 - levenshtein(r, s) / max(len(r), len(s), 1)       correct = (r == s)
 
-    Categories are the string lengths (``"len2"`` ... ``"len4"``). Test strings are held out:
-    no test string is a training prompt.
+    Categories are the string lengths (``"len2"`` ... ``"len4"``). Three disjoint splits of strings:
+    ``pretrain`` (the base's data), ``rl`` (RL training strings) and ``test`` (held out, scored
+    only). No test string is a pretraining or RL prompt; every character appears in all three, so
+    a gain on the test strings is a better writer of unseen strings, not a memorised one. A
+    length with too few strings for all three (``len2``: 144 strings) has no RL strings.
 
     Args:
         alphabet: characters used (a subset of A-Z). Its glyphs must differ pairwise in at least
             ``2 * max_read_distance + 1`` pixels so every read is unambiguous.
         min_length: shortest string.
         max_length: longest string (also the number of cells, ``Lc``); at most 8.
-        train_prompts_per_length: training strings per length (fewer if a length has fewer).
+        pretrain_prompts_per_length: pretraining strings per length (fewer if a length has fewer).
         test_prompts_per_length: held-out test strings per length (at most a quarter of them).
+        rl_prompts_per_length: RL strings per length, drawn from the strings left over by the
+            other two splits (fewer if fewer are left).
         max_read_distance: pixel errors per cell the reader tolerates.
         seed: seeds the choice of strings.
         render_scale: pixels per image cell in ``render``.
@@ -61,8 +66,9 @@ class GlyphsTask(PaletteImageTask, Task):
         alphabet: str = "ABCEIJLMOSXZ",
         min_length: int = 2,
         max_length: int = 4,
-        train_prompts_per_length: int = 200,
+        pretrain_prompts_per_length: int = 200,
         test_prompts_per_length: int = 50,
+        rl_prompts_per_length: int = 200,
         max_read_distance: int = 1,
         seed: int = 0,
         render_scale: int = 8,
@@ -77,8 +83,9 @@ class GlyphsTask(PaletteImageTask, Task):
             raise ValueError(
                 f"max_length must lie in [min_length={min_length}, {MAX_LENGTH}], got {max_length}"
             )
-        check_positive_int(train_prompts_per_length, "train_prompts_per_length")
+        check_positive_int(pretrain_prompts_per_length, "pretrain_prompts_per_length")
         check_positive_int(test_prompts_per_length, "test_prompts_per_length")
+        check_positive_int(rl_prompts_per_length, "rl_prompts_per_length")
         check_positive_int(max_read_distance, "max_read_distance", minimum=0)
         need = 2 * max_read_distance + 1
         if min_hamming_distance(alphabet) < need:
@@ -97,23 +104,33 @@ class GlyphsTask(PaletteImageTask, Task):
         self.prompt_vocab_size = len(alphabet) + 1
         self.categories = tuple(f"len{n}" for n in range(min_length, max_length + 1))
         self._char_ids = {ch: i + 1 for i, ch in enumerate(alphabet)}
-        self._prompts = self._build_prompts(train_prompts_per_length, test_prompts_per_length, seed)
+        self._prompts = self._build_prompts(
+            pretrain_prompts_per_length, test_prompts_per_length, rl_prompts_per_length, seed
+        )
 
-    def _build_prompts(self, n_train: int, n_test: int, seed: int) -> dict[str, tuple[Prompt, ...]]:
+    def _build_prompts(self, n_pretrain: int, n_test: int, n_rl: int, seed: int) -> dict[str, tuple[Prompt, ...]]:
         """Per length, draw distinct strings (as base-A indices) once; the first ones are the test
-        strings, the next ones the training strings, so the two sets are disjoint."""
+        strings, the next ones the pretraining strings; the RL strings are drawn (with their own
+        seed) from the indices left over, so the three sets are disjoint."""
         A = len(self.alphabet)
-        splits: dict[str, list[Prompt]] = {"train": [], "test": []}
+        splits: dict[str, list[Prompt]] = {"pretrain": [], "rl": [], "test": []}
+
+        def prompt(index: int, n: int) -> Prompt:
+            text = "".join(self.alphabet[(index // A**p) % A] for p in reversed(range(n)))
+            return Prompt(text, f"len{n}", text)
+
         for n in range(self.min_length, self.max_length + 1):
             total = A**n
             k_test = min(n_test, total // HELDOUT_FRACTION_CAP)
-            k_train = min(n_train, total - k_test)
-            rng = np.random.default_rng([seed, n])
-            picks = rng.choice(total, size=k_test + k_train, replace=False)
+            k_pretrain = min(n_pretrain, total - k_test)
+            picks = np.random.default_rng([seed, n]).choice(total, size=k_test + k_pretrain, replace=False)
             for i, index in enumerate(picks.tolist()):
-                digits = [(index // A**p) % A for p in reversed(range(n))]
-                text = "".join(self.alphabet[d] for d in digits)
-                splits["test" if i < k_test else "train"].append(Prompt(text, f"len{n}", text))
+                splits["test" if i < k_test else "pretrain"].append(prompt(index, n))
+            left = np.setdiff1d(np.arange(total), picks)  # sorted
+            k_rl = min(n_rl, len(left))
+            if k_rl:
+                chosen = np.random.default_rng([seed, n, 2]).choice(len(left), size=k_rl, replace=False)
+                splits["rl"] += [prompt(int(left[i]), n) for i in chosen.tolist()]
         return {k: tuple(v) for k, v in splits.items()}
 
     def prompts(self, split: str) -> list[Prompt]:
@@ -138,7 +155,7 @@ class GlyphsTask(PaletteImageTask, Task):
         return out
 
     def sample_data(
-        self, n: int, generator: torch.Generator | None = None, split: str = "train"
+        self, n: int, generator: torch.Generator | None = None, split: str = "pretrain"
     ) -> TaskBatch:
         """Random prompts of ``split`` with their (deterministic) renders."""
         prompts = choose_prompts(self.prompts(split), n, generator)

@@ -1,14 +1,25 @@
 """Prompt sets of the shapes task (GenEval's six categories) and the held-out compositions.
 
-A prompt belongs to the test split iff it contains a held-out composition:
+Three disjoint splits (DESIGN.md, "Held-out protocol"):
+
+- ``pretrain``: prompts with no held-out composition (what the base models saw);
+- ``test``: prompts with a held-out composition, scored only;
+- ``rl``: every other prompt of the same templates: never a test prompt's text and never a
+  pretraining prompt (Flow-GRPO deduplicates its GenEval training prompts against the test set the
+  same way). It holds the held-out colour-shape pairs and the held-out shape pair *in other
+  contexts* (position and colour-attribution prompts whose text is not a test prompt), so RL can
+  learn those concepts there and is scored on prompts it never saw. The small categories
+  (single object, two objects, counting, colours) have no prompt left for it: every one of their
+  prompts is a pretraining or a test prompt, so a gain there is transfer, not coverage.
+
+A prompt contains a held-out composition iff
 
 - ``colors`` / ``position`` / ``color_attr``: a held-out ``(color, shape)`` pair, or (for two
   shapes) the held-out unordered shape pair;
 - ``two_object``: the held-out shape pair; ``counting``: a held-out ``(shape, count)``;
 - ``single_object``: the held-out single shape ("a bar" is never a training prompt).
 
-Every other prompt is a training prompt, so no test prompt's text, and none of its held-out
-compositions, ever occurs among the training prompts.
+No pretraining prompt contains a held-out composition.
 """
 
 from __future__ import annotations
@@ -102,16 +113,36 @@ def all_specs(category: str) -> list[ShapesSpec]:
 
 
 @lru_cache(maxsize=8)
-def build_prompts(split: str, max_per_category: int, seed: int) -> tuple[Prompt, ...]:
-    """The prompts of ``split``: all of each category's specs on that side of the split, with
-    categories larger than ``max_per_category`` subsampled without replacement (seeded)."""
-    want_test = split == "test"
-    out: list[Prompt] = []
+def build_splits(
+    pretrain_per_category: int, test_per_category: int, rl_per_category: int | None, seed: int
+) -> dict[str, tuple[Prompt, ...]]:
+    """The three prompt splits, each in category order.
+
+    ``pretrain``: a category's specs without a held-out composition; ``test``: those with one; both
+    subsampled without replacement (seeded) to their cap. ``rl``: the specs left over by both
+    (capped at ``rl_per_category``, seeded; None keeps all). The pretrain and test lists do not
+    depend on ``rl_per_category``.
+    """
+    out: dict[str, list[Prompt]] = {"pretrain": [], "rl": [], "test": []}
     for k, category in enumerate(CATEGORIES):
-        specs = [s for s in all_specs(category) if is_heldout(category, s) == want_test]
-        if len(specs) > max_per_category:
-            rng = np.random.default_rng([seed, k, int(want_test)])
-            keep = np.sort(rng.choice(len(specs), size=max_per_category, replace=False))
-            specs = [specs[i] for i in keep]
-        out += [Prompt(describe(s), category, s) for s in specs]
-    return tuple(out)
+        every = all_specs(category)
+        chosen: dict[str, list[ShapesSpec]] = {}
+        left: list[ShapesSpec] = []
+        for split, cap, want_test in (("pretrain", pretrain_per_category, False), ("test", test_per_category, True)):
+            specs = [s for s in every if is_heldout(category, s) == want_test]
+            keep = range(len(specs))
+            if len(specs) > cap:
+                rng = np.random.default_rng([seed, k, int(want_test)])
+                keep = np.sort(rng.choice(len(specs), size=cap, replace=False)).tolist()
+            chosen[split] = [specs[i] for i in keep]
+            taken = set(keep)
+            left += [s for i, s in enumerate(specs) if i not in taken]
+        order = {s: i for i, s in enumerate(every)}
+        left.sort(key=order.__getitem__)  # the category's fixed order
+        if rl_per_category is not None and len(left) > rl_per_category:
+            rng = np.random.default_rng([seed, k, 2])
+            left = [left[i] for i in np.sort(rng.choice(len(left), size=rl_per_category, replace=False))]
+        chosen["rl"] = left
+        for split, specs in chosen.items():
+            out[split] += [Prompt(describe(s), category, s) for s in specs]
+    return {split: tuple(prompts) for split, prompts in out.items()}

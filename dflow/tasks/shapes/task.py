@@ -23,7 +23,7 @@ from dflow.tasks.shapes.prompts import (
     HELDOUT_COLOR_SHAPE,
     MAX_WORDS,
     WORDS,
-    build_prompts,
+    build_splits,
 )
 from dflow.tasks.shapes.spec import PALETTE, ShapesSpec
 from dflow.tasks.shapes.verify import Score, score_batch
@@ -54,9 +54,11 @@ class ShapesTask(PaletteImageTask, Task):
     Args:
         height: image rows (>= 8).
         width: image columns (>= 8).
-        train_prompts_per_category: cap on training prompts per category (the large categories
-            ``position`` and ``color_attr`` are subsampled to it; the others have fewer).
+        pretrain_prompts_per_category: cap on pretraining prompts per category (the large
+            categories ``position`` and ``color_attr`` are subsampled to it; the others have fewer).
         test_prompts_per_category: the same cap for the test split.
+        rl_prompts_per_category: the same cap for the RL split (None: every prompt left over by
+            the other two splits).
         extra_penalty: reward lost per extra component, in units of one required object.
         seed: seeds the subsampling of the prompt lists.
         render_scale: pixels per image cell in ``render``.
@@ -69,16 +71,19 @@ class ShapesTask(PaletteImageTask, Task):
         self,
         height: int = 12,
         width: int = 12,
-        train_prompts_per_category: int = 150,
+        pretrain_prompts_per_category: int = 150,
         test_prompts_per_category: int = 60,
+        rl_prompts_per_category: int | None = None,
         extra_penalty: float = 0.5,
         seed: int = 0,
         render_scale: int = 8,
     ) -> None:
         self.height = check_positive_int(height, "height", minimum=MIN_SIDE)
         self.width = check_positive_int(width, "width", minimum=MIN_SIDE)
-        check_positive_int(train_prompts_per_category, "train_prompts_per_category")
+        check_positive_int(pretrain_prompts_per_category, "pretrain_prompts_per_category")
         check_positive_int(test_prompts_per_category, "test_prompts_per_category")
+        if rl_prompts_per_category is not None:
+            check_positive_int(rl_prompts_per_category, "rl_prompts_per_category")
         if not 0.0 <= float(extra_penalty) <= 1.0:
             raise ValueError(f"extra_penalty must lie in [0, 1], got {extra_penalty!r}")
         self.extra_penalty = float(extra_penalty)
@@ -89,10 +94,9 @@ class ShapesTask(PaletteImageTask, Task):
         self.prompt_vocab_size = len(WORDS) + 1
         self.categories = CATEGORIES
         self._word_ids = {w: i + 1 for i, w in enumerate(WORDS)}
-        self._prompts = {
-            "train": build_prompts("train", train_prompts_per_category, seed),
-            "test": build_prompts("test", test_prompts_per_category, seed),
-        }
+        self._prompts = build_splits(
+            pretrain_prompts_per_category, test_prompts_per_category, rl_prompts_per_category, seed
+        )
 
     def prompts(self, split: str) -> list[Prompt]:
         return list(self._prompts[check_split(split)])
@@ -110,16 +114,16 @@ class ShapesTask(PaletteImageTask, Task):
         return out
 
     def sample_data(
-        self, n: int, generator: torch.Generator | None = None, split: str = "train"
+        self, n: int, generator: torch.Generator | None = None, split: str = "pretrain"
     ) -> TaskBatch:
         """Random prompts of ``split``, each with a random image that satisfies it exactly.
 
-        On the train split, objects whose colour the prompt leaves free avoid the held-out
-        ``(color, shape)`` pairs, so those pairs never appear in training images at all.
+        On the pretrain split, objects whose colour the prompt leaves free avoid the held-out
+        ``(color, shape)`` pairs, so those pairs never appear in pretraining images at all.
         """
         prompts = choose_prompts(self.prompts(split), n, generator)
         rng = numpy_rng(generator)
-        forbidden = HELDOUT_COLOR_SHAPE if split == "train" else frozenset()
+        forbidden = HELDOUT_COLOR_SHAPE if split == "pretrain" else frozenset()
         x1 = torch.zeros(n, self.seq_len, dtype=torch.long)  # [B, H*W]
         for b, p in enumerate(prompts):
             image = render_spec(p.spec, self.height, self.width, rng, forbidden)

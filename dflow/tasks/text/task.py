@@ -49,18 +49,24 @@ def describe(puzzle: SudokuPuzzle) -> str:
 def _build_prompts(
     blanks: tuple[int, ...], num_test_solutions: int, seed: int
 ) -> dict[str, tuple[Prompt, ...]]:
-    """One puzzle per (solution, difficulty); the solutions are split, not the puzzles."""
+    """One puzzle per (solution, difficulty) and split. The solutions are split, not the puzzles: the
+    test puzzles' solutions never appear in ``pretrain`` or ``rl`` (SPG's fix of d1's split). The
+    ``rl`` puzzles are new blankings of the pretraining solutions (their own seed); one whose text is
+    a pretraining prompt is dropped, so the three prompt lists are disjoint."""
     order = np.random.default_rng([seed, 0]).permutation(len(all_solutions()))
-    split_ids = {"test": order[:num_test_solutions], "train": order[num_test_solutions:]}
+    split_ids = {"test": order[:num_test_solutions], "pretrain": order[num_test_solutions:], "rl": order[num_test_solutions:]}
     out: dict[str, tuple[Prompt, ...]] = {}
     for split, ids in split_ids.items():
         prompts = []
         for k, num_blanks in enumerate(blanks):
-            rng = np.random.default_rng([seed, 1, k, int(split == "test")])
+            stream = {"pretrain": 0, "test": 1, "rl": 2}[split]  # 0 / 1: the seeds of the original split
+            rng = np.random.default_rng([seed, 1, k, stream])
             for i in np.sort(ids):
                 puzzle = make_puzzle(all_solutions()[i], num_blanks, rng)
                 prompts.append(Prompt(describe(puzzle), f"blanks_{num_blanks}", puzzle))
         out[split] = tuple(prompts)
+    seen = {p.text for p in out["pretrain"]}
+    out["rl"] = tuple(p for p in out["rl"] if p.text not in seen)
     return out
 
 
@@ -80,11 +86,12 @@ class TextTask(Task):
         reward = (groups_ok + givens_ok) / (12 + num_givens)       correct = (reward == 1)
 
     Every puzzle has a unique solution. Categories are the difficulty, ``"blanks_<k>"``; the 288
-    solutions are split, so no test puzzle shares its solution with a training puzzle.
+    solutions are split, so no test puzzle shares its solution with a pretraining or RL puzzle; the RL
+    puzzles are other blankings of the pretraining solutions.
 
     Args:
         blanks: blank cells per difficulty level (each in 1..12, distinct).
-        num_test_solutions: solutions held out for the test split (the rest are for training).
+        num_test_solutions: solutions held out for the test split (the rest are for pretraining and RL).
         seed: seeds the solution split and the puzzles.
     """
 
@@ -142,7 +149,7 @@ class TextTask(Task):
         return [p.spec for p in prompts]
 
     def sample_data(
-        self, n: int, generator: torch.Generator | None = None, split: str = "train"
+        self, n: int, generator: torch.Generator | None = None, split: str = "pretrain"
     ) -> TaskBatch:
         """Random puzzles of ``split`` with their solutions (random among several, if a
         hand-made puzzle had more than one)."""
