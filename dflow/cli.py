@@ -26,7 +26,7 @@ from lightning.pytorch.cli import LightningCLI
 
 from dflow.lightning.builders import PretrainedDenoiser, instantiate, read_meta, resolve_path
 from dflow.lightning.callbacks import DFlowProgressBar
-from dflow.lightning.data import derive_seed, stratified_indices
+from dflow.lightning.evaluation import EVAL_BATCH_SIZE, EVAL_SEED, evaluate, evaluation_prompts
 from dflow.lightning.reliability import AtomicCheckpointIO, GracefulShutdown, load_checkpoint_file
 from dflow.paths import LinearScheduler, MaskSource, MixturePath, ProbabilityPath, UniformSource
 from dflow.sampling import SamplerConfig
@@ -183,30 +183,19 @@ def evaluate_base(
     split: str = "test",
     num_prompts: int | None = None,
     samples_per_prompt: int = 1,
-    batch_size: int = 128,
-    seed: int = 0,
+    batch_size: int = EVAL_BATCH_SIZE,
+    seed: int = EVAL_SEED,
     device: str = "cpu",
+    samples_per_category: int | None = None,
 ) -> tuple[dict[str, float], torch.Tensor, list[Any]]:
-    """Sample ``samples_per_prompt`` times for each prompt of ``split`` (stratified subset of
-    ``num_prompts`` if given); return ``({"acc/<category>", "acc/overall", "reward", "n"}, x1, prompts)``."""
+    """Score a base on ``split`` with the same functions as RL evaluation
+    (:func:`~dflow.lightning.evaluation.evaluation_prompts` and :func:`~dflow.lightning.evaluation.evaluate`):
+    the same prompts, sampler, batch size and seed give the same numbers as an RL run's step-0
+    evaluation. Returns ``({"acc/<category>", "acc/overall", "reward", "n"}, x1, prompts)``."""
     denoiser = PretrainedDenoiser(checkpoint).build(task, path).to(device).eval()
-    pool = task.prompts(split)
-    prompts = [pool[i] for i in stratified_indices(pool, num_prompts, seed) for _ in range(samples_per_prompt)]
-    sampler_obj = sampler.build(path)
-    metric = task.metric()
-    samples, rewards = [], []
-    for k, start in enumerate(range(0, len(prompts), batch_size)):
-        chunk = prompts[start : start + batch_size]
-        cond = task.encode_prompts(chunk).to(device)  # [b, Lc]
-        generator = torch.Generator(device=device).manual_seed(derive_seed(seed, 3, k))
-        traj = sampler_obj.rollout(denoiser, cond, batch_size=len(chunk), seq_len=task.seq_len, generator=generator)
-        metric.update(task.correct(traj.x1, chunk).cpu(), chunk)
-        rewards.append(task.reward(traj.x1, chunk).cpu())
-        samples.append(traj.x1.cpu())
-    result = {k: float(v) for k, v in metric.compute().items()}
-    result["reward"] = float(torch.cat(rewards).mean())
-    result["n"] = len(prompts)
-    return result, torch.cat(samples), prompts
+    prompts = evaluation_prompts(task.prompts(split), num_prompts, samples_per_prompt, samples_per_category)
+    res = evaluate(denoiser, task, sampler.build(path), prompts, batch_size, seed, device)
+    return {**res.metrics, "n": len(prompts)}, res.x1, prompts
 
 
 def parse_task_args(text: str | None) -> dict[str, Any] | None:
@@ -237,10 +226,14 @@ def sample_main(argv: Sequence[str]) -> int:
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--num", type=int, default=32, help="samples shown in the PNG grid")
     parser.add_argument("--split", default="test", help="prompt split evaluated")
-    parser.add_argument("--prompts", type=int, default=None, help="prompts evaluated (stratified; default all)")
+    parser.add_argument("--prompts", type=int, default=None,
+                        help="prompts evaluated (taken round-robin over categories; default all)")
     parser.add_argument("--samples-per-prompt", type=int, default=1)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--samples-per-category", type=int, default=None,
+                        help="instead, exactly this many samples per category (RL recipes: eval_samples_per_category)")
+    parser.add_argument("--batch-size", type=int, default=EVAL_BATCH_SIZE,
+                        help="samples per batch (the noise depends on it; RL recipes: eval_batch_size)")
+    parser.add_argument("--seed", type=int, default=EVAL_SEED, help="evaluation noise seed (RL evaluations use %(default)s)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", default=None, help="also write the accuracies to this JSON file")
     opts = parser.parse_args(list(argv))
@@ -258,7 +251,7 @@ def sample_main(argv: Sequence[str]) -> int:
     )
     result, x1, prompts = evaluate_base(
         str(directory), task, path, sampler, opts.split, opts.prompts, opts.samples_per_prompt,
-        opts.batch_size, opts.seed, opts.device,
+        opts.batch_size, opts.seed, opts.device, opts.samples_per_category,
     )
     out = task.render(x1[: opts.num], prompts[: opts.num], opts.out)
     print(f"{task.name} {opts.split}: {result['n']} samples, steps={sampler.num_steps}, "

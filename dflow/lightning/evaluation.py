@@ -1,4 +1,9 @@
-"""Evaluate a denoiser on a task's prompts: strict per-category accuracy, mean reward, a sample grid."""
+"""Evaluate a denoiser on a task's prompts: strict per-category accuracy, mean reward, a sample grid.
+
+One function, :func:`evaluate`, scores a model everywhere (RL evaluations, ``dflow sample``, the
+benchmark scripts), and one, :func:`evaluation_prompts`, chooses what it samples: the same model,
+prompts, sampler, batch size and seed give the same numbers whoever asks.
+"""
 
 from __future__ import annotations
 
@@ -24,22 +29,29 @@ class EvalResult:
     x1: Tensor
 
 
+EVAL_SEED = 1234  # the noise of every evaluation unless a caller chooses another
+EVAL_BATCH_SIZE = 64
+
+
 @torch.no_grad()
 def evaluate(
     policy,
     task: Task,
     sampler: Sampler,
     prompts: Sequence[Prompt],
-    batch_size: int = 64,
-    seed: int = 1234,
+    batch_size: int = EVAL_BATCH_SIZE,
+    seed: int = EVAL_SEED,
     device: torch.device | str = "cpu",
     samples_per_prompt: int = 1,
 ) -> EvalResult:
-    """Sample each prompt ``samples_per_prompt`` times with ``sampler`` (fixed ``seed``: the same noise
-    for every model compared). Several samples per prompt, as GenEval's 4, keep categories with few
-    test prompts from swinging between 0 and 1."""
+    """Sample each prompt ``samples_per_prompt`` times with ``sampler`` in batches of ``batch_size``,
+    from one generator seeded with ``seed`` (the same noise for every model compared; the noise, and
+    so the numbers, depend on the batch size too). Several samples per prompt, as GenEval's 4, keep
+    categories with few test prompts from swinging between 0 and 1 (see :func:`evaluation_prompts`)."""
     if samples_per_prompt < 1:
         raise ValueError(f"samples_per_prompt must be >= 1, got samples_per_prompt={samples_per_prompt}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got batch_size={batch_size!r}")
     prompts = [p for p in prompts for _ in range(samples_per_prompt)]
     gen = torch.Generator(device=device).manual_seed(seed)
     metric = task.metric()
@@ -87,6 +99,24 @@ def balanced_prompts(prompts: Sequence[Prompt], per_category: int) -> list[Promp
     if per_category < 1:
         raise ValueError(f"samples per category must be >= 1, got per_category={per_category}")
     return [cat[i % len(cat)] for cat in by_category(prompts).values() for i in range(per_category)]
+
+
+def evaluation_prompts(
+    prompts: Sequence[Prompt],
+    num_prompts: int | None = None,
+    samples_per_prompt: int = 1,
+    samples_per_category: int | None = None,
+) -> list[Prompt]:
+    """What an evaluation samples, one entry per sample: ``num_prompts`` of ``prompts`` taken
+    round-robin over the categories (all when None), then either each ``samples_per_prompt`` times
+    in a row, or (``samples_per_category``) exactly that many entries per category, its prompts cycled.
+    """
+    if samples_per_prompt < 1:
+        raise ValueError(f"samples_per_prompt must be >= 1, got samples_per_prompt={samples_per_prompt}")
+    chosen = list(prompts) if num_prompts is None else spread_prompts(prompts, num_prompts)
+    if samples_per_category is not None:
+        return balanced_prompts(chosen, samples_per_category)
+    return [p for p in chosen for _ in range(samples_per_prompt)]
 
 
 def write_grid(task: Task, x1: Tensor, prompts: Sequence[Prompt], path: str | Path, ncol: int = 8) -> Path:
