@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from dflow.lightning.builders import DenoiserBuilder
-from dflow.lightning.evaluation import balanced_prompts, evaluate, spread_prompts, write_grid
+from dflow.lightning.evaluation import evaluate, evaluation_prompts, spread_prompts, write_grid
 from dflow.lightning.reliability import check_state_dict
 from dflow.lightning.rewards import RewardSpec, build_rewards
 from dflow.lightning.rl_state import global_rng_state, restore, set_global_rng_state, snapshot
@@ -35,6 +35,7 @@ from dflow.rl.kl import KLPenalty
 from dflow.rl.likelihood.base import LikelihoodEstimator
 from dflow.rl.objectives import Objective
 from dflow.rl.update import Compute, PolicyUpdate
+from dflow.rng import DeviceRNG
 from dflow.sampling import SamplerConfig, Trajectory
 
 
@@ -136,14 +137,16 @@ class RLModule(L.LightningModule):
         self.compute = Compute()
         self.faults = {"bad_reward": 0, "nonfinite_grad": 0, "consecutive": 0}
         self.eval_history: list[dict[str, float]] = []
-        self.generator = torch.Generator().manual_seed(seed)
+        # rollouts, unit plans and mini-batch orders draw from one seeded generator that lives on the
+        # module's device (a CPU generator cannot draw CUDA tensors): see `generator`
+        self.rng = DeviceRNG(seed)
         self.rl_steps = 0  # rollout batches trained on (== global_step unless steps were skipped)
 
     # ------------------------------------------------------------------ assembly
     def configure_model(self) -> None:
         if self.denoiser is not None:
             return
-        task, split = self.task, "train"
+        task, split = self.task, "rl"
         datamodule = self.trainer.datamodule if self._trainer is not None else None
         if datamodule is not None:
             task = task if task is not None else datamodule.task
@@ -152,7 +155,7 @@ class RLModule(L.LightningModule):
             raise ValueError("RLModule needs a task: use a PromptDataModule (data: ...) or call attach_task(task)")
         self.attach_task(task, split)
 
-    def attach_task(self, task, split: str = "train") -> None:
+    def attach_task(self, task, split: str = "rl") -> None:
         """Build the policy (and the frozen reference) for ``task``; validates vocabularies at start-up.
         Training batches are indices into ``task.prompts(split)``."""
         if task.vocab_size != self.path.vocab_size:
@@ -164,11 +167,9 @@ class RLModule(L.LightningModule):
         self.rewards = build_rewards(self.reward_specs, task)
         self.train_prompts = task.prompts(split)
         test = task.prompts("test")
-        n = self.hparams.num_eval_prompts
-        chosen = test if n is None else spread_prompts(test, n)
-        per_category, per_prompt = self.hparams.eval_samples_per_category, self.hparams.eval_samples_per_prompt
-        self.eval_prompts = (balanced_prompts(chosen, per_category) if per_category is not None
-                             else [p for p in chosen for _ in range(per_prompt)])
+        hp = self.hparams
+        self.eval_prompts = evaluation_prompts(test, hp.num_eval_prompts, hp.eval_samples_per_prompt,
+                                               hp.eval_samples_per_category)
         self.grid_prompts = spread_prompts(test, self.hparams.num_grid_prompts)
         self.denoiser = self.builder.build(task, self.path)
         # kept outside nn.Module's registry: the compiled wrapper must not add a second copy of the
@@ -194,6 +195,11 @@ class RLModule(L.LightningModule):
                 )
             total = max_steps
         return with_schedule(optimizer, warmup_cosine(hp.warmup_steps, total, hp.min_lr_ratio))
+
+    @property
+    def generator(self) -> torch.Generator:
+        """The RL step's generator, on the module's device (created there on first use, or moved)."""
+        return self.rng.on(self.device)
 
     @property
     def policy(self):
@@ -364,7 +370,7 @@ class RLModule(L.LightningModule):
 
     # ------------------------------------------------------------------ checkpoint extras
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["dflow_rl"] = {"generator": self.generator.get_state(), "global_rng": global_rng_state(),
+        checkpoint["dflow_rl"] = {"generator": self.rng.state_dict(), "global_rng": global_rng_state(),
                                   "compute": vars(self.compute).copy(),
                                   "faults": dict(self.faults), "eval_history": list(self.eval_history),
                                   "rl_steps": self.rl_steps}
@@ -373,7 +379,7 @@ class RLModule(L.LightningModule):
         check_state_dict(self, checkpoint)  # a clear message, naming the file, before Lightning loads it
         extra = checkpoint.get("dflow_rl")
         if extra:
-            self.generator.set_state(extra["generator"])
+            self.rng.load_state_dict(extra["generator"])
             if "global_rng" in extra:  # rollouts use self.generator; anything else drawing at random continues too
                 set_global_rng_state(extra["global_rng"])
             self.compute = Compute(**extra["compute"])

@@ -79,8 +79,14 @@ class ProbabilityPath(ABC):
         """
 
     @abstractmethod
-    def generalized_kl(self, logits: Tensor, x1: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
-        """Per-token generalized-KL loss ``[B, L]`` (negative-ELBO integrand) for logits ``[B, L, V]``."""
+    def generalized_kl(self, logits: Tensor, x1: Tensor, x_t: Tensor, t: Tensor, *, weighted: bool = True) -> Tensor:
+        """Per-token generalized-KL loss ``[B, L]`` (negative-ELBO integrand) for logits ``[B, L, V]``.
+
+        ``weighted=False`` drops the path's time-dependent jump coefficient (the factor every rate
+        of the path carries at time ``t``: ``d_kappa_t / (1 - kappa_t)`` for a mixture path,
+        ``d_beta_t`` for a metric path), leaving the per-token term that ELBO "uniform weighting"
+        schemes use. A path without such a factor returns the weighted value and says so.
+        """
 
     # ------------------------------------------------------------------ shared input checks
     def _check_states(self, name: str, x: Tensor, num_states: int | None = None) -> None:

@@ -12,14 +12,18 @@ to ``y`` in proportion to ``u_t(y, x | x_1)``. The marginal kernel averages it o
     P(x_s = y | x_t) = sum_{x_1} p_{1|t}(x_1 | x_t) K_h(y | x_t, x_1)
 
 computed exactly when ``V <= exact_max_vocab``, else estimated dFlowGRPO-style from ``n_mc`` posterior
-draws (importance weights ``p_theta / sg(p_theta)`` carry the gradient; draws come from a generator
-seeded with ``mc_seed``, so the same weights and batch give the same number). A step ending at
+draws (importance weights ``p_theta / sg(p_theta)`` carry the gradient; the draws are keyed to the
+transition and ``mc_seed``, never to a row position, so the same weights give the same number
+wherever a sample sits in a batch; see :meth:`MetricPath._mc_log_prob`). A step ending at
 ``s = 1`` samples the posterior. With ``d = 1 - I`` (0 on the diagonal, 1 elsewhere) this path is a
 :class:`MixturePath` with ``kappa_t = (1 - e^{-beta_t}) / (1 + (V - 1) e^{-beta_t})`` and Euler
 discretization (tested).
 """
 
 from __future__ import annotations
+
+import functools
+import math
 
 import torch
 from torch import Tensor
@@ -174,26 +178,61 @@ class MetricPath(ProbabilityPath):
         return torch.where((s >= 1.0)[:, None], lp_last, lp)
 
     def _mc_log_prob(self, log_p: Tensor, x_t: Tensor, x_s: Tensor, t: Tensor, s: Tensor) -> Tensor:
-        gen = torch.Generator(device=log_p.device).manual_seed(self.mc_seed)
+        """dFlowGRPO's Monte-Carlo estimate of ``log P(x_s | x_t)``, restricted and keyed.
+
+        Restricted: for a move ``y != x`` only the ``x_1`` with ``d(y, x_1) < d(x, x_1)`` have a
+        non-zero rate, so the draws come from the posterior restricted to that set ``S`` (it always
+        holds ``x_1 = y``) and ``P = p(S) E_{p|S}[K_h(y | x, x_1)]``: never a zero estimate, and no
+        variance spent on draws that cannot explain the move. A stay (``y == x``) is reachable from
+        every ``x_1``: ``S`` is everything. The importance weight ``p_theta / sg(p_theta)`` of each
+        draw carries the (unbiased) gradient; everything is in log space, so nothing is floored.
+
+        Keyed: the uniforms behind the draws are a hash of ``(mc_seed, x_t row, x_s row, t, s,
+        position, draw)``, i.e. common random numbers for the transition itself. The old policy, the
+        new one and the reference score a sample with the same draws wherever its row sits in a
+        (shuffled) mini-batch; two rows holding the same transition share them.
+        """
         B, L, V = log_p.shape
-        draws = torch.multinomial(log_p.detach().exp().view(B * L, V), self.n_mc, replacement=True, generator=gen)
-        draws = draws.view(B, L, self.n_mc)  # [B, L, n]
+        n = self.n_mc
+        D = self.distance.to(log_p.device)
+        stay = x_s == x_t  # [B, L]
+        closer = D.T[x_s] < D.T[x_t]  # [B, L, V(x1)]: d(y, x1) < d(x, x1)
+        allowed = closer | stay[..., None]
+        lp_allowed = log_p.detach().masked_fill(~allowed, float("-inf"))
+        log_mass = torch.logsumexp(lp_allowed, dim=-1)  # [B, L] log p(S), detached
+        cdf = torch.softmax(lp_allowed, dim=-1).cumsum(-1)  # [B, L, V] of p restricted to S
+        u = _keyed_uniforms(self.mc_seed, x_t, x_s, t, s, n).to(cdf.dtype) * cdf[..., -1:]
+        draws = torch.searchsorted(cdf.contiguous(), u.contiguous()).clamp_max(V - 1)  # [B, L, n]
         lp_draw = log_p.gather(-1, draws)  # [B, L, n]
-        weight = (lp_draw - lp_draw.detach()).exp()  # = 1 in value, carries grad of p_theta
-        est = log_p.new_zeros(B, L)
-        for m in range(self.n_mc):  # loop over draws keeps memory at one [B, L, V] row
-            row = self._kernel_row(x_t, draws[..., m], t, s)
-            est = est + weight[..., m] * row.gather(-1, x_s[..., None]).squeeze(-1).to(log_p.dtype)
-        return (est / self.n_mc).clamp_min(1e-30).log()
+        log_w = lp_draw - lp_draw.detach()  # 0 in value, carries grad of log p_theta
+        log_k = torch.stack([self._log_kernel(x_t, draws[..., m], x_s, t, s) for m in range(n)], dim=-1)
+        return log_mass + torch.logsumexp(log_w + log_k.to(log_p.dtype), dim=-1) - math.log(n)
+
+    def _log_kernel(self, x: Tensor, x1: Tensor, y: Tensor, t: Tensor, s: Tensor) -> Tensor:
+        """``log K_h(y | x, x1)`` ``[B, L]`` in log space (no underflow of tiny moves); one ``[B, L, V]`` row."""
+        D = self.distance.to(x.device)
+        extra = (1,) * (x.dim() - 1)
+        beta = self.beta(t).view(-1, *extra, 1)
+        log_pt = torch.log_softmax(-beta * D.T[x1], dim=-1)  # [B, L, V] log p_t(. | x1)
+        gap = (D[x, x1][..., None] - D.T[x1]).clamp_min(0)  # [B, L, V]
+        log_rate = log_pt + gap.log() + self.d_beta(t).log().view(-1, *extra, 1)  # log u_t(., x | x1)
+        log_total = torch.logsumexp(log_rate, dim=-1)  # [B, L]; -inf when x1 == x
+        h = (s - t).view(-1, *extra)
+        log_leave = torch.log(-torch.expm1(-h * log_total.exp()))  # log(1 - exp(-h R))
+        log_move = log_rate.gather(-1, y[..., None]).squeeze(-1) + log_leave - log_total
+        log_stay = -h * log_total.exp()
+        return torch.where(y == x, log_stay, log_move)
 
     # ------------------------------------------------------------------ loss
-    def generalized_kl(self, logits: Tensor, x1: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+    def generalized_kl(self, logits: Tensor, x1: Tensor, x_t: Tensor, t: Tensor, *, weighted: bool = True) -> Tensor:
         """Generalized KL between conditional and model rates at ``x_t`` (small V only), ``[B, L]``::
 
             sum_{y != x_t} u(y|x_1) log(u(y|x_1) / u_theta(y)) - u(y|x_1) + u_theta(y),
             u_theta(y) = sum_{x_1'} p_{1|t}(x_1') u_t(y, x_t | x_1')
 
         Non-negative; equals :meth:`MixturePath.generalized_kl` for the 0/1 distance.
+        ``weighted=False`` drops the factor ``d_beta_t`` that every rate carries (the sum above is
+        linear in a common factor of the rates, so this is the weighted value divided by it).
         """
         self._check_states("x1", x1, self.vocab_size)
         self._check_states("x_t", x_t)
@@ -205,10 +244,61 @@ class MetricPath(ProbabilityPath):
             raise ValueError(f"MetricPath.generalized_kl needs V <= exact_max_vocab, V={self.vocab_size}")
         p = torch.softmax(logits, dim=-1)  # [B, L, V]
         tt = t.to(p.dtype)
-        rate = self._gap.to(p) * self.cond_probs(tt)[:, None] * self.d_beta(tt)[:, None, None, None]  # [B,x,x1,y]
+        rate = self._gap.to(p) * self.cond_probs(tt)[:, None]  # [B, x, x1, y] without the factor d_beta_t
+        if weighted:
+            rate = rate * self.d_beta(tt)[:, None, None, None]
         b = torch.arange(x1.shape[0], device=x1.device)[:, None]
         rows = rate[b, x_t]  # [B, L, x1, y]
         u_theta = torch.einsum("blk,blky->bly", p, rows)
         u_cond = rows.gather(2, x1[..., None, None].expand(-1, -1, 1, self.vocab_size)).squeeze(2)  # [B, L, y]
         terms = torch.xlogy(u_cond, u_cond) - u_cond * u_theta.clamp_min(1e-30).log() - u_cond + u_theta
         return terms.sum(-1)
+
+
+# ---------------------------------------------------------------------- keyed uniforms
+_MASK32 = 0xFFFFFFFF
+_MERSENNE31 = 2**31 - 1
+
+
+def _mul32(x: Tensor, c: int) -> Tensor:
+    """``(x * c) mod 2**32`` for int64 ``x`` in ``[0, 2**32)`` without int64 overflow."""
+    lo, hi = x & 0xFFFF, x >> 16
+    return (lo * c + (((hi * c) & 0xFFFF) << 16)) & _MASK32
+
+
+def _mix32(x: Tensor) -> Tensor:
+    """A 32-bit integer hash (Wellons' "lowbias32"): nearby inputs give unrelated outputs."""
+    x = x & _MASK32
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+@functools.lru_cache(maxsize=16)
+def _powers(length: int) -> Tensor:
+    """``1_000_003**i mod (2**31 - 1)`` for ``i < length``, int64 on the CPU."""
+    out, value = [], 1
+    for _ in range(length):
+        out.append(value)
+        value = value * 1_000_003 % _MERSENNE31
+    return torch.tensor(out, dtype=torch.int64)
+
+
+def _row_hash(x: Tensor) -> Tensor:
+    """int64 ``[B]`` hash of each row of ``x`` ``[B, L]``: a polynomial modulo ``2**31 - 1`` (each term
+    is below ``2**46``, so the sum of up to ``2**16`` terms cannot overflow)."""
+    return (x.long() * _powers(x.shape[1]).to(x.device)).sum(-1) % _MERSENNE31
+
+
+def _keyed_uniforms(seed: int, x_t: Tensor, x_s: Tensor, t: Tensor, s: Tensor, n: int) -> Tensor:
+    """float64 ``[B, L, n]`` uniforms in ``(0, 1)`` that depend only on the transition, the position,
+    the draw index and ``seed`` (not on the row of the batch)."""
+    B, L = x_t.shape
+    tbits = (t.double() * 2**24).round().long() * 4099 + (s.double() * 2**24).round().long()  # [B]
+    key = _mix32(_mix32(_row_hash(x_t) + seed) ^ _row_hash(x_s))
+    key = _mix32(key ^ _mix32(tbits))  # [B]
+    pos = torch.arange(L, device=x_t.device)[:, None] * n + torch.arange(n, device=x_t.device)  # [L, n]
+    bits = _mix32(_mix32(key[:, None, None] ^ _mix32(pos + 0x9E3779B9)) + seed)  # [B, L, n]
+    return (bits.double() + 0.5) / 2**32

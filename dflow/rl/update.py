@@ -16,6 +16,7 @@ from dflow.rl.aggregation import LossAggregation, SampleMeanAggregation
 from dflow.rl.kl import KLPenalty
 from dflow.rl.likelihood.base import LikelihoodEstimator, UnitPlan
 from dflow.rl.objectives import Objective
+from dflow.rng import draw_device
 from dflow.sampling import Sampler, Trajectory
 
 
@@ -49,9 +50,12 @@ class PreparedBatch:
         traj: the rollouts (``B = P * G``).
         plan: the units' random choices (shared by theta, old, reference).
         advantages: ``[B]`` or ``[B, U]`` advantage per unit.
-        old_logp: ``[B, U]`` old-policy units, or None when the update is a single on-policy
-            mini-batch (then ``logp.detach()`` is the old value and the ratio is exactly 1).
+        old_logp: ``[B, U]`` old-policy units, computed once before the first optimiser step and
+            frozen for every inner epoch, or None when the update is a single on-policy mini-batch
+            (then ``logp.detach()`` is the old value and the ratio is exactly 1).
         ref_logp: ``[B, U]`` reference units, or None without a KL penalty.
+        mask: bool ``[B, U]`` units that count (per-token units of tokens that cannot move are
+            left out), or None (all count).
     """
 
     traj: Trajectory
@@ -59,6 +63,7 @@ class PreparedBatch:
     advantages: Tensor
     old_logp: Tensor | None = None
     ref_logp: Tensor | None = None
+    mask: Tensor | None = None
     stats: dict[str, float] = field(default_factory=dict)
 
 
@@ -113,7 +118,7 @@ class PolicyUpdate:
         mb = self._minibatch_size(batch_size, group_size)
         if mb == batch_size:
             return [torch.arange(batch_size)]
-        groups = torch.randperm(batch_size // group_size, generator=generator)
+        groups = torch.randperm(batch_size // group_size, generator=generator, device=draw_device(generator)).cpu()
         order = (groups[:, None] * group_size + torch.arange(group_size)).flatten()
         return list(order.split(mb))
 
@@ -122,7 +127,7 @@ class PolicyUpdate:
         return self.num_inner_epochs == 1 and mb == batch_size
 
     def _units(self, policy, traj: Trajectory, plan: UnitPlan, sampler: Sampler, chunks: list[Tensor]) -> Tensor:
-        out = torch.empty(traj.batch_size, plan.num_units, device=traj.x1.device)
+        out = torch.empty(traj.batch_size, self.likelihood.num_units(traj, plan), device=traj.x1.device)
         for idx in chunks:
             out[idx] = self.likelihood.log_probs(policy, traj.select(idx), plan.select(idx), sampler).float()
         return out
@@ -143,7 +148,8 @@ class PolicyUpdate:
         plan = self.likelihood.plan(traj, sampler, generator)
         adv = advantages.values
         if advantages.per_step:
-            adv = adv[:, plan.steps]  # [B, U]
+            # the unit of sampler step k gets the advantage of step k (column k of [B, K])
+            adv = self.likelihood.expand(adv[:, plan.steps], traj)  # [B, U]
         B, U = traj.batch_size, plan.num_units
         mb = self._minibatch_size(B, group_size)
         # Old and reference units are computed in chunks of the loss's mini-batch size: a denoiser's
@@ -156,7 +162,7 @@ class PolicyUpdate:
         if not self.single_pass(B):
             # values recorded during the rollout are exact only when the loss scores batches of the
             # size the rollout ran at
-            old = self.likelihood.recorded_log_probs(traj, plan) if mb == traj.rollout_batch_size else None
+            old = self.likelihood.recorded_log_probs(traj, plan, sampler) if mb == traj.rollout_batch_size else None
             if old is None:  # recompute once, before any update, on the same draws
                 old = self._units(policy, traj, plan, sampler, chunks)
                 compute.add(forward=passes, tokens_per_pass=tokens)
@@ -166,33 +172,36 @@ class PolicyUpdate:
                 raise ValueError("the KL penalty has beta > 0 but no reference model was built")
             ref = self._units(reference, traj, plan, sampler, chunks)
             compute.add(forward=passes, tokens_per_pass=tokens)
-        return PreparedBatch(traj=traj, plan=plan, advantages=adv, old_logp=old, ref_logp=ref)
+        mask = self.likelihood.unit_mask(traj, plan, sampler)
+        return PreparedBatch(traj=traj, plan=plan, advantages=adv, old_logp=old, ref_logp=ref, mask=mask)
 
     def loss(self, policy, batch: PreparedBatch, index: Tensor, sampler: Sampler, compute: Compute) -> LossOutput:
         """Objective (+ KL) on the mini-batch ``index``, aggregated to a scalar."""
         traj, plan = batch.traj.select(index), batch.plan.select(index)
         logp = self.likelihood.log_probs(policy, traj, plan, sampler)  # [b, U] with grad
         old = logp.detach() if batch.old_logp is None else batch.old_logp[index].to(logp)
-        out = self.objective(logp, old, batch.advantages[index].to(logp))
+        mask = None if batch.mask is None else batch.mask[index]
+        out = self.objective(logp, old, batch.advantages[index].to(logp), mask)
         unit_loss = out.loss
         stats: dict[str, float] = {}
+        valid = torch.ones_like(logp, dtype=torch.bool) if mask is None else mask
         if batch.ref_logp is not None:
-            kl = self.kl(logp, batch.ref_logp[index].to(logp))  # [b, U], beta * kl
+            kl = self.kl(logp, batch.ref_logp[index].to(logp), mask)  # [b, U], beta * kl (penalty added to the loss)
             unit_loss = unit_loss + kl
-            stats["kl"] = (kl.detach().mean() / self.kl.beta).item()
-        loss = self.aggregation(unit_loss)
-        b, U = logp.shape
-        passes = b * U * self.likelihood.passes_per_unit(sampler, batch.traj)
+            stats["kl"] = (kl.detach().sum() / valid.sum().clamp_min(1) / self.kl.beta).item()
+        loss = self.aggregation(unit_loss, mask)
+        b = logp.shape[0]
+        passes = b * plan.num_units * self.likelihood.passes_per_unit(sampler, batch.traj)
         tokens = traj.x1.shape[1] + (traj.cond.shape[1] if torch.is_tensor(traj.cond) else 0)
         compute.add(forward=passes, backward=passes, tokens_per_pass=tokens)
-        ratio = out.ratio
+        ratio = out.ratio[valid]
         stats.update(
             {
                 "ratio_mean": ratio.mean().item(),
                 "ratio_min": ratio.min().item(),
                 "ratio_max": ratio.max().item(),
-                "clip_frac": out.clipped.float().mean().item(),
-                "logp_mean": logp.detach().mean().item(),
+                "clip_frac": out.clipped[valid].float().mean().item(),
+                "logp_mean": logp.detach()[valid].mean().item(),
             }
         )
         return LossOutput(loss=loss, stats=stats)

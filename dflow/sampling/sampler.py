@@ -132,7 +132,9 @@ class Sampler:
                 self._check_logits(logits, x)
             step = self.path.sample_step(logits, x, t, s, generator=generator)
             log_probs[:, k] = step.log_prob.sum(-1)
-            argmax[k] = logits.argmax(-1)
+            # the decode of x_1 at this state: tokens already certainly clean (a mask source's
+            # revealed ones) are kept, the others take the posterior's argmax
+            argmax[k] = torch.where(self.path.is_clean(x), x, logits.argmax(-1))
             if draws is not None:
                 draws[k] = step.draw
             x = step.x_s
@@ -147,6 +149,11 @@ class Sampler:
         are rounded exactly as the rollout rounded them when recording, so the on-policy ratio is exactly 1
         (the gradient still flows back through the cast into float64 weights).
         """
+        return self.token_log_probs(policy, traj, steps).sum(-1).to(torch.float32)
+
+    def token_log_probs(self, policy: Policy, traj: Trajectory, steps: Sequence[int] | Tensor | None = None) -> Tensor:
+        """Per-token ``log P_theta(x^i_{t_{k+1}} | x_{t_k})`` for the chosen steps, with gradient:
+        ``[B, len(steps), L]`` in the logits' precision (summing over ``L`` gives what the rollout recorded)."""
         K = traj.num_steps
         steps = list(range(K)) if steps is None else [int(k) for k in steps]
         if any(k < 0 or k >= K for k in steps):
@@ -158,8 +165,8 @@ class Sampler:
             B = x_t.shape[0]
             t, s = times[k].expand(B), times[k + 1].expand(B)
             logits = self.logits(policy, x_t, t, traj.cond)
-            out.append(self.path.step_log_prob(logits, x_t, x_s, t, s).sum(-1))
-        return torch.stack(out, dim=1).to(torch.float32)
+            out.append(self.path.step_log_prob(logits, x_t, x_s, t, s))
+        return torch.stack(out, dim=1)
 
 
 def recompute_log_probs(

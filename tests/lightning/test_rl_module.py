@@ -206,7 +206,7 @@ def test_real_task_smoke_shapes(tiny_builder, prompt_batches, tmp_path):
     grids."""
     from dflow.tasks import ShapesTask
 
-    task = ShapesTask(height=8, width=8, train_prompts_per_category=2, test_prompts_per_category=1)
+    task = ShapesTask(height=8, width=8, pretrain_prompts_per_category=2, test_prompts_per_category=1)
     module = _module(
         tiny_builder,
         UniformSource(task.vocab_size),
@@ -599,7 +599,7 @@ def test_evaluation_samples_each_prompt_several_times(tiny_builder):
     from dflow.lightning.evaluation import evaluate
     from dflow.tasks import ShapesTask
 
-    task = ShapesTask(height=8, width=8, train_prompts_per_category=2, test_prompts_per_category=1)
+    task = ShapesTask(height=8, width=8, pretrain_prompts_per_category=2, test_prompts_per_category=1)
     module = _module(tiny_builder, UniformSource(task.vocab_size), METHODS["udm_grpo"]())
     module.attach_task(task)
     prompts = task.prompts("test")[:3]
@@ -644,14 +644,14 @@ def recording_reward(x1, prompts):
     return torch.zeros(len(prompts))
 
 
-@pytest.mark.parametrize("split", ["train", "test"])
+@pytest.mark.parametrize("split", ["rl", "test"])
 def test_training_prompts_come_from_the_data_modules_split(tiny_builder, tmp_path, split):
     """The data module's batches index ``task.prompts(split)``; the module must resolve them in the
-    same split (it once always used "train", silently training on other prompts)."""
+    same split (it once always used one split, silently training on other prompts)."""
     from dflow.lightning import PromptDataModule
     from dflow.tasks import ShapesTask
 
-    task = ShapesTask(height=8, width=8, train_prompts_per_category=2, test_prompts_per_category=1)
+    task = ShapesTask(height=8, width=8, pretrain_prompts_per_category=2, test_prompts_per_category=1)
     module = _module(tiny_builder, UniformSource(task.vocab_size), METHODS["udm_grpo"](),
                      rewards=[RewardSpec(source=f"{__name__}:recording_reward", name="rec")])
     data = PromptDataModule(task, prompts_per_step=P, split=split, steps_per_epoch=2)

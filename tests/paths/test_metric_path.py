@@ -232,44 +232,93 @@ def test_step_log_prob_is_the_log_of_the_kernel() -> None:
         torch.testing.assert_close(got, kernel[..., y], rtol=1e-6, atol=1e-9)
 
 
+def _mc_replicas(emb, n_mc: int, R: int) -> list[MetricPath]:
+    """R estimators whose draws are independent: the draws are keyed to (transition, mc_seed), so
+    copies of one transition in a batch share them and only another mc_seed gives fresh draws."""
+    return [MetricPath(embedding=emb, exact_max_vocab=0, n_mc=n_mc, mc_seed=r) for r in range(R)]
+
+
 def test_monte_carlo_kernel_converges_to_the_exact_kernel() -> None:
-    # exact_max_vocab=0 forces the dFlowGRPO estimator: P ~ (1/n) sum_m K_h(x_s | x_t, xhat_1^m),
-    # xhat_1^m ~ p_{1|t}. Each term lies in [0, 1] with exact standard deviation sigma (from the exact
-    # conditional kernels). The batch holds R copies of every case (the draws of different rows are
-    # independent), so one call gives R estimates with n_mc = 400 draws each, and their mean uses
-    # R * n_mc = 4000 draws. Tolerances: 5 sigma / sqrt(draws) + 1e-6 for both.
+    # exact_max_vocab=0 forces the dFlowGRPO estimator. For a move y != x only the x_1 with
+    # d(y, x_1) < d(x, x_1) contribute, and the draws come from the posterior restricted to them:
+    # P ~ p(S) (1/n) sum_m K_h(y | x, x_1^m), x_1^m ~ p|S. Each term p(S) K lies in [0, 1] with exact
+    # standard deviation sigma (from the exact conditional kernels); R estimators with independent
+    # draws (distinct mc_seed) of n_mc = 400 draws each: tolerances 5 sigma / sqrt(draws) + 1e-6.
     V, B, L, n_mc, R = 5, 2, 3, 400, 10
     emb = _embedding(V, 4)
     exact = MetricPath(embedding=emb)
-    mc = MetricPath(embedding=emb, exact_max_vocab=0, n_mc=n_mc)
-    assert not mc.exact and exact.exact
+    replicas = _mc_replicas(emb, n_mc, R)
+    assert not replicas[0].exact and exact.exact
     g = torch.Generator().manual_seed(1)
     logits = 1.5 * torch.randn(B, L, V, generator=g)
     x_t = torch.randint(0, V, (B, L), generator=g)
     t, s = torch.tensor([0.2, 0.5]), torch.tensor([0.45, 0.8])
-    posterior = torch.softmax(logits, -1)
-    kernel = exact.step_kernel(posterior, x_t, t, s).to(F64)  # [B, L, V]
+    posterior = torch.softmax(logits, -1).to(F64)
+    kernel = exact.step_kernel(posterior.float(), x_t, t, s).to(F64)  # [B, L, V]
     # conditional kernels K(y | x_t, x_1) for every x_1: the kernel of a one-hot posterior
     onehot = lambda k: torch.nn.functional.one_hot(torch.full((B, L), k), V).float()  # noqa: E731
     cond = torch.stack([exact.step_kernel(onehot(k), x_t, t, s) for k in range(V)], dim=2).to(F64)  # [B, L, x1, y]
-    second = torch.einsum("blk,blky->bly", posterior.to(F64), cond**2)
-    sigma = (second - kernel**2).clamp_min(0).sqrt()
-    # score every candidate y in R copies at once: batch index = (copy, y, b)
-    rep = lambda z: z.repeat(R * V, *([1] * (z.dim() - 1)))  # noqa: E731
-    x_s = torch.arange(V).repeat_interleave(B).repeat(R)[:, None].expand(-1, L)  # [R * V * B, L]
-    est = mc.step_log_prob(rep(logits), rep(x_t), x_s, rep(t), rep(s)).exp().to(F64)
+    D = replicas[0].distance.to(F64)
+    x_s = torch.arange(V).repeat_interleave(B)[:, None].expand(-1, L)  # [V * B, L]: every candidate y
+    rep = lambda z: z.repeat(V, *([1] * (z.dim() - 1)))  # noqa: E731
+    est = torch.stack([mc.step_log_prob(rep(logits), rep(x_t), x_s, rep(t), rep(s)).exp().to(F64) for mc in replicas])
     est = est.view(R, V, B, L).permute(0, 2, 3, 1)  # [R, B, L, y]
+    # sigma of one term p(S) K(y | x, x_1), x_1 ~ p|S, for every y (S = all x_1 when y == x)
+    sigma = torch.zeros(B, L, V, dtype=F64)
+    for y in range(V):
+        allowed = (D[y][None, None, :] < D[x_t]) | (x_t == y)[..., None]  # [B, L, x1]
+        mass = (posterior * allowed).sum(-1)  # p(S)
+        q = posterior * allowed / mass[..., None]
+        k = cond[..., y]  # [B, L, x1]
+        second = (q * (mass[..., None] * k) ** 2).sum(-1)
+        sigma[..., y] = (second - kernel[..., y] ** 2).clamp_min(0).sqrt()
     each = (est - kernel).abs()
     assert bool((each <= 5 * sigma / math.sqrt(n_mc) + 1e-6).all()), (each.max(), sigma.max())
     mean_err = (est.mean(0) - kernel).abs()
     assert bool((mean_err <= 5 * sigma / math.sqrt(R * n_mc) + 1e-6).all()), (mean_err.max(), sigma.max())
     assert each.max().item() > 0  # it really is an estimate
-    # deterministic: the draws come from a generator seeded with mc_seed
+    # deterministic: the draws are a function of the transition and mc_seed
     small = MetricPath(embedding=emb, exact_max_vocab=0, n_mc=8)
     first = small.step_log_prob(logits, x_t, x_t, t, s)
     assert torch.equal(first, small.step_log_prob(logits, x_t, x_t, t, s))
     reseeded = MetricPath(embedding=emb, exact_max_vocab=0, n_mc=8, mc_seed=1)
     assert not torch.equal(first, reseeded.step_log_prob(logits, x_t, x_t, t, s))
+
+
+def test_monte_carlo_draws_are_keyed_to_the_sample_not_its_row() -> None:
+    """Shuffling the rows of a batch shuffles the estimates and changes nothing else: the old policy,
+    the new one and the reference score a sample on the same draws wherever a (shuffled) mini-batch
+    puts it. Before the draws were keyed, one generator per call made them depend on the row."""
+    V, B, L = 6, 8, 5
+    emb = _embedding(V, 3)
+    mc = MetricPath(embedding=emb, exact_max_vocab=0, n_mc=6)
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(B, L, V, generator=g)
+    x_t, x_s = torch.randint(0, V, (B, L), generator=g), torch.randint(0, V, (B, L), generator=g)
+    t, s = torch.full((B,), 0.3), torch.full((B,), 0.5)
+    est = mc.step_log_prob(logits, x_t, x_s, t, s)
+    perm = torch.randperm(B, generator=g)
+    assert torch.equal(mc.step_log_prob(logits[perm], x_t[perm], x_s[perm], t[perm], s[perm]), est[perm])
+    half = mc.step_log_prob(logits[: B // 2], x_t[: B // 2], x_s[: B // 2], t[: B // 2], s[: B // 2])
+    assert torch.equal(half, est[: B // 2])  # and whatever the batch holds besides
+
+
+def test_monte_carlo_estimate_is_never_zero_and_never_floored() -> None:
+    """A move that only rare posterior values explain: unrestricted draws from the posterior almost
+    never land where the move has a rate, and the old estimator returned log(1e-30) = -69 (a floor)
+    for the whole token. The restricted draws always explain it: a finite estimate near the exact one."""
+    V = 6
+    emb = _embedding(V, 3)
+    exact, mc = MetricPath(embedding=emb), MetricPath(embedding=emb, exact_max_vocab=0, n_mc=4)
+    D = exact.distance
+    x_t, y = torch.tensor([[0]]), torch.tensor([[int(D[0].argmax())]])  # a far move
+    allowed = (D[y[0, 0]] < D[x_t[0, 0]])  # x_1 that give the move a rate
+    logits = torch.where(allowed, torch.tensor(-25.0), torch.tensor(5.0))[None, None]  # p(S) ~ e^-30
+    t, s = torch.tensor([0.3]), torch.tensor([0.5])
+    got = mc.step_log_prob(logits, x_t, y, t, s)
+    want = exact.step_log_prob(logits, x_t, y, t, s)
+    assert torch.isfinite(got).all() and got.item() > -60
+    torch.testing.assert_close(got, want, rtol=0, atol=0.7)  # within a factor 2 with 4 draws
 
 
 def test_monte_carlo_kernel_is_exact_for_a_certain_posterior() -> None:
@@ -290,17 +339,17 @@ def test_monte_carlo_kernel_is_exact_for_a_certain_posterior() -> None:
 
 
 def test_monte_carlo_estimate_has_the_exact_gradient_in_expectation() -> None:
-    # The importance weight p/sg(p) makes grad(est) = (1/n) sum_m K(x_s | ., xhat^m) grad log p(xhat^m),
-    # an unbiased estimate of grad sum_k p(k) K(x_s | ., k): compare the gradients of the two probabilities,
-    # averaging R copies of the case (R * n_mc = 20000 draws).
+    # The importance weight p/sg(p) makes grad(est) = p(S) (1/n) sum_m K(x_s | ., x_1^m) grad log p(x_1^m),
+    # x_1^m ~ p|S: an unbiased estimate of grad sum_k p(k) K(x_s | ., k). Compare the gradients of the
+    # two probabilities, averaging R estimators with independent draws (R * n_mc = 20000 draws).
     V, n_mc, R = 4, 100, 200
     emb = _embedding(V, 6)
-    exact, mc = MetricPath(embedding=emb), MetricPath(embedding=emb, exact_max_vocab=0, n_mc=n_mc)
+    exact = MetricPath(embedding=emb)
     logits = torch.tensor([[[0.3, -0.2, 0.8, 0.0]]], requires_grad=True)
     x_t, x_s = torch.tensor([[1]]), torch.tensor([[2]])
     t, s = torch.tensor([0.3]), torch.tensor([0.6])
     (g_exact,) = torch.autograd.grad(exact.step_log_prob(logits, x_t, x_s, t, s).exp().sum(), logits)
-    est = mc.step_log_prob(logits.expand(R, -1, -1), x_t.expand(R, -1), x_s.expand(R, -1), t.expand(R), s.expand(R))
+    est = torch.stack([mc.step_log_prob(logits, x_t, x_s, t, s) for mc in _mc_replicas(emb, n_mc, R)])
     (g_mc,) = torch.autograd.grad(est.exp().mean(), logits)
     # each gradient term is bounded by max K * |onehot - p| <= 1, so 5 / sqrt(20000) = 0.035 is a safe bound
     torch.testing.assert_close(g_mc, g_exact, rtol=0, atol=5 / math.sqrt(R * n_mc))

@@ -88,7 +88,7 @@ def _rollout(task, builder, source, estimator, guidance=1.0, temperature=1.0, se
     )
     estimator.validate(sampler)
     gen = torch.Generator().manual_seed(seed)
-    prompts = [p for p in task.prompts("train")[: batch // G] for _ in range(G)]  # [B]
+    prompts = [p for p in task.prompts("rl")[: batch // G] for _ in range(G)]  # [B]
     cond = task.encode_prompts(prompts)  # [B, Lc]
     traj = sampler.rollout(policy, cond, batch_size=batch, seq_len=L, generator=gen)
     return policy, sampler, traj
@@ -182,16 +182,25 @@ def test_recorded_trajectory_log_probs_equal_recomputed(
         copy_task, tiny_builder, SOURCES[source_name](), est, guidance, temperature
     )
     plan = est.plan(traj, sampler)
-    recorded = est.recorded_log_probs(traj, plan)
+    recorded = est.recorded_log_probs(traj, plan, sampler)
     recomputed = est.log_probs(policy, traj, plan, sampler)  # with gradient, same batch
     assert torch.equal(recorded, recomputed.detach())
-    # token_mean divides both by L the same way
+    # token_mean divides both by the number of tokens that can move at x_{t_k} the same way: all L
+    # for a uniform source, the masked ones (not the carry-over tokens) for a mask source
     est = TrajectoryLikelihood(AllButLast(), token_mean=True)
     plan = est.plan(traj, sampler)
     assert torch.equal(
-        est.recorded_log_probs(traj, plan), est.log_probs(policy, traj, plan, sampler).detach()
+        est.recorded_log_probs(traj, plan, sampler), est.log_probs(policy, traj, plan, sampler).detach()
     )
-    assert torch.equal(est.recorded_log_probs(traj, plan) * L, traj.log_probs[:, : K - 1])
+    movable = torch.stack([(traj.state(k) == V).sum(-1) if source_name == "mask" else torch.full((B,), L)
+                           for k in range(K - 1)], dim=1).clamp_min(1)  # [B, K-1], counted by hand
+    torch.testing.assert_close(est.recorded_log_probs(traj, plan, sampler) * movable, traj.log_probs[:, : K - 1])
+    # per-token units sum to the recorded step log-probs and have no recorded old values
+    est = TrajectoryLikelihood(AllSteps(), per_token=True)
+    plan = est.plan(traj, sampler)
+    assert est.recorded_log_probs(traj, plan, sampler) is None
+    tokens = est.log_probs(policy, traj, plan, sampler).detach().view(B, K, L)
+    torch.testing.assert_close(tokens.sum(-1), traj.log_probs, rtol=0, atol=1e-5)
 
 
 # ---------------------------------------------------------------- ELBO
@@ -251,6 +260,49 @@ def test_elbo_units_are_negated_generalized_kl_at_the_plan_draws(
     assert (plan.times[:, 1:] > plan.times[:, :-1]).all()
 
 
+@pytest.mark.parametrize("grid_name", ["shifted", "cosine"])
+def test_elbo_units_carry_the_quadrature_weight_of_their_grid_time(grid_name, copy_task, tiny_builder):
+    """A unit at grid point t_j estimates the ELBO integral with weight w_j = N (t_{j+1} - t_j) (left
+    Riemann sum over the N-step grid): averaged over the uniform choice of j, sum_j (t_{j+1} - t_j) f(t_j).
+    On a shifted or cosine grid the points crowd at one end, so equal weights would over-count it."""
+    N = 5
+    est = ELBOLikelihood(2, grid_steps=N)
+    path = MixturePath(UniformSource(V))
+    policy = tiny_builder.build(copy_task, path).eval()
+    sampler = Sampler(path, num_steps=K, time_grid=grid_name)
+    prompts = [p for p in copy_task.prompts("rl")[: B // G] for _ in range(G)]
+    traj = sampler.rollout(policy, copy_task.encode_prompts(prompts), batch_size=B, seq_len=L,
+                           generator=torch.Generator().manual_seed(0))
+    grid = time_grid(grid_name, N, sampler.shift)
+    width = grid[1:] - grid[:-1]
+    assert not torch.allclose(width, width[0].expand(N))  # a non-uniform grid
+    plan = est.plan(traj, sampler, torch.Generator().manual_seed(1))
+    idx = torch.searchsorted(grid[:-1].contiguous(), plan.times.contiguous())  # [B, U] grid index of each unit
+    torch.testing.assert_close(grid[:-1][idx], plan.times)
+    torch.testing.assert_close(plan.weights, N * width[idx])
+    units = est.log_probs(policy, traj, plan, sampler).detach()
+    with torch.no_grad():
+        for u in range(2):
+            x_t, t = plan.states[u].long(), plan.times[:, u]
+            gkl = path.generalized_kl(policy(x_t, t, traj.cond), traj.x1, x_t, t).sum(-1)
+            torch.testing.assert_close(units[:, u], -N * width[idx[:, u]] * gkl, rtol=1e-6, atol=1e-6)
+    # the uniform grid keeps weight 1 (the numbers of every earlier ELBO run)
+    uniform_plan = est.plan(traj, Sampler(path, num_steps=K), torch.Generator().manual_seed(1))
+    torch.testing.assert_close(uniform_plan.weights, torch.ones(B, 2))
+
+
+def test_elbo_token_mean_counts_only_tokens_that_can_move(copy_task, tiny_builder):
+    """With a mask source the revealed tokens of x_t contribute 0 to the generalized KL: token_mean
+    divides by the masked ones, not by L."""
+    est, est_sum = ELBOLikelihood(3, grid_steps=4, token_mean=True), ELBOLikelihood(3, grid_steps=4)
+    policy, sampler, traj = _rollout(copy_task, tiny_builder, MaskSource(V), est)
+    plan = est.plan(traj, sampler, torch.Generator().manual_seed(2))
+    total = est_sum.log_probs(policy, traj, plan, sampler).detach()
+    masked = torch.stack([(plan.states[u].long() == V).sum(-1) for u in range(3)], dim=1)  # [B, 3]
+    assert (masked < L).any()
+    torch.testing.assert_close(est.log_probs(policy, traj, plan, sampler).detach(), total / masked.clamp_min(1))
+
+
 def test_elbo_times_cover_the_grid_and_the_draws_are_shared(copy_task, tiny_builder):
     est = ELBOLikelihood(2, grid_steps=10)
     policy, sampler, traj = _rollout(copy_task, tiny_builder, UniformSource(V), est)
@@ -268,11 +320,24 @@ def test_elbo_times_cover_the_grid_and_the_draws_are_shared(copy_task, tiny_buil
     assert torch.equal(a, b)
 
 
-def test_elbo_uniform_weighting_needs_a_mixture_path():
-    path = MetricPath(embedding=torch.eye(V))  # its jump coefficient is not d_kappa / (1 - kappa)
-    with pytest.raises(ValueError, match="MixturePath"):
-        ELBOLikelihood(weighting="uniform").validate(Sampler(path, num_steps=4))
-    ELBOLikelihood(weighting="exact").validate(Sampler(path, num_steps=4))
+def test_elbo_uniform_weighting_divides_out_each_paths_own_jump_coefficient():
+    """``weighted=False`` is part of every path's ``generalized_kl``: the mixture path drops
+    ``d_kappa / (1 - kappa)`` (``1 / (1 - t)`` for the linear scheduler), the metric path ``d_beta_t``."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, L, V, generator=g, dtype=torch.float64)
+    x1, x_t = torch.randint(0, V, (3, L), generator=g), torch.randint(0, V, (3, L), generator=g)
+    t = torch.tensor([0.1, 0.4, 0.7])
+    mixture = MixturePath(UniformSource(V))
+    torch.testing.assert_close(
+        mixture.generalized_kl(logits, x1, x_t, t, weighted=False) / (1 - t.double())[:, None],
+        mixture.generalized_kl(logits, x1, x_t, t),
+    )
+    metric = MetricPath(embedding=torch.randn(V, 2, generator=g))
+    torch.testing.assert_close(
+        metric.generalized_kl(logits, x1, x_t, t, weighted=False) * metric.d_beta(t.double())[:, None],
+        metric.generalized_kl(logits, x1, x_t, t),
+    )
+    ELBOLikelihood(weighting="uniform").validate(Sampler(metric, num_steps=4))
 
 
 # ---------------------------------------------------------------- ForwardReconstruction
@@ -434,7 +499,11 @@ def test_intermediate_action_scores_the_posterior_draws(
             cond_logits, uncond_logits = policy(x_in, t, traj.cond), policy(x_in, t, None)
         logits = (uncond_logits + 2.0 * (cond_logits - uncond_logits)) / 0.7
         lp = torch.log_softmax(logits, -1).gather(-1, traj.draws[k].long()[..., None]).squeeze(-1)
-        torch.testing.assert_close(units[:, k], lp.mean(-1), rtol=0, atol=1e-5)
+        # the mean over the tokens that can still move at the scored state (a mask source's
+        # revealed tokens carry over whatever the draw says, so their draw is not an action)
+        counted = (x_in == V) if source_name == "mask" else torch.ones_like(x_in, dtype=torch.bool)
+        hand = (lp * counted).sum(-1) / counted.sum(-1).clamp_min(1)
+        torch.testing.assert_close(units[:, k], hand, rtol=0, atol=1e-5)
         if states == "forward" and source_name == "mask":  # x_tilde ~ q(. | x_1): x_1 or the mask
             x_tilde = plan.states[k].long()
             assert ((x_tilde == traj.x1) | (x_tilde == V)).all()

@@ -44,7 +44,7 @@ def _setup(task, builder, source=None, guidance=1.0, batch=B, record_draws=False
     path = MixturePath(source if source is not None else UniformSource(V))
     policy = builder.build(task, path).eval()
     sampler = Sampler(path, num_steps=K, guidance_scale=guidance, record_draws=record_draws)
-    prompts = [p for p in task.prompts("train")[: batch // G] for _ in range(G)]
+    prompts = [p for p in task.prompts("rl")[: batch // G] for _ in range(G)]
     gen = torch.Generator().manual_seed(0)
     traj = sampler.rollout(
         policy, task.encode_prompts(prompts), batch_size=batch, seq_len=L, generator=gen

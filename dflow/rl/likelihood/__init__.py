@@ -1,6 +1,6 @@
 """Likelihood estimators (sibling classes, chosen in YAML by ``class_path``)."""
 
-from dflow.rl.likelihood.base import LikelihoodEstimator, UnitPlan, score_tokens
+from dflow.rl.likelihood.base import LikelihoodEstimator, UnitPlan, token_scores
 from dflow.rl.likelihood.final_sample import ELBOLikelihood, ForwardReconstruction, MeanFieldLikelihood
 from dflow.rl.likelihood.per_step import IntermediateActionLikelihood, TrajectoryLikelihood
 from dflow.rl.likelihood.steps import AllButLast, AllSteps, RandomSteps, StepSelection, StepWindow
@@ -18,5 +18,5 @@ __all__ = [
     "StepWindow",
     "TrajectoryLikelihood",
     "UnitPlan",
-    "score_tokens",
+    "token_scores",
 ]

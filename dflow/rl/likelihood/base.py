@@ -30,12 +30,14 @@ class UnitPlan:
         times: float ``[B, U]`` time of each unit's input state (forward-process estimators), else None.
         states: ``[U, B, L]`` compact integer input state of each unit, else None.
         cond: condition to score with when it differs from ``traj.cond`` (e.g. a masked prompt), else None.
+        weights: float ``[B, U]`` quadrature weight of each unit's time (ELBO units), else None.
     """
 
     steps: list[int] | None = None
     times: Tensor | None = None
     states: Tensor | None = None
     cond: Any = None
+    weights: Tensor | None = None
 
     @property
     def num_units(self) -> int:
@@ -52,11 +54,23 @@ class UnitPlan:
             times=None if self.times is None else self.times[index],
             states=None if self.states is None else self.states[:, index],
             cond=self.cond[index] if torch.is_tensor(self.cond) else self.cond,
+            weights=None if self.weights is None else self.weights[index],
         )
 
 
 class LikelihoodEstimator(ABC):
     """Base class of the likelihood estimators (sibling classes chosen by ``class_path``).
+
+    A subclass scores every token of every unit (:meth:`token_log_probs`, ``[B, U, L]``) and says
+    which tokens count (:meth:`token_mask`); this class turns them into the units the objective
+    sees, the same way for every estimator:
+
+    - default: one unit per planned unit, the sum over the counted tokens (``token_mean``: their
+      mean; a carry-over token of a mask source is never counted, so it never dilutes the mean);
+    - ``per_token``: one unit per token, ``[B, U * L]`` (column ``u * L + i``), with a mask of the
+      counted tokens. Each token then has its own ratio, clip and KL term, as d1's diffu-GRPO does;
+      how the tokens are averaged is the loss aggregation's job (``SampleMeanAggregation``: the mean
+      over a sample's counted tokens, then over samples), so ``token_mean`` does not apply.
 
     Class attributes:
         per_step: units are sampler steps, so per-step advantages (stepwise credit) apply.
@@ -65,21 +79,58 @@ class LikelihoodEstimator(ABC):
 
     per_step: bool = False
     needs_draws: bool = False
+    token_mean: bool = False
+    per_token: bool = False
 
     @abstractmethod
     def plan(self, traj: Trajectory, sampler: Sampler, generator: torch.Generator | None = None) -> UnitPlan:
         """Draw the units' random choices for a rollout batch."""
 
     @abstractmethod
-    def log_probs(self, policy, traj: Trajectory, plan: UnitPlan, sampler: Sampler) -> Tensor:
-        """Log-probability units ``[B, U]`` under ``policy``, differentiable."""
+    def token_log_probs(self, policy, traj: Trajectory, plan: UnitPlan, sampler: Sampler) -> Tensor:
+        """Per-token scores ``[B, U, L]`` under ``policy``, differentiable (U = ``plan.num_units``)."""
 
-    def recorded_log_probs(self, traj: Trajectory, plan: UnitPlan) -> Tensor | None:
+    def token_mask(self, traj: Trajectory, plan: UnitPlan, sampler: Sampler) -> Tensor | None:
+        """bool ``[B, U, L]``: the tokens a unit counts (None: all of them)."""
+        return None
+
+    def log_probs(self, policy, traj: Trajectory, plan: UnitPlan, sampler: Sampler) -> Tensor:
+        """Log-probability units ``[B, num_units]`` under ``policy``, differentiable."""
+        return self.reduce(self.token_log_probs(policy, traj, plan, sampler), self.token_mask(traj, plan, sampler))
+
+    def reduce(self, scores: Tensor, mask: Tensor | None) -> Tensor:
+        """``[B, U, L]`` token scores -> units (see the class docstring)."""
+        if mask is not None:
+            scores = scores.masked_fill(~mask, 0.0)
+        if self.per_token:
+            return scores.flatten(1)  # [B, U * L]
+        total = scores.sum(-1)  # [B, U]
+        if not self.token_mean:
+            return total
+        count = scores.shape[-1] if mask is None else mask.sum(-1).clamp_min(1).to(total.dtype)
+        return total / count
+
+    def unit_mask(self, traj: Trajectory, plan: UnitPlan, sampler: Sampler) -> Tensor | None:
+        """bool ``[B, num_units]``: which units count (only per-token units can be masked)."""
+        if not self.per_token:
+            return None
+        mask = self.token_mask(traj, plan, sampler)
+        return None if mask is None else mask.flatten(1)
+
+    def num_units(self, traj: Trajectory, plan: UnitPlan) -> int:
+        """Columns of :meth:`log_probs`: ``plan.num_units``, times ``L`` with ``per_token``."""
+        return plan.num_units * (traj.x1.shape[1] if self.per_token else 1)
+
+    def expand(self, values: Tensor, traj: Trajectory) -> Tensor:
+        """Per-planned-unit values ``[B, U]`` (per-step advantages) -> ``[B, num_units]``."""
+        return values.repeat_interleave(traj.x1.shape[1], dim=1) if self.per_token else values
+
+    def recorded_log_probs(self, traj: Trajectory, plan: UnitPlan, sampler: Sampler) -> Tensor | None:
         """Old-policy units available for free from the rollout record, or None (then recomputed)."""
         return None
 
     def passes_per_unit(self, sampler: Sampler, traj: Trajectory) -> int:
-        """Denoiser forward passes one unit of one sample costs (compute accounting)."""
+        """Denoiser forward passes one planned unit of one sample costs (compute accounting)."""
         return 1
 
     def validate(self, sampler: Sampler) -> None:
@@ -95,23 +146,21 @@ class LikelihoodEstimator(ABC):
         return f"{type(self).__name__}({args})"
 
 
-def score_tokens(
-    logits: Tensor, target: Tensor, keep: Tensor | None = None, token_mean: bool = False
-) -> Tensor:
-    """``sum_i log softmax(logits)[target_i]`` over kept tokens (or their mean): ``[B]``.
-
-    logits ``[B, L, V]``, target long ``[B, L]``, keep bool ``[B, L]`` (None = all).
-    """
-    lp = torch.log_softmax(logits, dim=-1).gather(-1, target[..., None]).squeeze(-1)  # [B, L]
-    if keep is None:
-        return lp.mean(-1) if token_mean else lp.sum(-1)
-    lp = lp * keep
-    if token_mean:
-        return lp.sum(-1) / keep.sum(-1).clamp_min(1)
-    return lp.sum(-1)
+def token_scores(logits: Tensor, target: Tensor) -> Tensor:
+    """``log softmax(logits)[target]`` per token: logits ``[B, L, V]``, target long ``[B, L]`` -> ``[B, L]``."""
+    return torch.log_softmax(logits, dim=-1).gather(-1, target[..., None]).squeeze(-1)
 
 
-def noised_positions(path: ProbabilityPath, x_in: Tensor) -> Tensor | None:
-    """Positions a re-noised score counts: all but certainly-clean carry-over tokens (None = all)."""
+def counted_tokens(path: ProbabilityPath, x_in: Tensor) -> Tensor | None:
+    """bool ``[B, L]``: the tokens a score at state ``x_in`` counts, i.e. all but certainly-clean
+    carry-over tokens (None = all)."""
     clean = path.is_clean(x_in)
     return None if not bool(clean.any()) else ~clean
+
+
+def stack_masks(masks: list[Tensor | None], like: Tensor) -> Tensor | None:
+    """Per-unit ``[B, L]`` masks (None = all) -> ``[B, U, L]``, or None when every one is None."""
+    if all(m is None for m in masks):
+        return None
+    full = torch.ones(like.shape, dtype=torch.bool, device=like.device)
+    return torch.stack([full if m is None else m for m in masks], dim=1)

@@ -7,8 +7,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from dflow.paths.mixture import MixturePath
-from dflow.rl.likelihood.base import LikelihoodEstimator, UnitPlan, noised_positions, score_tokens
+from dflow.rl.likelihood.base import LikelihoodEstimator, UnitPlan, counted_tokens, stack_masks, token_scores
+from dflow.rng import draw_device
 from dflow.sampling import Sampler, Trajectory
 from dflow.sampling.grids import time_grid
 
@@ -26,7 +26,8 @@ class ForwardReconstruction(LikelihoodEstimator):
     ``[0, max_start]`` per sample (the paper's "3 of 10 from a random start in {0, 1, 2}": early,
     high-entropy times). ``states="backward"``: the stored rollout states at those step indices of
     the rollout grid (the other column of the paper's 2x2 ablation). CFG-free scoring by default.
-    Carry-over positions of a mask source are left out of the mean.
+    Carry-over positions of a mask source are left out of the mean. ``per_token``: one unit per
+    token and time (see :class:`~dflow.rl.likelihood.base.LikelihoodEstimator`).
     """
 
     def __init__(
@@ -37,6 +38,7 @@ class ForwardReconstruction(LikelihoodEstimator):
         states: Literal["forward", "backward"] = "forward",
         token_mean: bool = True,
         use_guidance: bool = False,
+        per_token: bool = False,
     ) -> None:
         if states not in ("forward", "backward"):
             raise ValueError(f"ForwardReconstruction: states must be 'forward' or 'backward', got {states!r}")
@@ -46,7 +48,7 @@ class ForwardReconstruction(LikelihoodEstimator):
                 f"got num_timesteps={num_timesteps}, max_start={max_start}, grid_steps={grid_steps}"
             )
         self.num_timesteps, self.grid_steps, self.max_start = num_timesteps, grid_steps, max_start
-        self.states, self.token_mean, self.use_guidance = states, token_mean, use_guidance
+        self.states, self.token_mean, self.use_guidance, self.per_token = states, token_mean, use_guidance, per_token
 
     def validate(self, sampler: Sampler) -> None:
         super().validate(sampler)
@@ -59,8 +61,8 @@ class ForwardReconstruction(LikelihoodEstimator):
     def plan(self, traj, sampler, generator=None) -> UnitPlan:
         B, U = traj.batch_size, self.num_timesteps
         dev = traj.x1.device
-        start = torch.randint(0, self.max_start + 1, (B, 1), generator=generator)
-        idx = (start + torch.arange(U)).to(dev)  # [B, U] grid indices
+        start = torch.randint(0, self.max_start + 1, (B, 1), generator=generator, device=draw_device(generator, dev))
+        idx = (start.to(dev) + torch.arange(U, device=dev))  # [B, U] grid indices
         if self.states == "backward":
             times = traj.times[idx]  # [B, U]
             rows = torch.arange(B, device=dev)
@@ -70,25 +72,39 @@ class ForwardReconstruction(LikelihoodEstimator):
         states = torch.stack([sampler.path.sample_xt(traj.x1, times[:, u], generator) for u in range(U)])
         return UnitPlan(times=times, states=states.to(traj.states.dtype))
 
-    def log_probs(self, policy, traj, plan, sampler) -> Tensor:
+    def token_log_probs(self, policy, traj, plan, sampler) -> Tensor:
         out = []
         for u in range(plan.num_units):
             x_in = plan.states[u].long()
             t = plan.times[:, u]
             logits = sampler.logits(policy, x_in, t, traj.cond) if self.use_guidance else policy(x_in, t, traj.cond)
-            out.append(score_tokens(logits, traj.x1, noised_positions(sampler.path, x_in), self.token_mean))
-        return torch.stack(out, dim=1)
+            out.append(token_scores(logits, traj.x1))
+        return torch.stack(out, dim=1)  # [B, U, L]
+
+    def token_mask(self, traj, plan, sampler) -> Tensor | None:
+        return stack_masks([counted_tokens(sampler.path, plan.states[u].long()) for u in range(plan.num_units)], traj.x1)
 
     def passes_per_unit(self, sampler, traj) -> int:
         return 2 if self.use_guidance and sampler.uses_guidance(traj.cond) else 1
 
 
 class ELBOLikelihood(LikelihoodEstimator):
-    """Design-space paper: unit ``j`` = single-time ELBO estimate ``-sum_i generalized_kl`` at
+    """Design-space paper: unit ``j`` = single-time ELBO estimate ``-w_j sum_i generalized_kl`` at
     ``xtilde_{t_j} ~ q(. | x_1)``, for ``num_timesteps`` distinct times drawn per sample from the first
     ``grid_steps`` points of a ``grid_steps``-step grid (``t = 1`` excluded). The same ``(t, xtilde)`` serve
-    theta, old and reference. ``weighting="uniform"`` drops the jump coefficient ``d_kappa / (1 - kappa)``
-    (MixturePath only).
+    theta, old and reference (common random numbers).
+
+    The ELBO is an integral over ``t``; a unit at grid point ``t_j`` estimates it with the quadrature
+    weight ``w_j = grid_steps * (t_{j+1} - t_j)`` (left Riemann sum, so every unit is an estimate of
+    the same integral whatever the grid: ``w_j = 1`` on the uniform grid, while on a shifted or cosine
+    grid equal weights would over-count where the points crowd).
+
+    Args:
+        weighting: ``"exact"`` keeps the path's jump coefficient (``d_kappa / (1 - kappa)`` for a
+            mixture path); ``"uniform"`` drops it (``ProbabilityPath.generalized_kl(weighted=False)``).
+        token_mean: divide each unit by the number of tokens it counts (carry-over tokens of a mask
+            source are not counted).
+        per_token: one unit per token and time (see :class:`~dflow.rl.likelihood.base.LikelihoodEstimator`).
     """
 
     def __init__(
@@ -97,6 +113,7 @@ class ELBOLikelihood(LikelihoodEstimator):
         grid_steps: int = 10,
         weighting: Literal["exact", "uniform"] = "exact",
         token_mean: bool = False,
+        per_token: bool = False,
     ) -> None:
         if weighting not in ("exact", "uniform"):
             raise ValueError(f"ELBOLikelihood: weighting must be 'exact' or 'uniform', got {weighting!r}")
@@ -105,43 +122,45 @@ class ELBOLikelihood(LikelihoodEstimator):
                 f"ELBOLikelihood: need 1 <= num_timesteps <= grid_steps, got num_timesteps={num_timesteps}, "
                 f"grid_steps={grid_steps}"
             )
-        self.num_timesteps, self.grid_steps, self.weighting, self.token_mean = (
-            num_timesteps, grid_steps, weighting, token_mean,
-        )
-
-    def validate(self, sampler: Sampler) -> None:
-        super().validate(sampler)
-        if self.weighting == "uniform" and not isinstance(sampler.path, MixturePath):
-            raise ValueError("ELBOLikelihood(weighting='uniform') needs a MixturePath (it rescales its jump coefficient)")
+        self.num_timesteps, self.grid_steps, self.weighting = num_timesteps, grid_steps, weighting
+        self.token_mean, self.per_token = token_mean, per_token
 
     def plan(self, traj, sampler, generator=None) -> UnitPlan:
         B, U, dev = traj.batch_size, self.num_timesteps, traj.x1.device
-        grid = _grid(sampler, self.grid_steps)[:-1]  # [grid_steps] without t = 1
-        pick = torch.rand(B, self.grid_steps, generator=generator).argsort(dim=1)[:, :U]  # [B, U] distinct
-        times = grid[pick.sort(dim=1).values].to(dev)  # [B, U]
+        grid = _grid(sampler, self.grid_steps).to(dev)  # [grid_steps + 1]
+        weight = (grid[1:] - grid[:-1]) * self.grid_steps  # [grid_steps] quadrature weight per point
+        noise = torch.rand(B, self.grid_steps, generator=generator, device=draw_device(generator, dev))
+        pick = noise.to(dev).argsort(dim=1)[:, :U].sort(dim=1).values  # [B, U] distinct grid indices
+        times = grid[:-1][pick]  # [B, U]
         states = torch.stack([sampler.path.sample_xt(traj.x1, times[:, u], generator) for u in range(U)])
-        return UnitPlan(times=times, states=states.to(traj.states.dtype))
+        return UnitPlan(times=times, states=states.to(traj.states.dtype), weights=weight[pick])
 
-    def log_probs(self, policy, traj, plan, sampler) -> Tensor:
+    def token_log_probs(self, policy, traj, plan, sampler) -> Tensor:
         out = []
-        path = sampler.path
+        weighted = self.weighting == "exact"
         for u in range(plan.num_units):
             x_in, t = plan.states[u].long(), plan.times[:, u]
-            logits = policy(x_in, t, traj.cond)
-            if self.weighting == "uniform":
-                gkl = path.generalized_kl(logits, traj.x1, x_in, t, weighted=False)
-            else:
-                gkl = path.generalized_kl(logits, traj.x1, x_in, t)
-            out.append(-(gkl.mean(-1) if self.token_mean else gkl.sum(-1)))
-        return torch.stack(out, dim=1)
+            gkl = sampler.path.generalized_kl(policy(x_in, t, traj.cond), traj.x1, x_in, t, weighted=weighted)
+            out.append(-plan.weights[:, u, None].to(gkl.dtype) * gkl)  # [B, L]
+        return torch.stack(out, dim=1)  # [B, U, L]
+
+    def token_mask(self, traj, plan, sampler) -> Tensor | None:
+        return stack_masks([counted_tokens(sampler.path, plan.states[u].long()) for u in range(plan.num_units)], traj.x1)
 
 
 class MeanFieldLikelihood(LikelihoodEstimator):
-    """d1's diffu-GRPO: one unit per sample, ``sum_i log p_theta(x_1^i | x_0)`` from one pass at the fully
-    noised input ``x_0 ~ p_0`` (``t = 0``), with each prompt token replaced by ``prompt_mask_id`` with
-    probability ``p_mask_prompt`` (the same draw for theta, old and reference)."""
+    """d1's diffu-GRPO: ``log p_theta(x_1^i | x_0)`` from one pass at the fully noised input
+    ``x_0 ~ p_0`` (``t = 0``), with each prompt token replaced by ``prompt_mask_id`` with probability
+    ``p_mask_prompt`` (the same draw for theta, old and reference).
 
-    def __init__(self, p_mask_prompt: float = 0.15, prompt_mask_id: int = 0, token_mean: bool = False) -> None:
+    ``per_token=True`` (d1): one unit per token, so each token has its own ratio, clip and KL term,
+    averaged over the sequence by the aggregation. ``per_token=False``: one unit per sample, the sum
+    (or with ``token_mean`` the mean) over tokens; then a single ratio clips the whole sequence.
+    """
+
+    def __init__(
+        self, p_mask_prompt: float = 0.15, prompt_mask_id: int = 0, token_mean: bool = False, per_token: bool = False
+    ) -> None:
         if not 0.0 <= p_mask_prompt <= 1.0:
             raise ValueError(f"MeanFieldLikelihood: p_mask_prompt must be in [0, 1], got {p_mask_prompt!r}")
         # else the bad id only shows up inside the denoiser, as "cond values must be in [0, P)"
@@ -149,19 +168,19 @@ class MeanFieldLikelihood(LikelihoodEstimator):
             raise ValueError(
                 f"MeanFieldLikelihood: prompt_mask_id must be a prompt id >= 0, got prompt_mask_id={prompt_mask_id!r}"
             )
-        self.p_mask_prompt, self.prompt_mask_id, self.token_mean = p_mask_prompt, prompt_mask_id, token_mean
+        self.p_mask_prompt, self.prompt_mask_id = p_mask_prompt, prompt_mask_id
+        self.token_mean, self.per_token = token_mean, per_token
 
     def plan(self, traj, sampler, generator=None) -> UnitPlan:
         B, L = traj.x1.shape
         x0 = sampler.path.source.sample((B, L), generator=generator, device=traj.x1.device)
         cond = traj.cond
         if torch.is_tensor(cond) and self.p_mask_prompt > 0:
-            drop = torch.rand(cond.shape, generator=generator).to(cond.device) < self.p_mask_prompt
-            cond = cond.masked_fill(drop, self.prompt_mask_id)
+            u = torch.rand(cond.shape, generator=generator, device=draw_device(generator, cond.device))
+            cond = cond.masked_fill(u.to(cond.device) < self.p_mask_prompt, self.prompt_mask_id)
         times = torch.zeros(B, 1, device=traj.x1.device)
         return UnitPlan(times=times, states=x0[None].to(traj.states.dtype), cond=cond)
 
-    def log_probs(self, policy, traj, plan, sampler) -> Tensor:
-        x0 = plan.states[0].long()
-        logits = policy(x0, plan.times[:, 0], plan.cond)
-        return score_tokens(logits, traj.x1, None, self.token_mean)[:, None]
+    def token_log_probs(self, policy, traj, plan, sampler) -> Tensor:
+        logits = policy(plan.states[0].long(), plan.times[:, 0], plan.cond)
+        return token_scores(logits, traj.x1)[:, None]  # [B, 1, L]

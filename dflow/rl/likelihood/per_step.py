@@ -7,7 +7,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from dflow.rl.likelihood.base import LikelihoodEstimator, UnitPlan, noised_positions, score_tokens
+from dflow.rl.likelihood.base import LikelihoodEstimator, UnitPlan, counted_tokens, stack_masks, token_scores
 from dflow.rl.likelihood.steps import AllSteps, StepSelection
 from dflow.sampling import Sampler, Trajectory
 
@@ -17,26 +17,36 @@ class TrajectoryLikelihood(LikelihoodEstimator):
 
     Args:
         steps: which steps are trained (``AllSteps``, ``AllButLast``, ``StepWindow``, ``RandomSteps``).
-        token_mean: divide by ``L`` (dFlowGRPO's per-step ratio is the geometric mean over tokens).
+        token_mean: divide by the number of tokens that can move at ``x_{t_k}`` (all ``L`` for a
+            uniform source; the masked ones for a mask source): dFlowGRPO's per-step ratio is the
+            geometric mean over tokens.
+        per_token: one unit per token and step (``log P_theta(x^i_{t_{k+1}} | x_{t_k})``), see
+            :class:`~dflow.rl.likelihood.base.LikelihoodEstimator`.
     """
 
     per_step = True
 
-    def __init__(self, steps: StepSelection | None = None, token_mean: bool = False) -> None:
+    def __init__(self, steps: StepSelection | None = None, token_mean: bool = False, per_token: bool = False) -> None:
         self.steps = steps if steps is not None else AllSteps()
-        self.token_mean = token_mean
+        self.token_mean, self.per_token = token_mean, per_token
 
     def plan(self, traj, sampler, generator=None) -> UnitPlan:
         return UnitPlan(steps=self.steps.select(traj.num_steps, generator))
 
-    def _scale(self, lp: Tensor, traj: Trajectory) -> Tensor:
-        return lp / traj.x1.shape[1] if self.token_mean else lp
+    def token_log_probs(self, policy, traj, plan, sampler) -> Tensor:
+        return sampler.token_log_probs(policy, traj, plan.steps)  # [B, U, L]
 
-    def log_probs(self, policy, traj, plan, sampler) -> Tensor:
-        return self._scale(sampler.log_probs(policy, traj, plan.steps), traj)
+    def token_mask(self, traj, plan, sampler) -> Tensor | None:
+        return stack_masks([counted_tokens(sampler.path, traj.state(k)) for k in plan.steps], traj.x1)
 
-    def recorded_log_probs(self, traj, plan) -> Tensor:
-        return self._scale(traj.log_probs[:, plan.steps], traj)
+    def recorded_log_probs(self, traj, plan, sampler) -> Tensor | None:
+        if self.per_token:
+            return None  # the rollout records per-step sums only
+        recorded = traj.log_probs[:, plan.steps]  # [B, U] sums over tokens
+        if not self.token_mean:
+            return recorded
+        counted = torch.stack([~sampler.path.is_clean(traj.state(k)) for k in plan.steps], dim=1)  # [B, U, L]
+        return recorded / counted.sum(-1).clamp_min(1).to(recorded.dtype)
 
     def passes_per_unit(self, sampler, traj) -> int:
         return 2 if sampler.uses_guidance(traj.cond) else 1
@@ -49,6 +59,8 @@ class IntermediateActionLikelihood(LikelihoodEstimator):
     ``states="backward"`` scores it at the stored rollout state ``x_{t_k}`` (the naive baseline);
     ``"forward"`` at ``xtilde ~ q(. | x_1)`` re-noised to ``t_k`` (a cell of UDM-GRPO's 2x2 ablation).
     The score uses the sampler's guided, tempered posterior, i.e. the distribution the draw came from.
+    Tokens that are certainly clean at the scored state (a mask source's revealed tokens, whose draw
+    the kernel discards) are not counted.
     """
 
     per_step = True
@@ -59,12 +71,13 @@ class IntermediateActionLikelihood(LikelihoodEstimator):
         steps: StepSelection | None = None,
         states: Literal["backward", "forward"] = "backward",
         token_mean: bool = True,
+        per_token: bool = False,
     ) -> None:
         if states not in ("backward", "forward"):
             raise ValueError(f"IntermediateActionLikelihood: states must be 'backward' or 'forward', got {states!r}")
         self.steps = steps if steps is not None else AllSteps()
         self.states = states
-        self.token_mean = token_mean
+        self.token_mean, self.per_token = token_mean, per_token
 
     def plan(self, traj, sampler, generator=None) -> UnitPlan:
         steps = self.steps.select(traj.num_steps, generator)
@@ -74,14 +87,19 @@ class IntermediateActionLikelihood(LikelihoodEstimator):
         noised = [sampler.path.sample_xt(traj.x1, traj.times[k].expand(B), generator) for k in steps]
         return UnitPlan(steps=steps, states=torch.stack(noised).to(traj.states.dtype))
 
-    def log_probs(self, policy, traj, plan, sampler) -> Tensor:
+    def _state(self, traj: Trajectory, plan: UnitPlan, u: int) -> Tensor:
+        return traj.state(plan.steps[u]) if plan.states is None else plan.states[u].long()
+
+    def token_log_probs(self, policy, traj, plan, sampler) -> Tensor:
         out = []
         for u, k in enumerate(plan.steps):
-            x_in = traj.state(k) if plan.states is None else plan.states[u].long()
-            t = traj.times[k].expand(x_in.shape[0])
-            logits = sampler.logits(policy, x_in, t, traj.cond)
-            out.append(score_tokens(logits, traj.draws[k].long(), None, self.token_mean))
-        return torch.stack(out, dim=1)
+            x_in = self._state(traj, plan, u)
+            logits = sampler.logits(policy, x_in, traj.times[k].expand(x_in.shape[0]), traj.cond)
+            out.append(token_scores(logits, traj.draws[k].long()))
+        return torch.stack(out, dim=1)  # [B, U, L]
 
-    def passes_per_unit(self, sampler, traj) -> int:
+    def token_mask(self, traj, plan, sampler) -> Tensor | None:
+        return stack_masks([counted_tokens(sampler.path, self._state(traj, plan, u)) for u in range(plan.num_units)], traj.x1)
+
+    def passes_per_unit(self, sampler: Sampler, traj: Trajectory) -> int:
         return 2 if sampler.uses_guidance(traj.cond) else 1

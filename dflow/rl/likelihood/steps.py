@@ -6,6 +6,8 @@ from abc import ABC, abstractmethod
 
 import torch
 
+from dflow.rng import draw_device
+
 
 class StepSelection(ABC):
     """Chooses the trained steps among ``0..K-1``."""
@@ -52,7 +54,7 @@ class StepWindow(StepSelection):
             )
         start = self.start
         if self.max_start is not None:
-            start = int(torch.randint(self.start, self.max_start + 1, (1,), generator=generator))
+            start = int(torch.randint(self.start, self.max_start + 1, (1,), generator=generator, device=draw_device(generator)))
         return list(range(start, start + self.size))
 
 
@@ -67,4 +69,4 @@ class RandomSteps(StepSelection):
     def select(self, num_steps, generator=None):
         if self.m > num_steps:
             raise ValueError(f"RandomSteps: m={self.m} exceeds the sampler's num_steps={num_steps}")
-        return sorted(torch.randperm(num_steps, generator=generator)[: self.m].tolist())
+        return sorted(torch.randperm(num_steps, generator=generator, device=draw_device(generator))[: self.m].tolist())

@@ -1,0 +1,158 @@
+"""Plant known RL wiring bugs one at a time and check that the test suite fails on each.
+
+A test earns trust by failing: each mutant below is a one-line bug that once passed every test (the
+first four were found by an outside review) or that a fix of issue 13 removed. For every mutant the
+script copies ``dflow/`` and ``tests/`` to a scratch folder, applies the edit there (the working tree
+is never touched), runs the test files that should see it, and reports whether they failed.
+
+Usage: python scripts/mutation_check.py [--only NAME ...] [--list]
+Exit status 1 if a mutant survives (or the unmutated copy does not pass).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    file: str  # relative to the repository root
+    old: str  # must occur exactly once in the file
+    new: str
+    tests: tuple[str, ...]  # test files (or node ids) that must fail
+    why: str
+
+
+UPDATE_WIRING = "tests/rl/test_update_wiring.py"
+RL_WIRING = "tests/lightning/test_rl_wiring.py"
+
+MUTANTS = (
+    Mutant("old-values-from-reference", "dflow/rl/update.py",
+           "old = self._units(policy, traj, plan, sampler, chunks)",
+           "old = self._units(reference if reference is not None else policy, traj, plan, sampler, chunks)",
+           (UPDATE_WIRING, RL_WIRING), "the old policy's units scored with the frozen reference"),
+    Mutant("kl-subtracted", "dflow/rl/update.py",
+           "unit_loss = unit_loss + kl", "unit_loss = unit_loss - kl",
+           (UPDATE_WIRING,), "the KL penalty subtracted instead of added"),
+    Mutant("old-values-recomputed-each-update", "dflow/rl/update.py",
+           "old = logp.detach() if batch.old_logp is None else batch.old_logp[index].to(logp)",
+           "old = logp.detach()",
+           (UPDATE_WIRING, RL_WIRING), "old values recomputed between inner updates instead of frozen"),
+    Mutant("step-rewards-shifted", "dflow/lightning/rl_module.py",
+           "traj.posterior_argmax[k].long().cpu()",
+           "traj.posterior_argmax[min(k + 1, traj.num_steps - 1)].long().cpu()",
+           (RL_WIRING,), "stepwise step rewards shifted by one step"),
+    Mutant("step-advantages-shifted", "dflow/rl/update.py",
+           "adv = self.likelihood.expand(adv[:, plan.steps], traj)",
+           "adv = self.likelihood.expand(adv[:, [min(k + 1, adv.shape[1] - 1) for k in plan.steps]], traj)",
+           ("tests/rl/test_update.py",), "a step's unit given the next step's advantage"),
+    Mutant("cpu-generator", "dflow/lightning/rl_module.py",
+           "return self.rng.on(self.device)", 'return self.rng.on("cpu")',
+           (RL_WIRING,), "the RL generator kept on the CPU whatever the module's device"),
+    Mutant("plan-draw-on-default-device", "dflow/rl/likelihood/final_sample.py",
+           "start = torch.randint(0, self.max_start + 1, (B, 1), generator=generator, device=draw_device(generator, dev))",
+           "start = torch.randint(0, self.max_start + 1, (B, 1), generator=generator)",
+           (RL_WIRING,), "a plan's draw on the default device (fails with a CUDA generator)"),
+    Mutant("mc-draws-keyed-to-rows", "dflow/paths/metric.py",
+           "u = _keyed_uniforms(self.mc_seed, x_t, x_s, t, s, n).to(cdf.dtype) * cdf[..., -1:]",
+           "u = torch.rand(B, L, n, generator=torch.Generator(device=cdf.device).manual_seed(self.mc_seed), "
+           "device=cdf.device, dtype=cdf.dtype) * cdf[..., -1:]",
+           (UPDATE_WIRING, "tests/paths/test_metric_path.py"), "Monte-Carlo draws from one seed per call (row-keyed)"),
+    Mutant("mc-unrestricted-draws", "dflow/paths/metric.py",
+           "allowed = closer | stay[..., None]", "allowed = torch.ones_like(closer)",
+           ("tests/paths/test_metric_path.py",), "Monte-Carlo draws that can give a zero estimate"),
+    Mutant("decode-ignores-revealed-tokens", "dflow/sampling/sampler.py",
+           "argmax[k] = torch.where(self.path.is_clean(x), x, logits.argmax(-1))",
+           "argmax[k] = logits.argmax(-1)",
+           (RL_WIRING,), "stepwise decodes that overwrite tokens a mask source already revealed"),
+    Mutant("elbo-equal-grid-weights", "dflow/rl/likelihood/final_sample.py",
+           "weights=weight[pick])", "weights=torch.ones_like(times))",
+           ("tests/rl/test_likelihood.py",), "ELBO units weighted equally on a non-uniform grid"),
+    Mutant("token-mean-over-all-tokens", "dflow/rl/likelihood/base.py",
+           "count = scores.shape[-1] if mask is None else mask.sum(-1).clamp_min(1).to(total.dtype)",
+           "count = scores.shape[-1]",
+           ("tests/rl/test_likelihood.py",), "token_mean dividing by L, carry-over tokens included"),
+    Mutant("per-token-units-summed", "dflow/rl/likelihood/base.py",
+           "        if self.per_token:\n            return scores.flatten(1)  # [B, U * L]",
+           "        if False:\n            return scores.flatten(1)  # [B, U * L]",
+           (UPDATE_WIRING,), "diffu-GRPO's per-token units collapsed to one ratio per sequence"),
+    Mutant("metric-path-ignores-weighted", "dflow/paths/metric.py",
+           "        if weighted:\n            rate = rate * self.d_beta(tt)[:, None, None, None]",
+           "        rate = rate * self.d_beta(tt)[:, None, None, None]",
+           ("tests/rl/test_likelihood.py",), "ELBO 'uniform' weighting silently ignored by a path"),
+    Mutant("sample-has-its-own-seed", "dflow/cli.py",
+           "seed: int = EVAL_SEED,\n    device: str = \"cpu\",", "seed: int = 0,\n    device: str = \"cpu\",",
+           (RL_WIRING,), "`dflow sample` scoring with other noise than the RL evaluation"),
+)
+
+
+def run_tests(root: Path, tests: tuple[str, ...]) -> tuple[int, float, str]:
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-o", "addopts=", *tests]
+    start = time.time()
+    done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
+    tail = (done.stdout + done.stderr).strip().splitlines()
+    return done.returncode, time.time() - start, tail[-1] if tail else ""
+
+
+def scratch_copy(into: Path) -> Path:
+    for name in ("dflow", "tests"):
+        shutil.copytree(ROOT / name, into / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", into / "pyproject.toml")
+    return into
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", default=None, help="mutant names to run (default: all)")
+    parser.add_argument("--list", action="store_true", help="list the mutants and exit")
+    opts = parser.parse_args(argv)
+    chosen = [m for m in MUTANTS if opts.only is None or m.name in opts.only]
+    if opts.list:
+        for m in MUTANTS:
+            print(f"{m.name:36} {m.file:40} {m.why}")
+        return 0
+    unknown = set(opts.only or ()) - {m.name for m in MUTANTS}
+    if unknown:
+        raise SystemExit(f"unknown mutant(s) {sorted(unknown)}; see --list")
+    survivors = []
+    with tempfile.TemporaryDirectory(prefix="dflow-mutants-") as tmp:
+        clean = scratch_copy(Path(tmp) / "clean")
+        files = tuple(sorted({t for m in chosen for t in m.tests}))
+        code, seconds, last = run_tests(clean, files)
+        print(f"{'unmutated':36} {'pass' if code == 0 else 'FAIL':8} {seconds:5.0f} s  {last}")
+        if code != 0:
+            print("the unmutated copy must pass first")
+            return 1
+        for i, m in enumerate(chosen):
+            root = scratch_copy(Path(tmp) / f"m{i}")
+            path = root / m.file
+            text = path.read_text()
+            if text.count(m.old) != 1:
+                print(f"{m.name:36} {'STALE':8} the text to replace occurs {text.count(m.old)} times in {m.file}")
+                survivors.append(m.name)
+                continue
+            path.write_text(text.replace(m.old, m.new))
+            code, seconds, last = run_tests(root, m.tests)
+            caught = code != 0
+            print(f"{m.name:36} {'caught' if caught else 'MISSED':8} {seconds:5.0f} s  {last}")
+            if not caught:
+                survivors.append(m.name)
+            shutil.rmtree(root)
+    print(f"\n{len(chosen) - len(survivors)} of {len(chosen)} mutants caught" + (f"; missed: {survivors}" if survivors else ""))
+    return 1 if survivors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
