@@ -120,6 +120,7 @@ def csv_columns(spec: GridSpec, results: list[dict[str, Any]]) -> list[str]:
     return [
         "run_id",
         "method",
+        "recipe",
         *axes,
         "seed",
         "steps",
@@ -147,7 +148,8 @@ def target_column(spec: GridSpec) -> str:
 
 def csv_row(spec: GridSpec, result: dict[str, Any]) -> dict[str, Any]:
     unit, final, compute = spec.budget.unit, result["final"], result["compute"]
-    row: dict[str, Any] = {"run_id": result["run_id"], "method": result["method"]}
+    row: dict[str, Any] = {"run_id": result["run_id"], "method": result["method"],
+                           "recipe": recipe_label(spec, result["method"])}
     row.update({k: format_value(result["axes"].get(k)) for k in spec.axes if k != SEED_AXIS})
     row.update(
         {
@@ -210,6 +212,20 @@ class SeedGroup:
     results: list[dict[str, Any]]
 
 
+def recipe_label(spec: GridSpec, method: str) -> str:
+    """How tables name a method: its recipe file, the method's own overrides (shortened), and the
+    grid's name for it when that is not the recipe's stem; e.g. ``elbo_epg.yaml + num_timesteps=3
+    [elbo_epg_t3]``. Runs are labelled by what they ran, not by the method they stand for."""
+    found = next((m for m in spec.methods if m.name == method), None)
+    if found is None:
+        return method
+    recipe = Path(found.recipe)
+    short = short_keys(list(found.overrides))
+    parts = [recipe.name, *(f"{short[k]}={format_value(v)}" for k, v in found.overrides.items())]
+    label = " + ".join(parts[:1] + [", ".join(parts[1:])] if len(parts) > 1 else parts)
+    return label if method == recipe.stem else f"{label} [{method}]"
+
+
 def group_by_seed(spec: GridSpec, results: list[dict[str, Any]]) -> list[SeedGroup]:
     groups: dict[tuple, SeedGroup] = {}
     axes = [k for k in spec.axes if k != SEED_AXIS]
@@ -219,7 +235,7 @@ def group_by_seed(spec: GridSpec, results: list[dict[str, Any]]) -> list[SeedGro
         if key not in groups:
             short = short_keys(axes)
             label = " ".join(
-                [result["method"], *(f"{short[k]}={format_value(v)}" for k, v in values.items())]
+                [recipe_label(spec, result["method"]), *(f"{short[k]}={format_value(v)}" for k, v in values.items())]
             )
             groups[key] = SeedGroup(label, result["method"], values, [])
         groups[key].results.append(result)

@@ -64,7 +64,9 @@ def test_tiny_grid_end_to_end_then_reused(grid_file, config_parser, monkeypatch)
 
     table = (out / "table.txt").read_text()
     assert report.table == table and "mean±std over seeds" in table
-    assert any(line.split()[:2] == ["udm", "2"] for line in table.splitlines())
+    # rows are labelled by the recipe they ran
+    assert any(line.split()[:2] == ["udm.yaml", "2"] for line in table.splitlines())
+    assert [r["recipe"] for r in rows] == ["udm.yaml", "udm.yaml", "elbo.yaml", "elbo.yaml"]
     for name in ("acc_vs_compute.png", "reward_vs_compute.png", "kl_vs_compute.png"):
         with Image.open(out / name) as image:
             assert image.format == "PNG"

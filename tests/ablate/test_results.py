@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from dflow.ablate.plots import line_chart, nice_ticks, seed_band, write_plots
-from dflow.ablate.results import compute_to_reach, csv_text, mean_std, table_text
+from dflow.ablate.results import compute_to_reach, csv_text, mean_std, recipe_label, table_text
 from dflow.ablate.runner import run_grid, run_directory
 from dflow.ablate.spec import load_grid, parse_grid
 
@@ -154,6 +154,24 @@ def test_csv_and_seed_table_from_known_results(tmp_path, recipes):
     # acc over seeds: mean 0.75, sample std of (1.0, 0.5) = 0.3536; KL mean 0.03, std 0.0141
     assert "0.75±0.35" in udm and "0.030±0.014" in udm and "40 (1/2)" in udm
     assert "2.0±0.7" in udm  # wall times 1.5 and 2.5
+
+
+def test_runs_are_labelled_by_the_recipe_they_ran(tmp_path, recipes):
+    """A table row names the recipe file and the method's own overrides, and the grid's name for the
+    method only when it is not the recipe's stem."""
+    spec = parse_grid({
+        "name": "labels",
+        "methods": {
+            "udm": str(recipes["udm"]),
+            "udm_fast": {"recipe": str(recipes["udm"]), "overrides": {"model.init_args.lr": 0.1}},
+            "elbo_renamed": str(recipes["elbo"]),
+        },
+        "budget": {"unit": "fwd_equiv", "value": 40},
+        "out": str(tmp_path / "labels"),
+    })
+    assert recipe_label(spec, "udm") == "udm.yaml"
+    assert recipe_label(spec, "udm_fast") == "udm.yaml + lr=0.1 [udm_fast]"
+    assert recipe_label(spec, "elbo_renamed") == "elbo.yaml [elbo_renamed]"
 
 
 def test_mean_std_formats():
