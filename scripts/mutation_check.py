@@ -92,7 +92,8 @@ MUTANTS = (
            "        rate = rate * self.d_beta(tt)[:, None, None, None]",
            ("tests/rl/test_likelihood.py",), "ELBO 'uniform' weighting silently ignored by a path"),
     Mutant("sample-has-its-own-seed", "dflow/cli.py",
-           "seed: int = EVAL_SEED,\n    device: str = \"cpu\",", "seed: int = 0,\n    device: str = \"cpu\",",
+           'parser.add_argument("--seed", type=int, default=EVAL_SEED,',
+           'parser.add_argument("--seed", type=int, default=0,',
            (RL_WIRING,), "`dflow sample` scoring with other noise than the RL evaluation"),
 )
 

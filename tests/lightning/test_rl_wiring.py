@@ -227,22 +227,26 @@ def test_device_rng_state_round_trips_and_refuses_to_carry_a_stream_across_devic
 
 def test_rl_evaluation_and_dflow_sample_give_the_same_numbers(tmp_path, prompt_batches):
     """The step-0 evaluation of an RL run and ``dflow sample`` with the same sampler, samples per
-    category, batch size and seed are one function: the same accuracies to the last digit."""
-    task = ShapesTask(height=8, width=8, pretrain_prompts_per_category=10, test_prompts_per_category=5)
-    torch.manual_seed(0)
-    base = PretrainModule(TransformerDenoiser(hidden_size=16, num_layers=1, num_heads=2), MixturePath(UniformSource(7)))
-    base.bind(task)
-    folder = base.export_pretrained(tmp_path / "base")
-    module = RLModule(PretrainedDenoiser(str(folder)), MixturePath(UniformSource(7)), **UDM(),
-                      rollout=SamplerConfig(num_steps=3), evaluation=SamplerConfig(num_steps=3),
-                      group_size=2, eval_every_n_steps=100, eval_samples_per_category=5, eval_batch_size=7)
+    category and batch size are one function with one default seed: the same accuracies and reward
+    to the last digit. The embedded shapes base is used so that the numbers depend on the noise
+    (another seed gives another reward: the comparison has power)."""
+    folder = "dflow/assets/shapes_uniform"
+    task = ShapesTask()
+    module = RLModule(PretrainedDenoiser(folder), MixturePath(UniformSource(7)), **UDM(),
+                      rollout=SamplerConfig(num_steps=2), evaluation=SamplerConfig(num_steps=4),
+                      group_size=2, eval_every_n_steps=100, eval_samples_per_category=3, eval_batch_size=7)
     module.attach_task(task)
     _trainer(tmp_path, max_steps=1).fit(module, datamodule=prompt_batches(task, num_batches=1, prompts_per_step=1))
-    report = tmp_path / "sample.json"
-    cli.main(["sample", "--checkpoint", str(folder), "--out", str(tmp_path / "g.png"), "--steps", "3", "--guidance", "1",
-              "--samples-per-category", "5", "--batch-size", "7", "--json", str(report)])
-    sampled = json.loads(report.read_text())
     rl = module.eval_history[0]
+
+    def sample(*extra):
+        report = tmp_path / f"sample{len(extra)}.json"
+        cli.main(["sample", "--checkpoint", folder, "--out", str(tmp_path / "g.png"), "--steps", "4", "--guidance", "1",
+                  "--samples-per-category", "3", "--batch-size", "7", "--json", str(report), *extra])
+        return json.loads(report.read_text())
+
+    sampled = sample()
+    assert sampled["n"] == len(module.eval_prompts) == 6 * 3
     for key in [k for k in sampled if k.startswith("acc/")] + ["reward"]:
         assert sampled[key] == rl["eval/" + key.replace("/", "_")], key
-    assert sampled["n"] == len(module.eval_prompts) == 6 * 5
+    assert sample("--seed", "5")["reward"] != rl["eval/reward"]

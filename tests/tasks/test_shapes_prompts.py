@@ -78,15 +78,23 @@ def test_category_sizes(shapes_task: ShapesTask):
         assert any(is_heldout(cat, s) for s in specs) and not all(is_heldout(cat, s) for s in specs)
 
 
-def test_training_images_never_show_held_out_colour_shape_pairs(shapes_task: ShapesTask):
-    batch = shapes_task.sample_data(400, torch.Generator().manual_seed(0))
-    found = find_objects(batch.x1.view(-1, shapes_task.height, shapes_task.width))
-    seen = {
+def _pairs_in_pretraining_images(task: ShapesTask) -> set:
+    batch = task.sample_data(400, torch.Generator().manual_seed(0))
+    found = find_objects(batch.x1.view(-1, task.height, task.width))
+    return {
         (COLORS[c - 1], SHAPES[s]) for c, s in zip(found.color.tolist(), found.shape.tolist())
         if s != CLUTTER
     }
-    assert not seen & HELDOUT_COLOR_SHAPE
-    assert len(seen) == len(COLORS) * len(SHAPES) - len(HELDOUT_COLOR_SHAPE)
+
+
+def test_pretraining_images_may_show_held_out_pairs_only_where_the_prompt_leaves_the_colour_free():
+    """Default: "a cross" may be drawn red, so the base has seen red crosses, but no pretraining prompt
+    names one. With pretrain_images_avoid_heldout (the bases before session 6) no image shows one."""
+    seen = _pairs_in_pretraining_images(ShapesTask())
+    assert seen == {(c, s) for c in COLORS for s in SHAPES}
+    strict = _pairs_in_pretraining_images(ShapesTask(pretrain_images_avoid_heldout=True))
+    assert not strict & HELDOUT_COLOR_SHAPE
+    assert len(strict) == len(COLORS) * len(SHAPES) - len(HELDOUT_COLOR_SHAPE)
 
 
 def test_word_tokeniser(shapes_task: ShapesTask):

@@ -60,6 +60,13 @@ class ShapesTask(PaletteImageTask, Task):
         rl_prompts_per_category: the same cap for the RL split (None: every prompt left over by
             the other two splits).
         extra_penalty: reward lost per extra component, in units of one required object.
+        pretrain_images_avoid_heldout: pretraining images never show a held-out colour-shape pair,
+            even as an object whose colour the prompt leaves free (``"a cross"`` then never gets a
+            red cross). False (the default since session 6): such objects take any colour, so the
+            base has *seen* red crosses but was never *asked* for one; a held-out pair is then a
+            new composition of words, as in GenEval, not a picture outside the base's support (RL
+            can only reweight what the base can draw). The bases embedded before session 6 were
+            trained with True.
         seed: seeds the subsampling of the prompt lists.
         render_scale: pixels per image cell in ``render``.
     """
@@ -75,6 +82,7 @@ class ShapesTask(PaletteImageTask, Task):
         test_prompts_per_category: int = 60,
         rl_prompts_per_category: int | None = None,
         extra_penalty: float = 0.5,
+        pretrain_images_avoid_heldout: bool = False,
         seed: int = 0,
         render_scale: int = 8,
     ) -> None:
@@ -87,6 +95,7 @@ class ShapesTask(PaletteImageTask, Task):
         if not 0.0 <= float(extra_penalty) <= 1.0:
             raise ValueError(f"extra_penalty must lie in [0, 1], got {extra_penalty!r}")
         self.extra_penalty = float(extra_penalty)
+        self.pretrain_images_avoid_heldout = bool(pretrain_images_avoid_heldout)
         self.render_scale = check_positive_int(render_scale, "render_scale")
         self.vocab_size = len(PALETTE)
         self.seq_len = self.height * self.width
@@ -118,12 +127,14 @@ class ShapesTask(PaletteImageTask, Task):
     ) -> TaskBatch:
         """Random prompts of ``split``, each with a random image that satisfies it exactly.
 
-        On the pretrain split, objects whose colour the prompt leaves free avoid the held-out
-        ``(color, shape)`` pairs, so those pairs never appear in pretraining images at all.
+        With ``pretrain_images_avoid_heldout``, objects of the pretrain split whose colour the
+        prompt leaves free avoid the held-out ``(color, shape)`` pairs, so those pairs never appear
+        in pretraining images at all.
         """
         prompts = choose_prompts(self.prompts(split), n, generator)
         rng = numpy_rng(generator)
-        forbidden = HELDOUT_COLOR_SHAPE if split == "pretrain" else frozenset()
+        avoid = split == "pretrain" and self.pretrain_images_avoid_heldout
+        forbidden = HELDOUT_COLOR_SHAPE if avoid else frozenset()
         x1 = torch.zeros(n, self.seq_len, dtype=torch.long)  # [B, H*W]
         for b, p in enumerate(prompts):
             image = render_spec(p.spec, self.height, self.width, rng, forbidden)
