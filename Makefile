@@ -49,8 +49,12 @@ demo: install
 base-models: install
 	scripts/make_base_models.sh
 
+# Lint, formatting and types (settings in pyproject.toml; .pre-commit-config.yaml runs the same before a commit).
+LINT_PATHS := dflow tests scripts benchmarks
 lint: install
-	$(BIN)/python -m compileall -q dflow benchmarks tests
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) .pytest_cache lightning_logs runs
