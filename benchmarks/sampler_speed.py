@@ -64,7 +64,12 @@ class TransformerDenoiser(nn.Module):
 # ---------------------------------------------------------------------------------------------- dflow without recording
 @torch.no_grad()
 def rollout_without_recording(
-    path: MixturePath, policy: Callable, times: Tensor, batch_size: int, seq_len: int, generator: torch.Generator,
+    path: MixturePath,
+    policy: Callable,
+    times: Tensor,
+    batch_size: int,
+    seq_len: int,
+    generator: torch.Generator,
     cond=None,
 ) -> Tensor:
     """The sampler's loop with nothing recorded: returns only ``x_1`` ``[B, L]``.
@@ -181,8 +186,16 @@ def bench_denoiser(
     for d in ("euler", "exact"):
         record = lambda g, d=d: samplers[d].rollout(model, batch_size=B, seq_len=L, generator=g)  # noqa: E731
         variants.append(Variant("dflow Sampler.rollout", d, True, record, [], []))
-        variants.append(Variant("dflow loop, no recording", d, False,
-                                lambda g, d=d: rollout_without_recording(paths[d], model, times, B, L, g), [], []))
+        variants.append(
+            Variant(
+                "dflow loop, no recording",
+                d,
+                False,
+                lambda g, d=d: rollout_without_recording(paths[d], model, times, B, L, g),
+                [],
+                [],
+            )
+        )
     if peer is not None:
         variants.append(Variant(PEER, "euler", False, make_peer_rollout(peer, model, V, times, B, L), [], []))
     measure(variants, repeats, seed=10)
@@ -203,11 +216,19 @@ def bench_denoiser(
     rows = []
     for v in variants:
         t = med[(v.name, v.discretization)]
-        rows.append((
-            label, v.name, v.discretization, "yes" if v.records else "no", f"{B * L / t:,.0f}", f"{t * 1e3:.1f}",
-            f"{min(v.seconds) * 1e3:.1f}-{max(v.seconds) * 1e3:.1f}", f"{statistics.median(v.wall) * 1e3:.1f}",
-            f"{peer_t / t:.3f}" if peer_t is not None else "n/a",
-        ))
+        rows.append(
+            (
+                label,
+                v.name,
+                v.discretization,
+                "yes" if v.records else "no",
+                f"{B * L / t:,.0f}",
+                f"{t * 1e3:.1f}",
+                f"{min(v.seconds) * 1e3:.1f}-{max(v.seconds) * 1e3:.1f}",
+                f"{statistics.median(v.wall) * 1e3:.1f}",
+                f"{peer_t / t:.3f}" if peer_t is not None else "n/a",
+            )
+        )
     return rows, results
 
 
@@ -256,10 +277,12 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         results[label] = res
 
     command = "python benchmarks/sampler_speed.py" + (" --quick" if args.quick else "")
-    setup = (f"B={B} sequences x L={L} tokens, V={V}, K={K} steps (uniform grid, linear kappa, uniform source). "
-             f"Denoisers: a 2-layer transformer (hidden 128, time-agnostic; {repeats} repeats) and a lookup table "
-             f"(sampler-bound; {3 * repeats} repeats). Variants interleaved; medians of this process's CPU time "
-             f"(the machine is shared, so wall-clock also counts time spent waiting for a core)")
+    setup = (
+        f"B={B} sequences x L={L} tokens, V={V}, K={K} steps (uniform grid, linear kappa, uniform source). "
+        f"Denoisers: a 2-layer transformer (hidden 128, time-agnostic; {repeats} repeats) and a lookup table "
+        f"(sampler-bound; {3 * repeats} repeats). Variants interleaved; medians of this process's CPU time "
+        f"(the machine is shared, so wall-clock also counts time spent waiting for a core)"
+    )
     _print_rich(rows, results, setup, machine(), why)
     if not args.no_write and (not args.quick or args.write):
         _write_markdown(rows, results, setup, machine(), command, why)
@@ -268,19 +291,30 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
 
 PEER = "flow_matching MixtureDiscreteEulerSolver"
 HEADER = (
-    "denoiser", "variant", "kernel", "records log-probs", "tokens / CPU-s", "CPU ms / rollout", "min-max CPU ms",
-    "wall ms", "x peer speed",
+    "denoiser",
+    "variant",
+    "kernel",
+    "records log-probs",
+    "tokens / CPU-s",
+    "CPU ms / rollout",
+    "min-max CPU ms",
+    "wall ms",
+    "x peer speed",
 )
 
 
 def _summary_lines(results: dict[str, dict[str, float]], why: str) -> list[str]:
     lines = []
     for label, res in results.items():
-        line = (f"{label}: recording costs {res['overhead_euler_pct']:+.1f}% (euler), "
-                f"{res['overhead_exact_pct']:+.1f}% (exact) (target <= 3%)")
+        line = (
+            f"{label}: recording costs {res['overhead_euler_pct']:+.1f}% (euler), "
+            f"{res['overhead_exact_pct']:+.1f}% (exact) (target <= 3%)"
+        )
         if "dflow_euler_vs_peer" in res:
-            line += (f"; dflow with recording runs at {res['dflow_euler_vs_peer']:.3f}x (euler) and "
-                     f"{res['dflow_exact_vs_peer']:.3f}x (exact) the peer's throughput without recording (target >= 1)")
+            line += (
+                f"; dflow with recording runs at {res['dflow_euler_vs_peer']:.3f}x (euler) and "
+                f"{res['dflow_exact_vs_peer']:.3f}x (exact) the peer's throughput without recording (target >= 1)"
+            )
         lines.append(line)
     if {"transformer", "lookup table"} <= set(results):
         # Recording does the same work whatever the denoiser (one logsumexp and one argmax over the
@@ -319,10 +353,19 @@ def _print_rich(rows, results, setup, where, why) -> None:
 
 
 def _write_markdown(rows, results, setup, where, command, why) -> None:
-    out = [BEGIN, "## Sampler throughput (`benchmarks/sampler_speed.py`)", "",
-           f"Command: `{command}` (`make bench` runs it after installing the optional peer).", "",
-           f"Machine: {where}.", "", f"Setup: {setup}.", "",
-           "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    out = [
+        BEGIN,
+        "## Sampler throughput (`benchmarks/sampler_speed.py`)",
+        "",
+        f"Command: `{command}` (`make bench` runs it after installing the optional peer).",
+        "",
+        f"Machine: {where}.",
+        "",
+        f"Setup: {setup}.",
+        "",
+        "| " + " | ".join(HEADER) + " |",
+        "|" + "---|" * len(HEADER),
+    ]
     out += ["| " + " | ".join(r) + " |" for r in rows]
     out += [""] + [f"- {line}" for line in _summary_lines(results, why)] + [END]
     block = "\n".join(out)

@@ -47,8 +47,7 @@ from dflow.sampling import Sampler  # noqa: E402
 
 DOC = ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- training_cost:begin -->", "<!-- training_cost:end -->"
-METHODS = ("naive_grpo", "dflowgrpo", "udm_grpo", "elbo_epg", "elbo_pepg", "elbo_par", "elbo_grpo",
-           "stepwise", "demo")
+METHODS = ("naive_grpo", "dflowgrpo", "udm_grpo", "elbo_epg", "elbo_pepg", "elbo_par", "elbo_grpo", "stepwise", "demo")
 MEMORY_METHODS = ("elbo_epg", "dflowgrpo")
 ROLLOUT_SIZES = (32, 64, 128)
 BASE = ROOT / "dflow" / "assets" / "shapes_uniform"
@@ -61,18 +60,27 @@ class StepLog(Callback):
         self.rows: list[dict[str, float]] = []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.rows.append({k: float(v) for k, v in trainer.callback_metrics.items()
-                          if k.startswith(("time/", "compute/"))})
+        self.rows.append(
+            {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("time/", "compute/"))}
+        )
 
 
 def build(recipe: Path, extra: list[str]):
     """The recipe's trainer, model and data, built as ``dflow fit`` would (nothing run, no files)."""
     # the benchmark's own command line is not the recipe's: `args` is what counts
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-    args = ["--config", str(recipe), f"--model.init_args.denoiser.init_args.path={BASE}",
-            "--model.init_args.eval_every_n_steps=0", "--trainer.logger=false",
-            "--trainer.enable_checkpointing=false", "--trainer.callbacks=[]",
-            "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", *extra]
+    args = [
+        "--config",
+        str(recipe),
+        f"--model.init_args.denoiser.init_args.path={BASE}",
+        "--model.init_args.eval_every_n_steps=0",
+        "--trainer.logger=false",
+        "--trainer.enable_checkpointing=false",
+        "--trainer.callbacks=[]",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        *extra,
+    ]
     cli_class, kwargs = cli_settings()
     return cli_class(**kwargs, run=False, args=args, save_config_callback=None)
 
@@ -106,8 +114,12 @@ def memory_child(method: str, samples: int) -> dict[str, float]:
     recipe = ROOT / "recipes" / "shapes" / f"{method}.yaml"
     group = 8
     # one update over all rollouts: a recipe's mini-batches would cap the memory of larger batches
-    extra = [f"--data.init_args.prompts_per_step={samples // group}", f"--model.init_args.group_size={group}",
-             "--model.init_args.minibatch_size=null", "--trainer.max_steps=1"]
+    extra = [
+        f"--data.init_args.prompts_per_step={samples // group}",
+        f"--model.init_args.group_size={group}",
+        "--model.init_args.minibatch_size=null",
+        "--trainer.max_steps=1",
+    ]
     cli = build(recipe, extra)
     cuda = torch.cuda.is_available()
     if cuda:
@@ -115,8 +127,10 @@ def memory_child(method: str, samples: int) -> dict[str, float]:
         torch.cuda.reset_peak_memory_stats()
     before = _reset_peak_rss()
     cli.trainer.fit(cli.model, cli.datamodule)
-    return {"rss_mib": (_status_kib("VmHWM") - before) / 1024,
-            "cuda_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else 0.0}
+    return {
+        "rss_mib": (_status_kib("VmHWM") - before) / 1024,
+        "cuda_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else 0.0,
+    }
 
 
 def _status_kib(field: str) -> int:
@@ -165,8 +179,14 @@ def sampler_overhead(repeats: int, batch: int = 64, steps: int = 20) -> dict[str
                     rollout_without_recording(module.path, policy, sampler.times, batch, task.seq_len, gen, cond=cond)
                 out[name].append(1000 * (time.process_time() - tic))
     record, plain = statistics.median(out["record"]), statistics.median(out["plain"])
-    return {"batch": batch, "steps": steps, "seq_len": task.seq_len, "record_ms": record, "plain_ms": plain,
-            "overhead": record / plain - 1}
+    return {
+        "batch": batch,
+        "steps": steps,
+        "seq_len": task.seq_len,
+        "record_ms": record,
+        "plain_ms": plain,
+        "overhead": record / plain - 1,
+    }
 
 
 def render(cost: dict, memory: dict, sampler: dict, command: str) -> str:
@@ -190,27 +210,40 @@ def render(cost: dict, memory: dict, sampler: dict, command: str) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for method, c in cost.items():
-        lines.append(f"| `{method}` | {c['samples']} | {c['rollout_steps']} | {c['forward']:.1f} | {c['backward']:.1f} "
-                     f"| {c['fwd_equiv']:.1f} | {c['rollout_s']:.2f} | {c['update_s']:.2f} "
-                     f"| {c['update_over_rollout']:.2f} |")
-    unit = ("GPU MiB, max allocated" if torch.cuda.is_available()
-            else "MiB: the process's peak resident memory during the step, above its resident memory before it")
-    lines += ["", f"Peak memory of one RL step by rollouts per step ({unit}):", "",
-              "| recipe | " + " | ".join(f"{s} rollouts" for s in ROLLOUT_SIZES) + " |",
-              "|---|" + "---|" * len(ROLLOUT_SIZES)]
+        lines.append(
+            f"| `{method}` | {c['samples']} | {c['rollout_steps']} | {c['forward']:.1f} | {c['backward']:.1f} "
+            f"| {c['fwd_equiv']:.1f} | {c['rollout_s']:.2f} | {c['update_s']:.2f} "
+            f"| {c['update_over_rollout']:.2f} |"
+        )
+    unit = (
+        "GPU MiB, max allocated"
+        if torch.cuda.is_available()
+        else "MiB: the process's peak resident memory during the step, above its resident memory before it"
+    )
+    lines += [
+        "",
+        f"Peak memory of one RL step by rollouts per step ({unit}):",
+        "",
+        "| recipe | " + " | ".join(f"{s} rollouts" for s in ROLLOUT_SIZES) + " |",
+        "|---|" + "---|" * len(ROLLOUT_SIZES),
+    ]
     for method, row in memory.items():
         lines.append(f"| `{method}` | " + " | ".join(f"{row[s]:.0f}" for s in ROLLOUT_SIZES) + " |")
-    lines += ["", f"The sampler on the shapes base ({sampler['batch']} prompts x {sampler['seq_len']} tokens, "
-              f"{sampler['steps']} steps; CPU ms per rollout, medians of interleaved repeats): recording "
-              f"{sampler['record_ms']:.0f} ms, not recording {sampler['plain_ms']:.0f} ms: recording costs "
-              f"{100 * sampler['overhead']:+.1f}%.", END]
+    lines += [
+        "",
+        f"The sampler on the shapes base ({sampler['batch']} prompts x {sampler['seq_len']} tokens, "
+        f"{sampler['steps']} steps; CPU ms per rollout, medians of interleaved repeats): recording "
+        f"{sampler['record_ms']:.0f} ms, not recording {sampler['plain_ms']:.0f} ms: recording costs "
+        f"{100 * sampler['overhead']:+.1f}%.",
+        END,
+    ]
     return "\n".join(lines)
 
 
 def write_block(text: str) -> None:
     doc = DOC.read_text()
     if BEGIN in doc and END in doc:
-        doc = doc[: doc.index(BEGIN)] + text + doc[doc.index(END) + len(END):]
+        doc = doc[: doc.index(BEGIN)] + text + doc[doc.index(END) + len(END) :]
     else:
         doc = doc.rstrip() + "\n\n" + text + "\n"
     DOC.write_text(doc)

@@ -216,9 +216,11 @@ def sample_main(argv: Sequence[str]) -> int:
         prog="dflow sample",
         description="Sample a pretrained base for a task's prompts, write a PNG grid, print strict accuracy.",
     )
-    parser.add_argument("--checkpoint", required=True, help="exported base directory (e.g. dflow/assets/shapes_uniform)")
+    parser.add_argument(
+        "--checkpoint", required=True, help="exported base directory (e.g. dflow/assets/shapes_uniform)"
+    )
     parser.add_argument("--task", default=None, help="task name (default: the one in the base's dflow_meta.json)")
-    parser.add_argument("--task-args", default=None, help='JSON keyword arguments of the task, e.g. \'{"height": 12}\'')
+    parser.add_argument("--task-args", default=None, help="JSON keyword arguments of the task, e.g. '{\"height\": 12}'")
     parser.add_argument("--out", default="samples.png", help="PNG grid to write")
     parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: the base's eval setting)")
     parser.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the base's eval setting)")
@@ -226,14 +228,25 @@ def sample_main(argv: Sequence[str]) -> int:
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--num", type=int, default=32, help="samples shown in the PNG grid")
     parser.add_argument("--split", default="test", help="prompt split evaluated")
-    parser.add_argument("--prompts", type=int, default=None,
-                        help="prompts evaluated (taken round-robin over categories; default all)")
+    parser.add_argument(
+        "--prompts", type=int, default=None, help="prompts evaluated (taken round-robin over categories; default all)"
+    )
     parser.add_argument("--samples-per-prompt", type=int, default=1)
-    parser.add_argument("--samples-per-category", type=int, default=None,
-                        help="instead, exactly this many samples per category (RL recipes: eval_samples_per_category)")
-    parser.add_argument("--batch-size", type=int, default=EVAL_BATCH_SIZE,
-                        help="samples per batch (the noise depends on it; RL recipes: eval_batch_size)")
-    parser.add_argument("--seed", type=int, default=EVAL_SEED, help="evaluation noise seed (RL evaluations use %(default)s)")
+    parser.add_argument(
+        "--samples-per-category",
+        type=int,
+        default=None,
+        help="instead, exactly this many samples per category (RL recipes: eval_samples_per_category)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=EVAL_BATCH_SIZE,
+        help="samples per batch (the noise depends on it; RL recipes: eval_batch_size)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=EVAL_SEED, help="evaluation noise seed (RL evaluations use %(default)s)"
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", default=None, help="also write the accuracies to this JSON file")
     opts = parser.parse_args(list(argv))
@@ -250,19 +263,32 @@ def sample_main(argv: Sequence[str]) -> int:
         temperature=opts.temperature,
     )
     result, x1, prompts = evaluate_base(
-        str(directory), task, path, sampler, opts.split, opts.prompts, opts.samples_per_prompt,
-        opts.batch_size, opts.seed, opts.device, opts.samples_per_category,
+        str(directory),
+        task,
+        path,
+        sampler,
+        opts.split,
+        opts.prompts,
+        opts.samples_per_prompt,
+        opts.batch_size,
+        opts.seed,
+        opts.device,
+        opts.samples_per_category,
     )
     out = task.render(x1[: opts.num], prompts[: opts.num], opts.out)
-    print(f"{task.name} {opts.split}: {result['n']} samples, steps={sampler.num_steps}, "
-          f"guidance={sampler.guidance_scale}, grid={sampler.time_grid}")
+    print(
+        f"{task.name} {opts.split}: {result['n']} samples, steps={sampler.num_steps}, "
+        f"guidance={sampler.guidance_scale}, grid={sampler.time_grid}"
+    )
     for key, value in result.items():
         if key.startswith("acc/"):
             print(f"  {key:<24} {value:.3f}")
     print(f"  {'reward (mean)':<24} {result['reward']:.3f}")
     print(f"wrote {out}")
     if opts.json:
-        Path(opts.json).write_text(json.dumps({"checkpoint": str(directory), "sampler": dataclasses.asdict(sampler), **result}, indent=2))
+        Path(opts.json).write_text(
+            json.dumps({"checkpoint": str(directory), "sampler": dataclasses.asdict(sampler), **result}, indent=2)
+        )
     return 0
 
 

@@ -34,11 +34,16 @@ def _reward_curve(metrics_csv: Path, out: Path) -> Path | None:
                 acc[float(row["eval/rl_step"])] = float(row["eval/acc_overall"])
     steps = sorted(reward)
     window = 10  # the reward of one step is noisy (a few prompts); its trailing mean shows the trend
-    smooth = {x: sum(reward[s] for s in steps[max(0, i - window + 1) : i + 1]) / min(window, i + 1)
-              for i, x in enumerate(steps)}
+    smooth = {
+        x: sum(reward[s] for s in steps[max(0, i - window + 1) : i + 1]) / min(window, i + 1)
+        for i, x in enumerate(steps)
+    }
     bands = []
-    for label, series in (("train reward (rollouts)", reward), (f"train reward, mean of {window} steps", smooth),
-                          ("strict test accuracy", acc)):
+    for label, series in (
+        ("train reward (rollouts)", reward),
+        (f"train reward, mean of {window} steps", smooth),
+        ("strict test accuracy", acc),
+    ):
         xs = sorted(series)
         ys = [series[x] for x in xs]
         if xs:
@@ -66,8 +71,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     console.rule("[bold]dflow demo")
     console.print(f"recipe [cyan]{recipe}[/] -> outputs in [cyan]{out}[/]")
-    cli_args = ["fit", "--config", str(recipe), f"--trainer.logger.init_args.save_dir={out}",
-                "--trainer.logger.init_args.name=logs", *overrides]
+    cli_args = [
+        "fit",
+        "--config",
+        str(recipe),
+        f"--trainer.logger.init_args.save_dir={out}",
+        "--trainer.logger.init_args.name=logs",
+        *overrides,
+    ]
     if args.steps is not None:
         cli_args.append(f"--trainer.max_steps={args.steps}")
     cli = run_lightning_cli(cli_args)
@@ -90,7 +101,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutil.copy(grids[0], out / "before.png")
         shutil.copy(grids[-1], out / "after.png")
     curve = _reward_curve(log_dir / "metrics.csv", out / "reward_curve.png")
-    console.print(f"grids: [cyan]{out / 'before.png'}[/], [cyan]{out / 'after.png'}[/] (all evaluations: {log_dir / 'samples'})")
+    console.print(
+        f"grids: [cyan]{out / 'before.png'}[/], [cyan]{out / 'after.png'}[/] (all evaluations: {log_dir / 'samples'})"
+    )
     if curve:
         console.print(f"curve: [cyan]{curve}[/]")
     return 0

@@ -22,8 +22,21 @@ NAMES = ("shapes_uniform", "shapes_mask", "glyphs_uniform")
 def evaluate(name: str, guidance: float, samples_per_prompt: int, out: Path) -> dict:
     tag = f"{name}_w{guidance:g}"
     report = out / f"{tag}.json"
-    command = ["sample", "--checkpoint", f"dflow/assets/{name}", "--out", str(out / f"{tag}.png"), "--steps", "20",
-               "--guidance", f"{guidance:g}", "--samples-per-prompt", str(samples_per_prompt), "--json", str(report)]
+    command = [
+        "sample",
+        "--checkpoint",
+        f"dflow/assets/{name}",
+        "--out",
+        str(out / f"{tag}.png"),
+        "--steps",
+        "20",
+        "--guidance",
+        f"{guidance:g}",
+        "--samples-per-prompt",
+        str(samples_per_prompt),
+        "--json",
+        str(report),
+    ]
     start = time.time()
     dflow(command)
     result = json.loads(report.read_text())
@@ -35,14 +48,19 @@ def evaluate(name: str, guidance: float, samples_per_prompt: int, out: Path) -> 
 
 def table(name: str, results: list[dict]) -> str:
     categories = [k[4:] for k in results[0] if k.startswith("acc/") and k != "acc/overall"]
-    lines = [f"#### `{name}` ({results[0]['n']} samples per setting)", "",
-             "| steps | guidance | " + " | ".join(categories) + " | overall | mean reward | eval time |",
-             "|---|---|" + "---|" * (len(categories) + 3)]
+    lines = [
+        f"#### `{name}` ({results[0]['n']} samples per setting)",
+        "",
+        "| steps | guidance | " + " | ".join(categories) + " | overall | mean reward | eval time |",
+        "|---|---|" + "---|" * (len(categories) + 3),
+    ]
     for r in results:
         s = r["sampler"]
-        lines.append(f"| {s['num_steps']} | {s['guidance_scale']:g} | "
-                     + " | ".join(f"{r['acc/' + c]:.3f}" for c in categories)
-                     + f" | **{r['acc/overall']:.3f}** | {r['reward']:.3f} | {r['seconds']} s |")
+        lines.append(
+            f"| {s['num_steps']} | {s['guidance_scale']:g} | "
+            + " | ".join(f"{r['acc/' + c]:.3f}" for c in categories)
+            + f" | **{r['acc/overall']:.3f}** | {r['reward']:.3f} | {r['seconds']} s |"
+        )
     lines += ["", *(f"`{r['command']}`  " for r in results)]
     return "\n".join(lines)
 
@@ -56,7 +74,9 @@ def run(argv: list[str] | None = None) -> None:
     opts = parser.parse_args(argv)
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
-    tables = [table(name, [evaluate(name, w, opts.samples_per_prompt, out) for w in opts.guidance]) for name in opts.names]
+    tables = [
+        table(name, [evaluate(name, w, opts.samples_per_prompt, out) for w in opts.guidance]) for name in opts.names
+    ]
     print("\n\n".join(tables))
 
 

@@ -101,16 +101,12 @@ class TinyTransformerBuilder:
 class PromptBatches(L.LightningDataModule):
     """``num_batches`` training batches of ``prompts_per_step`` prompt indices (long ``[P]``)."""
 
-    def __init__(
-        self, task: Task, num_batches: int = 2, prompts_per_step: int = 2, seed: int = 0
-    ) -> None:
+    def __init__(self, task: Task, num_batches: int = 2, prompts_per_step: int = 2, seed: int = 0) -> None:
         super().__init__()
         self.task = task
         gen = torch.Generator().manual_seed(seed)
         n = len(task.prompts("rl"))
-        self.batches = [
-            torch.randperm(n, generator=gen)[:prompts_per_step] for _ in range(num_batches)
-        ]
+        self.batches = [torch.randperm(n, generator=gen)[:prompts_per_step] for _ in range(num_batches)]
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self.batches, batch_size=None)

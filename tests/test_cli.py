@@ -27,8 +27,23 @@ def base(tmp_path_factory):
 
 def test_sample_writes_a_png_and_prints_accuracy(base, tmp_path, capsys):
     out, report = tmp_path / "grid.png", tmp_path / "acc.json"
-    code = cli.main(["sample", "--checkpoint", str(base), "--out", str(out), "--steps", "2", "--prompts", "6",
-                     "--num", "4", "--json", str(report)])
+    code = cli.main(
+        [
+            "sample",
+            "--checkpoint",
+            str(base),
+            "--out",
+            str(out),
+            "--steps",
+            "2",
+            "--prompts",
+            "6",
+            "--num",
+            "4",
+            "--json",
+            str(report),
+        ]
+    )
     assert code == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     printed = capsys.readouterr().out
@@ -71,6 +86,7 @@ def test_module_runs_as_main(monkeypatch, capsys):
 
 @pytest.mark.slow
 def test_python_dash_m_works():
-    done = subprocess.run([sys.executable, "-m", "dflow.cli", "sample", "--help"], capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "dflow.cli", "sample", "--help"], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0 and "--checkpoint" in done.stdout

@@ -11,19 +11,39 @@ from dflow.cli import run_lightning_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK_FOLDERS = ("shapes", "glyphs", "text")  # recipes/ablations holds `dflow ablate` grids, not recipes
-RECIPES = sorted(p for folder in TASK_FOLDERS for p in (ROOT / "recipes" / folder).glob("*.yaml")
-                 if not p.name.startswith("pretrain_"))
-TINY = ["--model.init_args.denoiser=dflow.lightning.TransformerDenoiser",
-        "--model.init_args.denoiser.init_args.hidden_size=16",
-        "--model.init_args.denoiser.init_args.num_layers=1",
-        "--model.init_args.denoiser.init_args.num_heads=2"]
+RECIPES = sorted(
+    p
+    for folder in TASK_FOLDERS
+    for p in (ROOT / "recipes" / folder).glob("*.yaml")
+    if not p.name.startswith("pretrain_")
+)
+TINY = [
+    "--model.init_args.denoiser=dflow.lightning.TransformerDenoiser",
+    "--model.init_args.denoiser.init_args.hidden_size=16",
+    "--model.init_args.denoiser.init_args.num_layers=1",
+    "--model.init_args.denoiser.init_args.num_heads=2",
+]
 
 
 def test_every_method_has_a_recipe():
     names = {f"{p.parent.name}/{p.stem}" for p in RECIPES}
-    expected = {f"shapes/{m}" for m in ("dflowgrpo", "udm_grpo", "elbo_epg", "elbo_pepg", "elbo_par", "elbo_grpo",
-                                        "naive_grpo", "stepwise", "udm_grpo_mask", "elbo_epg_mask", "diffu_grpo_mask",
-                                        "demo")}
+    expected = {
+        f"shapes/{m}"
+        for m in (
+            "dflowgrpo",
+            "udm_grpo",
+            "elbo_epg",
+            "elbo_pepg",
+            "elbo_par",
+            "elbo_grpo",
+            "naive_grpo",
+            "stepwise",
+            "udm_grpo_mask",
+            "elbo_epg_mask",
+            "diffu_grpo_mask",
+            "demo",
+        )
+    }
     expected |= {"glyphs/udm_grpo", "glyphs/elbo_epg", "text/diffu_grpo", "text/elbo_epg"}
     assert expected <= names
 
@@ -37,13 +57,21 @@ def test_rl_recipe_runs_one_step(recipe, tmp_path, monkeypatch):
     assert config["model"]["class_path"] == "dflow.lightning.RLModule"
     group = config["model"]["init_args"]["group_size"]
     monkeypatch.chdir(tmp_path)
-    cli = run_lightning_cli([
-        "fit", "--config", str(recipe), *TINY,
-        "--trainer.max_steps=1", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
-        "--model.init_args.eval_every_n_steps=0", "--data.init_args.prompts_per_step=2",
-        f"--model.init_args.minibatch_size={group if config['model']['init_args'].get('minibatch_size') else 'null'}",
-        "--model.init_args.rollout.num_steps=" + str(min(config["model"]["init_args"]["rollout"]["num_steps"], 8)),
-    ])
+    cli = run_lightning_cli(
+        [
+            "fit",
+            "--config",
+            str(recipe),
+            *TINY,
+            "--trainer.max_steps=1",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.enable_model_summary=false",
+            "--model.init_args.eval_every_n_steps=0",
+            "--data.init_args.prompts_per_step=2",
+            f"--model.init_args.minibatch_size={group if config['model']['init_args'].get('minibatch_size') else 'null'}",
+            "--model.init_args.rollout.num_steps=" + str(min(config["model"]["init_args"]["rollout"]["num_steps"], 8)),
+        ]
+    )
     assert cli.trainer.global_step == 1
     logged = cli.trainer.callback_metrics
     assert all(v.isfinite() for v in logged.values())
@@ -66,28 +94,47 @@ def _get(config: dict, dotted: str):
     return node
 
 
-UDM = {"likelihood.class_path": "dflow.rl.ForwardReconstruction",
-       "likelihood.init_args": {"num_timesteps": 3, "grid_steps": 10, "max_start": 2, "states": "forward"},
-       "objective.init_args.eps_low": 1e-4, "kl.init_args": {"beta": 0.05, "estimator": "k3"},
-       "advantage.init_args": {"scale": "group", "clip": 5.0, "eps": 1e-4}, "rollout.num_steps": 10,
-       "rollout.guidance_scale": 1.0, "num_inner_epochs": None, "minibatch_size": None}
-ELBO = {"likelihood.class_path": "dflow.rl.ELBOLikelihood",
-        "likelihood.init_args": {"num_timesteps": 9, "grid_steps": 10, "weighting": "exact"},
-        "advantage.init_args": {"scale": "none", "coef": 0.1, "clip": None}, "rollout.num_steps": 10, "kl": None,
-        "num_inner_epochs": None}
-D1 = {"likelihood.class_path": "dflow.rl.MeanFieldLikelihood",
-      "likelihood.init_args": {"p_mask_prompt": 0.15, "prompt_mask_id": 0, "per_token": True},
-      "objective.init_args.eps_low": 0.5, "kl.init_args": {"beta": 0.04, "estimator": "k3"},
-      "advantage.init_args": {"scale": "group", "clip": 5.0, "eps": 1e-4}, "num_inner_epochs": 12}
+UDM = {
+    "likelihood.class_path": "dflow.rl.ForwardReconstruction",
+    "likelihood.init_args": {"num_timesteps": 3, "grid_steps": 10, "max_start": 2, "states": "forward"},
+    "objective.init_args.eps_low": 1e-4,
+    "kl.init_args": {"beta": 0.05, "estimator": "k3"},
+    "advantage.init_args": {"scale": "group", "clip": 5.0, "eps": 1e-4},
+    "rollout.num_steps": 10,
+    "rollout.guidance_scale": 1.0,
+    "num_inner_epochs": None,
+    "minibatch_size": None,
+}
+ELBO = {
+    "likelihood.class_path": "dflow.rl.ELBOLikelihood",
+    "likelihood.init_args": {"num_timesteps": 9, "grid_steps": 10, "weighting": "exact"},
+    "advantage.init_args": {"scale": "none", "coef": 0.1, "clip": None},
+    "rollout.num_steps": 10,
+    "kl": None,
+    "num_inner_epochs": None,
+}
+D1 = {
+    "likelihood.class_path": "dflow.rl.MeanFieldLikelihood",
+    "likelihood.init_args": {"p_mask_prompt": 0.15, "prompt_mask_id": 0, "per_token": True},
+    "objective.init_args.eps_low": 0.5,
+    "kl.init_args": {"beta": 0.04, "estimator": "k3"},
+    "advantage.init_args": {"scale": "group", "clip": 5.0, "eps": 1e-4},
+    "num_inner_epochs": 12,
+}
 # DESIGN.md's preset table: a recipe named for a paper runs the paper's settings (model.init_args keys)
 PAPER_PRESETS = {
     "shapes/udm_grpo": UDM,
     "shapes/udm_grpo_mask": UDM,
     "glyphs/udm_grpo": UDM,
-    "shapes/dflowgrpo": {"likelihood.init_args.steps.class_path": "dflow.rl.AllButLast",
-                         "likelihood.init_args.token_mean": True,
-                         "objective.init_args": {"eps_low": 1e-3, "eps_high": 1.5e-3}, "kl": None,
-                         "advantage.init_args.scale": "batch", "rollout.num_steps": 8, "group_size": 24},
+    "shapes/dflowgrpo": {
+        "likelihood.init_args.steps.class_path": "dflow.rl.AllButLast",
+        "likelihood.init_args.token_mean": True,
+        "objective.init_args": {"eps_low": 1e-3, "eps_high": 1.5e-3},
+        "kl": None,
+        "advantage.init_args.scale": "batch",
+        "rollout.num_steps": 8,
+        "group_size": 24,
+    },
     "shapes/elbo_epg": {**ELBO, "objective.class_path": "dflow.rl.EPG"},
     "shapes/elbo_pepg": {**ELBO, "objective.class_path": "dflow.rl.PEPG"},
     "shapes/elbo_par": {**ELBO, "objective.class_path": "dflow.rl.PAR"},
@@ -95,12 +142,19 @@ PAPER_PRESETS = {
     "shapes/elbo_epg_mask": {**ELBO, "objective.class_path": "dflow.rl.EPG"},
     "glyphs/elbo_epg": {**ELBO, "objective.class_path": "dflow.rl.EPG"},
     "text/elbo_epg": {**ELBO, "objective.class_path": "dflow.rl.EPG"},
-    "shapes/naive_grpo": {"likelihood.class_path": "dflow.rl.IntermediateActionLikelihood",
-                          "likelihood.init_args.states": "backward", "objective.init_args.eps_low": 1e-4,
-                          "advantage.init_args": {"scale": "group", "clip": 5.0, "eps": 1e-4}, "rollout.num_steps": 10},
-    "shapes/stepwise": {"likelihood.class_path": "dflow.rl.TrajectoryLikelihood",
-                        "likelihood.init_args.steps.class_path": "dflow.rl.AllSteps",
-                        "advantage.class_path": "dflow.rl.StepwiseGainAdvantage", "rollout.num_steps": 10},
+    "shapes/naive_grpo": {
+        "likelihood.class_path": "dflow.rl.IntermediateActionLikelihood",
+        "likelihood.init_args.states": "backward",
+        "objective.init_args.eps_low": 1e-4,
+        "advantage.init_args": {"scale": "group", "clip": 5.0, "eps": 1e-4},
+        "rollout.num_steps": 10,
+    },
+    "shapes/stepwise": {
+        "likelihood.class_path": "dflow.rl.TrajectoryLikelihood",
+        "likelihood.init_args.steps.class_path": "dflow.rl.AllSteps",
+        "advantage.class_path": "dflow.rl.StepwiseGainAdvantage",
+        "rollout.num_steps": 10,
+    },
     "shapes/diffu_grpo_mask": D1,
     "text/diffu_grpo": D1,
 }
@@ -112,5 +166,7 @@ def test_recipes_named_for_a_paper_run_its_settings(name):
     config = yaml.safe_load(recipe.read_text())
     model = config["model"]["init_args"]
     for key, want in PAPER_PRESETS[name].items():
-        assert _get(model, key) == want, f"{name}: model.init_args.{key} = {_get(model, key)!r}, the paper's is {want!r}"
+        assert _get(model, key) == want, (
+            f"{name}: model.init_args.{key} = {_get(model, key)!r}, the paper's is {want!r}"
+        )
     assert "balance" not in config["data"]["init_args"], f"{name}: the paper's prompt stream is not balanced"

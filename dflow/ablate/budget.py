@@ -31,9 +31,7 @@ def global_compute(trainer: L.Trainer, module: L.LightningModule) -> dict[str, f
     float64 holds counts exactly up to 2**53, far above any token count a run reaches.
     """
     c = module.compute
-    local = torch.tensor(
-        [float(getattr(c, k)) for k in COMPUTE_FIELDS], dtype=torch.float64, device=module.device
-    )
+    local = torch.tensor([float(getattr(c, k)) for k in COMPUTE_FIELDS], dtype=torch.float64, device=module.device)
     total = trainer.strategy.reduce(local, reduce_op="sum")
     return dict(zip(COMPUTE_FIELDS, total.cpu().tolist()))
 
@@ -82,9 +80,9 @@ class ComputeBudget(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         before, self.used = self.used, global_compute(trainer, pl_module)[self.unit]
-        crossed = self.eval_every is not None and math.floor(
-            self.used / self.eval_every
-        ) > math.floor(before / self.eval_every)
+        crossed = self.eval_every is not None and math.floor(self.used / self.eval_every) > math.floor(
+            before / self.eval_every
+        )
         if crossed and not self.evaluated_now(pl_module):
             pl_module.run_evaluation()
         if self.used >= self.value:
@@ -100,9 +98,7 @@ class ComputeBudget(Callback):
         history = pl_module.eval_history
         if not history:
             return False
-        return history[-1].get(f"compute/{self.unit}") == float(
-            getattr(pl_module.compute, self.unit)
-        )
+        return history[-1].get(f"compute/{self.unit}") == float(getattr(pl_module.compute, self.unit))
 
     def state_dict(self) -> dict[str, float | bool]:
         return {"used": self.used, "reached": self.reached}

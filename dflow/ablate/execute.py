@@ -73,9 +73,7 @@ def build_result(
     }
 
 
-def execute(
-    run: dict[str, Any], run_dir: Path, on_step=None, extra_args: tuple[str, ...] = ()
-) -> int:
+def execute(run: dict[str, Any], run_dir: Path, on_step=None, extra_args: tuple[str, ...] = ()) -> int:
     """Train the run described by ``run`` (a ``run.json`` record) and write its ``result.json``.
 
     ``on_step(used)`` is called after every step with the compute used (for an in-process progress
@@ -85,9 +83,7 @@ def execute(
     run_dir = Path(run_dir)
     result_file = run_dir / RESULT_FILE
     if result_file.exists():  # finished results are never overwritten
-        raise ValueError(
-            f"{result_file} exists: this run is finished (delete its directory to run it again)"
-        )
+        raise ValueError(f"{result_file} exists: this run is finished (delete its directory to run it again)")
     spec = Budget.from_dict(run["budget"])
     budget = ComputeBudget(spec.unit, spec.value, spec.eval_every)
     recorder = RunRecorder(run_dir / PROGRESS_FILE, spec.unit, spec.value, on_step=on_step)

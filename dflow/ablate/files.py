@@ -57,6 +57,4 @@ def read_json(path: str | Path, what: str = "file") -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(
-            f"{what} {str(path)!r} is unreadable or corrupt ({err}); it was left untouched"
-        ) from err
+        raise ValueError(f"{what} {str(path)!r} is unreadable or corrupt ({err}); it was left untouched") from err

@@ -48,9 +48,7 @@ def run_record(spec: GridSpec, planned: PlannedRun) -> dict[str, Any]:
 def _prepare(spec: GridSpec, planned: PlannedRun) -> Path:
     directory = run_directory(spec.out, planned.run.run_id)
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / PROGRESS_FILE).unlink(
-        missing_ok=True
-    )  # an earlier, interrupted attempt's progress
+    (directory / PROGRESS_FILE).unlink(missing_ok=True)  # an earlier, interrupted attempt's progress
     write_atomic(directory / RUN_FILE, json_bytes(run_record(spec, planned)))
     return directory
 
@@ -81,9 +79,7 @@ def launch(
     """
     directory = _prepare(spec, planned)
     env = dict(os.environ)
-    package_root = str(
-        Path(dflow.__file__).resolve().parents[1]
-    )  # importable without an install too
+    package_root = str(Path(dflow.__file__).resolve().parents[1])  # importable without an install too
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     if threads is not None:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
@@ -91,9 +87,7 @@ def launch(
     with open(directory / LOG_FILE, "wb") as log, sigterm_raises():
         # its own session: stopping it reaches the ranks a ddp launcher started, and a terminal's
         # Ctrl-C reaches this process only, which then stops the run (below)
-        process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         try:
             while True:
                 try:
@@ -105,9 +99,7 @@ def launch(
                     if stop is not None and stop.is_set():
                         _stop(process)
                         return "stopped: the grid was interrupted or another run failed (--fail-fast)"
-        except (
-            BaseException
-        ):  # Ctrl-C or SIGTERM to the grid: stop the run too; it reruns next time
+        except BaseException:  # Ctrl-C or SIGTERM to the grid: stop the run too; it reruns next time
             _stop(process)
             raise
     if code == 0 and (directory / RESULT_FILE).is_file():

@@ -165,34 +165,24 @@ def line_chart(
     for i, band in enumerate(bands):
         color = COLORS[i % len(COLORS)]
         draw.rectangle([lx, ly + 4, lx + 18, ly + 14], fill=(*color, 90), outline=color)
-        text = (
-            band.label if len(band.label) <= 36 else band.label[:35] + "..."
-        )  # the legend is 250 px wide
+        text = band.label if len(band.label) <= 36 else band.label[:35] + "..."  # the legend is 250 px wide
         draw.text((lx + 26, ly + 9), text, fill="black", font=small, anchor="lm")
         ly += 22
     if any(b.lo != b.hi for b in bands):  # single runs have no spread to explain
         draw.text((lx, ly + 8), "line: mean over seeds", fill=(90, 90, 90), font=small, anchor="lm")
-        draw.text(
-            (lx, ly + 26), "band: min to max over seeds", fill=(90, 90, 90), font=small, anchor="lm"
-        )
+        draw.text((lx, ly + 26), "band: min to max over seeds", fill=(90, 90, 90), font=small, anchor="lm")
     if not bands:
-        draw.text(
-            ((x0 + x1) / 2, (y0 + y1) / 2), "no data", fill=(150, 150, 150), font=font, anchor="mm"
-        )
+        draw.text(((x0 + x1) / 2, (y0 + y1) / 2), "no data", fill=(150, 150, 150), font=font, anchor="mm")
     return image.convert("RGB")
 
 
-def chart_bands(
-    spec: GridSpec, results: list[dict[str, Any]], history: str, key: str
-) -> list[Band]:
+def chart_bands(spec: GridSpec, results: list[dict[str, Any]], history: str, key: str) -> list[Band]:
     unit = f"compute/{spec.budget.unit}"
     bands = []
     for group in group_by_seed(spec, results):
         curves = []
         for result in group.results:
-            rows = [
-                r for r in result[history] if r.get(key) is not None and r.get(unit) is not None
-            ]
+            rows = [r for r in result[history] if r.get(key) is not None and r.get(unit) is not None]
             curves.append(([r[unit] for r in rows], [r[key] for r in rows]))
         band = seed_band(group.label, curves)
         if band is not None:

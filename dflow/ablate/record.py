@@ -92,9 +92,7 @@ class RunRecorder(Callback):
         history = getattr(pl_module, "eval_history", [])
         for entry in history[self._seen :]:
             row: dict[str, Any] = {
-                "step": int(
-                    entry.get("rl_step", entry.get("step", self.step_of(trainer, pl_module)))
-                )
+                "step": int(entry.get("rl_step", entry.get("step", self.step_of(trainer, pl_module))))
             }
             row.update({f"compute/{k}": v for k, v in self.totals.items()})
             row.update({k: float(v) for k, v in entry.items() if k.startswith("eval/")})

@@ -57,20 +57,14 @@ class Budget:
             raise ValueError(
                 f"budget unit={self.unit!r} is not one of {BUDGET_UNITS}{nearest(str(self.unit), BUDGET_UNITS)}"
             )
-        if (
-            isinstance(self.value, bool)
-            or not isinstance(self.value, (int, float))
-            or not self.value > 0
-        ):
+        if isinstance(self.value, bool) or not isinstance(self.value, (int, float)) or not self.value > 0:
             raise ValueError(f"budget value must be a number > 0, got value={self.value!r}")
         if self.eval_every is not None and (
             isinstance(self.eval_every, bool)
             or not isinstance(self.eval_every, (int, float))
             or not self.eval_every > 0
         ):
-            raise ValueError(
-                f"budget eval_every must be a number > 0 or null, got eval_every={self.eval_every!r}"
-            )
+            raise ValueError(f"budget eval_every must be a number > 0 or null, got eval_every={self.eval_every!r}")
 
     @classmethod
     def from_dict(cls, raw: Any, where: str = "budget") -> Budget:
@@ -165,9 +159,7 @@ class GridSpec:
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
-            "methods": {
-                m.name: {"recipe": str(m.recipe), "overrides": m.overrides} for m in self.methods
-            },
+            "methods": {m.name: {"recipe": str(m.recipe), "overrides": m.overrides} for m in self.methods},
             "grid": self.axes,
             "overrides": self.overrides,
             "budget": self.budget.to_dict(),

@@ -39,9 +39,7 @@ REQUIRED_KEYS = (
 )
 
 
-def load_result(
-    path: Path, run_id: str, recipe_sha256: str, budget: dict[str, Any]
-) -> dict[str, Any]:
+def load_result(path: Path, run_id: str, recipe_sha256: str, budget: dict[str, Any]) -> dict[str, Any]:
     """A finished run's ``result.json``, checked against the run it should belong to.
 
     ``ValueError`` naming the file when it is unreadable, not a result, another run's, or made from
@@ -55,9 +53,7 @@ def load_result(
             f"result file {str(path)!r} is not a dflow ablate result (missing {missing}); it was left untouched"
         )
     if result["run_id"] != run_id:
-        raise ValueError(
-            f"result file {str(path)!r} belongs to run {result['run_id']!r}, not {run_id!r}"
-        )
+        raise ValueError(f"result file {str(path)!r} belongs to run {result['run_id']!r}, not {run_id!r}")
     if result["recipe_sha256"] != recipe_sha256:
         raise ValueError(
             f"result file {str(path)!r} was made from another version of recipe {result.get('recipe')!r}; "
@@ -81,9 +77,7 @@ def check_csv(path: Path) -> None:
         text = path.read_text(encoding="utf-8")
         rows = list(csv.reader(io.StringIO(text, newline=""), strict=True))
     except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise ValueError(
-            f"results file {str(path)!r} is unreadable ({err}); move it away and rerun"
-        ) from err
+        raise ValueError(f"results file {str(path)!r} is unreadable ({err}); move it away and rerun") from err
     if not rows or "run_id" not in rows[0] or any(len(r) != len(rows[0]) for r in rows[1:]):
         raise ValueError(
             f"results file {str(path)!r} is not a results table written by dflow ablate (no run_id header or "
@@ -105,12 +99,7 @@ def compute_to_reach(result: dict[str, Any], unit: str, target: float) -> float 
 
 
 def category_keys(results: list[dict[str, Any]]) -> list[str]:
-    keys = {
-        k
-        for r in results
-        for k in r["final"]
-        if k.startswith("eval/acc_") and k != "eval/acc_overall"
-    }
+    keys = {k for r in results for k in r["final"] if k.startswith("eval/acc_") and k != "eval/acc_overall"}
     return sorted(keys)
 
 
@@ -148,8 +137,11 @@ def target_column(spec: GridSpec) -> str:
 
 def csv_row(spec: GridSpec, result: dict[str, Any]) -> dict[str, Any]:
     unit, final, compute = spec.budget.unit, result["final"], result["compute"]
-    row: dict[str, Any] = {"run_id": result["run_id"], "method": result["method"],
-                           "recipe": recipe_label(spec, result["method"])}
+    row: dict[str, Any] = {
+        "run_id": result["run_id"],
+        "method": result["method"],
+        "recipe": recipe_label(spec, result["method"]),
+    }
     row.update({k: format_value(result["axes"].get(k)) for k in spec.axes if k != SEED_AXIS})
     row.update(
         {
@@ -193,9 +185,7 @@ def format_value(value: Any) -> str:
     if isinstance(value, dict) and "class_path" in value:
         name = str(value["class_path"]).rsplit(".", 1)[-1]
         args = value.get("init_args") or {}
-        return name + (
-            f"({', '.join(f'{k}={format_value(v)}' for k, v in args.items())})" if args else ""
-        )
+        return name + (f"({', '.join(f'{k}={format_value(v)}' for k, v in args.items())})" if args else "")
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)

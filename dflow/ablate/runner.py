@@ -58,9 +58,7 @@ CSV_FILE = "results.csv"
 TABLE_FILE = "table.txt"
 GRID_FILE = "grid.json"
 LAUNCHERS = ("process", "inline")
-INLINE_ARGS = (
-    "--trainer.devices=1",
-)  # "auto" could mean several GPUs, whose launcher re-runs sys.argv
+INLINE_ARGS = ("--trainer.devices=1",)  # "auto" could mean several GPUs, whose launcher re-runs sys.argv
 
 
 @dataclass
@@ -126,11 +124,7 @@ def run_grid(
         raise ValueError(f"jobs={jobs} needs launcher='process' (inline runs share one process)")
     if launcher == "inline":
         exec_args = (*exec_args, *INLINE_ARGS)
-        multi = [
-            a
-            for a in exec_args
-            if a.split("=", 1)[0] in ("--trainer.strategy", "--trainer.num_nodes")
-        ]
+        multi = [a for a in exec_args if a.split("=", 1)[0] in ("--trainer.strategy", "--trainer.num_nodes")]
         if multi:
             raise ValueError(
                 f"launcher='inline' runs on one device in this process; {multi[0]} needs launcher='process'"
@@ -144,9 +138,7 @@ def run_grid(
     for p in planned:
         result_file = run_directory(out, p.run.run_id) / RESULT_FILE
         if result_file.exists():
-            finished[p.run.run_id] = load_result(
-                result_file, p.run.run_id, p.recipe_sha256, spec.budget.to_dict()
-            )
+            finished[p.run.run_id] = load_result(result_file, p.run.run_id, p.recipe_sha256, spec.budget.to_dict())
     borrowed = _borrow(spec, planned, finished, reuse_from, console, copy=not dry_run)
     report.reused = [p.run.run_id for p in planned if p.run.run_id in finished]
     if dry_run:
@@ -242,9 +234,7 @@ def _run_pending(spec, pending, report, finished, console, fail_fast, launcher, 
                 return
             run_id = planned.run.run_id
             label = " ".join(f"{k}={format_value(v)}" for k, v in planned.run.axes.items())
-            run_task = progress.add_task(
-                f"{run_id} {label} [{spec.budget.unit}]", total=spec.budget.value
-            )
+            run_task = progress.add_task(f"{run_id} {label} [{spec.budget.unit}]", total=spec.budget.value)
             on_progress = lambda used: progress.update(  # noqa: E731
                 run_task, completed=min(used, spec.budget.value)
             )
@@ -302,8 +292,9 @@ def plan_table(
         table.add_column(name)
     for p in planned:
         run_id = p.run.run_id
-        status = ("finished" if run_id in finished
-                  else f"finished in {borrowed[run_id]}" if run_id in borrowed else "to run")
+        status = (
+            "finished" if run_id in finished else f"finished in {borrowed[run_id]}" if run_id in borrowed else "to run"
+        )
         table.add_row(
             p.run.run_id,
             p.run.method,

@@ -53,15 +53,11 @@ def find_recipe(recipe: Any, grid_dir: Path | None, where: str) -> Path:
     if not isinstance(recipe, str) or not recipe:
         raise ValueError(f"{where}: recipe must be a path to a YAML recipe, got {recipe!r}")
     given = Path(recipe).expanduser()
-    candidates = (
-        [given] if given.is_absolute() else [given, *([grid_dir / given] if grid_dir else [])]
-    )
+    candidates = [given] if given.is_absolute() else [given, *([grid_dir / given] if grid_dir else [])]
     for candidate in candidates:
         if candidate.is_file():
             return candidate.resolve()
-    raise ValueError(
-        f"{where}: recipe {recipe!r} not found (tried {', '.join(str(c) for c in candidates)})"
-    )
+    raise ValueError(f"{where}: recipe {recipe!r} not found (tried {', '.join(str(c) for c in candidates)})")
 
 
 def _overrides(raw: Any, where: str) -> dict[str, Any]:
@@ -72,9 +68,7 @@ def _overrides(raw: Any, where: str) -> dict[str, Any]:
     out = {}
     for key, value in raw.items():
         if not isinstance(key, str) or not key or key.startswith("-"):
-            raise ValueError(
-                f"{where}: override key {key!r} must be a dotted key such as 'model.init_args.lr'"
-            )
+            raise ValueError(f"{where}: override key {key!r} must be a dotted key such as 'model.init_args.lr'")
         if key == SEED_AXIS:
             raise ValueError(
                 f"{where}: 'seed' is a grid axis (grid: {{seed: [0, 1]}}); to pin one seed use seed_everything"
@@ -91,33 +85,21 @@ def parse_grid(raw: Any, source: Path | None = None, out: str | Path | None = No
     """
     where = str(source) if source else "grid"
     if not isinstance(raw, dict):
-        raise ValueError(
-            f"{where}: a grid file is a mapping with keys {GRID_KEYS}, got {type(raw).__name__}"
-        )
+        raise ValueError(f"{where}: a grid file is a mapping with keys {GRID_KEYS}, got {type(raw).__name__}")
     for key in raw:
         if key not in GRID_KEYS:
             raise ValueError(
                 f"{where}: unknown key {key!r} (keys: {', '.join(GRID_KEYS)}){nearest(str(key), GRID_KEYS)}"
             )
     grid_dir = source.parent if source else None
-    base = (
-        find_recipe(raw["base"], grid_dir, f"{where}: base")
-        if raw.get("base") is not None
-        else None
-    )
+    base = find_recipe(raw["base"], grid_dir, f"{where}: base") if raw.get("base") is not None else None
     methods, budgets = _methods(raw.get("methods"), base, grid_dir, where)
 
     # one budget for the whole grid: the grid's own, else the one every method states identically
-    grid_budget = (
-        Budget.from_dict(raw["budget"], f"{where}: budget")
-        if raw.get("budget") is not None
-        else None
-    )
+    grid_budget = Budget.from_dict(raw["budget"], f"{where}: budget") if raw.get("budget") is not None else None
     stated = {name: b for name, b in budgets.items() if b is not None}
     if grid_budget is None and not stated:
-        raise ValueError(
-            f"{where}: no budget: add `budget: {{unit: fwd_equiv, value: N}}` (units: {BUDGET_UNITS})"
-        )
+        raise ValueError(f"{where}: no budget: add `budget: {{unit: fwd_equiv, value: N}}` (units: {BUDGET_UNITS})")
     if grid_budget is not None:
         ref_label, ref = "the grid", grid_budget
     else:
@@ -133,9 +115,7 @@ def parse_grid(raw: Any, source: Path | None = None, out: str | Path | None = No
 
     axes = raw.get("grid") or {}
     if not isinstance(axes, dict):
-        raise ValueError(
-            f"{where}: grid must be a mapping of axis key -> list of values, got {axes!r}"
-        )
+        raise ValueError(f"{where}: grid must be a mapping of axis key -> list of values, got {axes!r}")
     for key, values in axes.items():
         if not isinstance(key, str) or not key or key.startswith("-"):
             raise ValueError(f"{where}: grid axis {key!r} must be a dotted key (or 'seed')")
@@ -144,9 +124,7 @@ def parse_grid(raw: Any, source: Path | None = None, out: str | Path | None = No
                 f"{where}: grid axis {key!r} must be a non-empty list of values, got {values!r} "
                 f"(a single value for every run goes under `overrides:`)"
             )
-    if SEED_AXIS in axes and not all(
-        isinstance(s, int) and not isinstance(s, bool) for s in axes[SEED_AXIS]
-    ):
+    if SEED_AXIS in axes and not all(isinstance(s, int) and not isinstance(s, bool) for s in axes[SEED_AXIS]):
         raise ValueError(f"{where}: grid axis 'seed' must list ints, got {axes[SEED_AXIS]!r}")
 
     target = raw.get("target_accuracy", 0.9)
@@ -171,46 +149,28 @@ def parse_grid(raw: Any, source: Path | None = None, out: str | Path | None = No
 def _methods(raw: Any, base: Path | None, grid_dir: Path | None, where: str):
     if raw is None:
         if base is None:
-            raise ValueError(
-                f"{where}: give `base: <recipe.yaml>` or `methods: {{name: <recipe.yaml>, ...}}`"
-            )
+            raise ValueError(f"{where}: give `base: <recipe.yaml>` or `methods: {{name: <recipe.yaml>, ...}}`")
         return [Method(base.stem, base)], {base.stem: None}
     if not isinstance(raw, dict) or not raw:
-        raise ValueError(
-            f"{where}: methods must be a non-empty mapping name -> recipe path or {{recipe, overrides}}"
-        )
+        raise ValueError(f"{where}: methods must be a non-empty mapping name -> recipe path or {{recipe, overrides}}")
     methods, budgets = [], {}
     for name, entry in raw.items():
         label = f"{where}: methods.{name}"
         if not isinstance(name, str) or not NAME_PATTERN.match(name):
-            raise ValueError(
-                f"{label}: a method name must be letters, digits, '_', '-' or '.' (it names directories)"
-            )
+            raise ValueError(f"{label}: a method name must be letters, digits, '_', '-' or '.' (it names directories)")
         if isinstance(entry, str):
             entry = {"recipe": entry}
         if not isinstance(entry, dict):
-            raise ValueError(
-                f"{label} must be a recipe path or a mapping with keys {METHOD_KEYS}, got {entry!r}"
-            )
+            raise ValueError(f"{label} must be a recipe path or a mapping with keys {METHOD_KEYS}, got {entry!r}")
         for key in entry:
             if key not in METHOD_KEYS:
-                raise ValueError(
-                    f"{label}: unknown key {key!r} (keys: {METHOD_KEYS}){nearest(str(key), METHOD_KEYS)}"
-                )
+                raise ValueError(f"{label}: unknown key {key!r} (keys: {METHOD_KEYS}){nearest(str(key), METHOD_KEYS)}")
         if entry.get("recipe") is None and base is None:
             raise ValueError(f"{label} names no recipe and the grid has no `base:` recipe")
-        recipe = (
-            find_recipe(entry["recipe"], grid_dir, label)
-            if entry.get("recipe") is not None
-            else base
-        )
-        methods.append(
-            Method(name, recipe, _overrides(entry.get("overrides"), f"{label}.overrides"))
-        )
+        recipe = find_recipe(entry["recipe"], grid_dir, label) if entry.get("recipe") is not None else base
+        methods.append(Method(name, recipe, _overrides(entry.get("overrides"), f"{label}.overrides")))
         budgets[name] = (
-            Budget.from_dict(entry["budget"], f"{label}.budget")
-            if entry.get("budget") is not None
-            else None
+            Budget.from_dict(entry["budget"], f"{label}.budget") if entry.get("budget") is not None else None
         )
     return methods, budgets
 

@@ -38,9 +38,7 @@ class ConfigParser:
     def __init__(self) -> None:
         cli_class, kwargs = cli_settings()
 
-        class _ParseOnly(
-            cli_class
-        ):  # build the parser, then stop: no parsing, seeding or instantiation
+        class _ParseOnly(cli_class):  # build the parser, then stop: no parsing, seeding or instantiation
             def parse_arguments(self, parser, args) -> None:
                 self.config = Namespace(seed_everything=False)
 
@@ -52,9 +50,7 @@ class ConfigParser:
 
     def parse(self, args: list[str]) -> dict[str, Any]:
         """The full config (defaults filled in) as nested dicts; ``argparse.ArgumentError`` if invalid."""
-        return self.parser.parse_args(
-            args
-        ).as_dict()  # None-valued fields included: they are fields too
+        return self.parser.parse_args(args).as_dict()  # None-valued fields included: they are fields too
 
 
 def flat_keys(config: Any, prefix: str = "") -> set[str]:
@@ -149,34 +145,26 @@ def _parse_run(parser: ConfigParser, run: Run, exec_args: tuple[str, ...]) -> di
     return config
 
 
-def _explain(
-    parser: ConfigParser, run: Run, items: list[tuple[str, str]], where: str, error: Exception
-):
+def _explain(parser: ConfigParser, run: Run, items: list[tuple[str, str]], where: str, error: Exception):
     """Find the override that breaks the parse, trying one at a time on the recipe; raise ValueError.
 
     Overrides that switch a class (a ``class_path`` mapping) stay in every probe: a key such as
     ``model.init_args.objective.init_args.beta`` exists only once the objective's class is chosen.
     """
     classes = [
-        arg
-        for key, arg in items
-        if isinstance(run.overrides.get(key), dict) and "class_path" in run.overrides[key]
+        arg for key, arg in items if isinstance(run.overrides.get(key), dict) and "class_path" in run.overrides[key]
     ]
     recipe = ["--config", str(run.recipe)]
     try:
         known = flat_keys(parser.parse(recipe + classes))
     except argparse.ArgumentError as err:
-        raise ValueError(
-            f"{where}: the recipe does not parse with its class overrides: {_short(err)}"
-        ) from err
+        raise ValueError(f"{where}: the recipe does not parse with its class overrides: {_short(err)}") from err
     for key, arg in items:
         try:
             config = parser.parse(recipe + classes + [arg])
         except argparse.ArgumentError as err:
             if key in known:
-                raise ValueError(
-                    f"{where}: override {arg[2:]!r} has an invalid value: {_short(err)}"
-                ) from err
+                raise ValueError(f"{where}: override {arg[2:]!r} has an invalid value: {_short(err)}") from err
             raise ValueError(_unknown_key(where, key, known)) from err
         if key not in flat_keys(config):
             raise ValueError(_unknown_key(where, key, known)) from error
@@ -218,9 +206,7 @@ def _check_module(run: Run, config: dict[str, Any], spec: GridSpec) -> None:
         module_name, _, class_name = str(class_path).rpartition(".")
         cls = getattr(importlib.import_module(module_name), class_name)
     except (ImportError, AttributeError, ValueError) as err:
-        raise ValueError(
-            f"{where}: model class_path={class_path!r} cannot be imported: {err}"
-        ) from err
+        raise ValueError(f"{where}: model class_path={class_path!r} cannot be imported: {err}") from err
     if not (isinstance(cls, type) and issubclass(cls, RLModule)):
         raise ValueError(
             f"{where}: model class_path={class_path!r} is not an RLModule, so it has no compute accounting "

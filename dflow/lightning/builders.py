@@ -165,7 +165,9 @@ class HFMaskedLM(DenoiserBuilder):
         tokenizer = getattr(task, "tokenizer", None)
         data_ids = getattr(task, "data_token_ids", None)
         if tokenizer is None or data_ids is None:
-            raise ValueError(f"HFMaskedLM needs a task with a tokenizer and data_token_ids; task {task.name!r} has none")
+            raise ValueError(
+                f"HFMaskedLM needs a task with a tokenizer and data_token_ids; task {task.name!r} has none"
+            )
         if tokenizer.mask_token_id is None:
             raise ValueError(f"HFMaskedLM: task {task.name!r}'s tokenizer has no mask token")
         if self.config is not None:

@@ -46,7 +46,9 @@ class ExportPretrained(Callback):
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not hasattr(pl_module, "export_pretrained"):
-            raise ValueError(f"ExportPretrained needs a module with export_pretrained(), got {type(pl_module).__name__}")
+            raise ValueError(
+                f"ExportPretrained needs a module with export_pretrained(), got {type(pl_module).__name__}"
+            )
         if trainer.is_global_zero:
             root = trainer.log_dir if trainer.log_dir is not None else trainer.default_root_dir
             out = pl_module.export_pretrained(Path(self.dirpath) if self.dirpath else Path(root) / "export")

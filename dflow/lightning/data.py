@@ -106,8 +106,13 @@ class StreamLoader(DataLoader):
     """A DataLoader over a :class:`BatchStream` that tells the stream its epoch and resume point
     each time an iterator is made (the stream is copied into worker processes at that moment)."""
 
-    def __init__(self, stream: BatchStream, epoch_fn: Callable[[], int | None], resume: dict[str, int] | None,
-                 num_workers: int = 0) -> None:
+    def __init__(
+        self,
+        stream: BatchStream,
+        epoch_fn: Callable[[], int | None],
+        resume: dict[str, int] | None,
+        num_workers: int = 0,
+    ) -> None:
         super().__init__(stream, batch_size=None, num_workers=num_workers, persistent_workers=False)
         self._epoch_fn = epoch_fn
         self._resume = resume
@@ -235,7 +240,9 @@ class TaskDataModule(_StreamDataModule):
         self.split = check_split(split)
 
     def train_dataloader(self) -> StreamLoader:
-        stream = BatchStream(SampleBatch(self.task, self.batch_size, self.split), self.train_size // self.batch_size, self.seed)
+        stream = BatchStream(
+            SampleBatch(self.task, self.batch_size, self.split), self.train_size // self.batch_size, self.seed
+        )
         return self._loader(stream, self.num_workers)
 
     def val_indices(self) -> list[int]:
@@ -328,4 +335,3 @@ class PromptDataModule(_StreamDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(torch.tensor(self.val_indices(), dtype=torch.long), batch_size=self.eval_batch_size)
-

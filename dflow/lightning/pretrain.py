@@ -86,7 +86,9 @@ class PretrainModule(L.LightningModule):
     ) -> None:
         super().__init__()
         if not isinstance(denoiser, DenoiserBuilder):
-            raise ValueError(f"denoiser must be a DenoiserBuilder (e.g. TransformerDenoiser), got denoiser={denoiser!r}")
+            raise ValueError(
+                f"denoiser must be a DenoiserBuilder (e.g. TransformerDenoiser), got denoiser={denoiser!r}"
+            )
         if not isinstance(path, ProbabilityPath):
             raise ValueError(f"path must be a dflow ProbabilityPath, got path={path!r}")
         if not 0.0 <= cond_dropout <= 1.0:
@@ -216,7 +218,9 @@ class PretrainModule(L.LightningModule):
         prompts = [test[i] for i in batch.tolist() for _ in range(self.eval_samples_per_prompt)]
         if not prompts:
             return
-        generator = torch.Generator(device=self.device).manual_seed(derive_seed(self.seed, 2, batch_idx, self.global_rank))
+        generator = torch.Generator(device=self.device).manual_seed(
+            derive_seed(self.seed, 2, batch_idx, self.global_rank)
+        )
         x1 = self.generate(prompts, generator)  # [B, L]
         correct = task.correct(x1, prompts)  # [B] bool
         reward = task.reward(x1, prompts)  # [B]

@@ -39,7 +39,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             if tmp.exists():
                 tmp.unlink()
 
-    def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None) -> dict[str, Any]:
+    def load_checkpoint(
+        self, path, map_location: Any | None = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
         return load_checkpoint_file(path, map_location)
 
 
@@ -56,8 +58,7 @@ def load_checkpoint_file(path, map_location: Any | None = "cpu") -> dict[str, An
         ckpt = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as err:  # truncated zip, wrong format, ...
         raise ValueError(
-            f"checkpoint {str(path)!r} is unreadable: truncated or not a torch checkpoint "
-            f"({type(err).__name__}: {err})"
+            f"checkpoint {str(path)!r} is unreadable: truncated or not a torch checkpoint ({type(err).__name__}: {err})"
         ) from err
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         keys = sorted(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
@@ -73,8 +74,11 @@ def check_state_dict(module: torch.nn.Module, checkpoint: dict[str, Any]) -> Non
     theirs = checkpoint["state_dict"]
     missing = sorted(set(own) - set(theirs))
     unexpected = sorted(set(theirs) - set(own))
-    shapes = [(k, tuple(theirs[k].shape), tuple(v.shape)) for k, v in own.items()
-              if k in theirs and hasattr(theirs[k], "shape") and tuple(theirs[k].shape) != tuple(v.shape)]
+    shapes = [
+        (k, tuple(theirs[k].shape), tuple(v.shape))
+        for k, v in own.items()
+        if k in theirs and hasattr(theirs[k], "shape") and tuple(theirs[k].shape) != tuple(v.shape)
+    ]
     if missing or unexpected or shapes:
         parts = []
         if missing:

@@ -30,8 +30,7 @@ class RewardSpec:
             return TaskReward(task, "correct", self.name)
         if self.source.startswith("task:"):  # else load_reward would try to import a module "task"
             raise ValueError(
-                f"RewardSpec: unknown source={self.source!r}; use 'task', 'task:correct' or "
-                "'package.module:callable'"
+                f"RewardSpec: unknown source={self.source!r}; use 'task', 'task:correct' or 'package.module:callable'"
             )
         fn = load_reward(self.source)
         if self.name is not None:

@@ -110,13 +110,19 @@ class RLModule(L.LightningModule):
         if on_bad_reward not in ("skip", "stop"):
             raise ValueError(f"on_bad_reward must be 'skip' or 'stop', got on_bad_reward={on_bad_reward!r}")
         if eval_samples_per_category is not None and eval_samples_per_category < 1:
-            raise ValueError(f"eval_samples_per_category must be >= 1 or null, got eval_samples_per_category={eval_samples_per_category}")
+            raise ValueError(
+                f"eval_samples_per_category must be >= 1 or null, got eval_samples_per_category={eval_samples_per_category}"
+            )
         if eval_samples_per_prompt < 1:
-            raise ValueError(f"eval_samples_per_prompt must be >= 1, got eval_samples_per_prompt={eval_samples_per_prompt}")
+            raise ValueError(
+                f"eval_samples_per_prompt must be >= 1, got eval_samples_per_prompt={eval_samples_per_prompt}"
+            )
         if not lr > 0:
             raise ValueError(f"lr must be > 0, got lr={lr}")
         check_schedule(warmup_steps, min_lr_ratio, decay_steps)
-        self.save_hyperparameters(ignore=["denoiser", "path", "likelihood", "objective", "advantage", "kl", "aggregation"])
+        self.save_hyperparameters(
+            ignore=["denoiser", "path", "likelihood", "objective", "advantage", "kl", "aggregation"]
+        )
         self.automatic_optimization = False
         self.builder, self.path = denoiser, path
         self.advantage = advantage if advantage is not None else GroupAdvantage()
@@ -168,8 +174,9 @@ class RLModule(L.LightningModule):
         self.train_prompts = task.prompts(split)
         test = task.prompts("test")
         hp = self.hparams
-        self.eval_prompts = evaluation_prompts(test, hp.num_eval_prompts, hp.eval_samples_per_prompt,
-                                               hp.eval_samples_per_category)
+        self.eval_prompts = evaluation_prompts(
+            test, hp.num_eval_prompts, hp.eval_samples_per_prompt, hp.eval_samples_per_category
+        )
         self.grid_prompts = spread_prompts(test, self.hparams.num_grid_prompts)
         self.denoiser = self.builder.build(task, self.path)
         # kept outside nn.Module's registry: the compiled wrapper must not add a second copy of the
@@ -234,7 +241,14 @@ class RLModule(L.LightningModule):
         tic = time.perf_counter()
         adv = self.advantage(AdvantageInput(record.total, G, step_rewards))
         batch_ready = self.update.prepare(
-            self.policy, self.reference, traj, _to(adv, self.device), self.rollout_sampler, G, self.compute, self.generator
+            self.policy,
+            self.reference,
+            traj,
+            _to(adv, self.device),
+            self.rollout_sampler,
+            G,
+            self.compute,
+            self.generator,
         )
         opt = self.optimizers()
         optimised = self._optimise(opt, batch_ready, traj.batch_size)
@@ -259,8 +273,10 @@ class RLModule(L.LightningModule):
             "train/rl_step": float(self.rl_steps + 1),
             **{f"reward/{k}": v.float().mean().item() for k, v in record.components.items()},
             **{f"adv/{k}": v for k, v in adv.stats.items()},
-            **{f"train/{k}": (min(v) if k == "ratio_min" else max(v) if k == "ratio_max" else sum(v) / len(v))
-               for k, v in stats.items()},
+            **{
+                f"train/{k}": (min(v) if k == "ratio_min" else max(v) if k == "ratio_max" else sum(v) / len(v))
+                for k, v in stats.items()
+            },
             **{f"time/{k}": v for k, v in times.items()},
             **self._compute_logs(),
         }
@@ -276,8 +292,11 @@ class RLModule(L.LightningModule):
         (every step of this RL step undone, the fault counted)."""
         stats: dict[str, list[float]] = {}
         grad_norms = []
-        schedule = [idx for _ in range(self.update.num_inner_epochs)
-                    for idx in self.update.minibatches(batch_size, self.group_size, self.generator)]
+        schedule = [
+            idx
+            for _ in range(self.update.num_inner_epochs)
+            for idx in self.update.minibatches(batch_size, self.group_size, self.generator)
+        ]
         # With several optimiser steps per RL step, a fault in a later mini-batch must also undo the
         # earlier ones: snapshot weights and optimiser state (three copies of the weights with AdamW).
         saved = snapshot(self.denoiser, opt.optimizer) if len(schedule) > 1 else None
@@ -307,14 +326,19 @@ class RLModule(L.LightningModule):
     def _rollout(self, prompt_ids: list[int], cond: Tensor):
         G, L = self.group_size, self.task.seq_len
         if not self.hparams.seed_rollouts_per_prompt:
-            return self.rollout_sampler.rollout(self.policy, cond, batch_size=cond.shape[0], seq_len=L,
-                                                generator=self.generator, device=self.device)
+            return self.rollout_sampler.rollout(
+                self.policy, cond, batch_size=cond.shape[0], seq_len=L, generator=self.generator, device=self.device
+            )
         parts = []
         for j, pid in enumerate(prompt_ids):
             gen = torch.Generator(device=self.device).manual_seed(
-                (self.hparams.seed * 1_000_003 + self.rl_steps) * 1_000_003 + pid)
-            parts.append(self.rollout_sampler.rollout(self.policy, cond[j * G:(j + 1) * G], batch_size=G,
-                                                      seq_len=L, generator=gen, device=self.device))
+                (self.hparams.seed * 1_000_003 + self.rl_steps) * 1_000_003 + pid
+            )
+            parts.append(
+                self.rollout_sampler.rollout(
+                    self.policy, cond[j * G : (j + 1) * G], batch_size=G, seq_len=L, generator=gen, device=self.device
+                )
+            )
         return Trajectory.concat(parts)
 
     def _step_rewards(self, traj, prompts, final: Tensor) -> Tensor:
@@ -336,8 +360,12 @@ class RLModule(L.LightningModule):
 
     def _compute_logs(self) -> dict[str, float]:
         c = self.compute
-        return {"compute/forward": float(c.forward), "compute/backward": float(c.backward),
-                "compute/tokens": float(c.tokens), "compute/fwd_equiv": float(c.fwd_equiv)}
+        return {
+            "compute/forward": float(c.forward),
+            "compute/backward": float(c.backward),
+            "compute/tokens": float(c.tokens),
+            "compute/fwd_equiv": float(c.fwd_equiv),
+        }
 
     # ------------------------------------------------------------------ evaluation and grids
     def on_train_start(self) -> None:
@@ -345,15 +373,23 @@ class RLModule(L.LightningModule):
             self.run_evaluation()
 
     def on_train_end(self) -> None:
-        if self.hparams.eval_every_n_steps and (not self.eval_history or self.eval_history[-1]["rl_step"] != self.rl_steps):
+        if self.hparams.eval_every_n_steps and (
+            not self.eval_history or self.eval_history[-1]["rl_step"] != self.rl_steps
+        ):
             self.run_evaluation()
 
     def run_evaluation(self) -> dict[str, float]:
         """Strict accuracy per category on the test prompts with the evaluation sampler; writes a grid."""
         was_training = self.denoiser.training
         self.denoiser.eval()
-        res = evaluate(self.policy, self.task, self.eval_sampler, self.eval_prompts,
-                       self.hparams.eval_batch_size, device=self.device)
+        res = evaluate(
+            self.policy,
+            self.task,
+            self.eval_sampler,
+            self.eval_prompts,
+            self.hparams.eval_batch_size,
+            device=self.device,
+        )
         grid = evaluate(self.policy, self.task, self.eval_sampler, self.grid_prompts, device=self.device)
         self.denoiser.train(was_training)
         metrics = {f"eval/{k.replace('/', '_')}": v for k, v in res.metrics.items()}
@@ -370,10 +406,14 @@ class RLModule(L.LightningModule):
 
     # ------------------------------------------------------------------ checkpoint extras
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["dflow_rl"] = {"generator": self.rng.state_dict(), "global_rng": global_rng_state(),
-                                  "compute": vars(self.compute).copy(),
-                                  "faults": dict(self.faults), "eval_history": list(self.eval_history),
-                                  "rl_steps": self.rl_steps}
+        checkpoint["dflow_rl"] = {
+            "generator": self.rng.state_dict(),
+            "global_rng": global_rng_state(),
+            "compute": vars(self.compute).copy(),
+            "faults": dict(self.faults),
+            "eval_history": list(self.eval_history),
+            "rl_steps": self.rl_steps,
+        }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         check_state_dict(self, checkpoint)  # a clear message, naming the file, before Lightning loads it

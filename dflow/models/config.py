@@ -75,9 +75,7 @@ class DFlowConfig(PretrainedConfig):
     ) -> None:
         self.vocab_size = _check_int("vocab_size", vocab_size, 1)
         if mask_id is not None and (isinstance(mask_id, bool) or mask_id != vocab_size):
-            raise ValueError(
-                f"mask_id must be None or equal to vocab_size ({vocab_size}), got {mask_id!r}"
-            )
+            raise ValueError(f"mask_id must be None or equal to vocab_size ({vocab_size}), got {mask_id!r}")
         self.mask_id = mask_id
         self.seq_len = _check_int("seq_len", seq_len, 1)
         self.prompt_len = _check_int("prompt_len", prompt_len, 0)
@@ -86,9 +84,7 @@ class DFlowConfig(PretrainedConfig):
         self.num_layers = _check_int("num_layers", num_layers, 1)
         self.num_heads = _check_int("num_heads", num_heads, 1)
         if hidden_size % num_heads != 0:
-            raise ValueError(
-                f"hidden_size ({hidden_size}) must be divisible by num_heads ({num_heads})"
-            )
+            raise ValueError(f"hidden_size ({hidden_size}) must be divisible by num_heads ({num_heads})")
         if not isinstance(mlp_ratio, (int, float)) or isinstance(mlp_ratio, bool):
             raise ValueError(f"mlp_ratio must be a positive number, got {mlp_ratio!r}")
         if int(hidden_size * mlp_ratio) < 1:
@@ -104,8 +100,11 @@ class DFlowConfig(PretrainedConfig):
         # local mixing for images: a depthwise conv_kernel x conv_kernel convolution over the pixel
         # tokens before each block (0 = off). A transformer on flattened pixels has no locality prior;
         # on the 12x12 shapes task this conv made the loss fall much faster on CPU budgets.
-        if isinstance(conv_kernel, bool) or not isinstance(conv_kernel, int) or conv_kernel < 0 or (
-            conv_kernel and conv_kernel % 2 == 0
+        if (
+            isinstance(conv_kernel, bool)
+            or not isinstance(conv_kernel, int)
+            or conv_kernel < 0
+            or (conv_kernel and conv_kernel % 2 == 0)
         ):
             raise ValueError(f"conv_kernel must be 0 or an odd int >= 1, got conv_kernel={conv_kernel!r}")
         if conv_kernel and self.image_shape is None:
@@ -129,14 +128,11 @@ class DFlowConfig(PretrainedConfig):
             or len(image_shape) != 2
             or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in image_shape)
         ):
-            raise ValueError(
-                f"image_shape must be None or (H, W) of positive ints, got {image_shape!r}"
-            )
+            raise ValueError(f"image_shape must be None or (H, W) of positive ints, got {image_shape!r}")
         height, width = image_shape
         if height * width != seq_len:
             raise ValueError(
-                f"image_shape {tuple(image_shape)} has H * W = {height * width}, "
-                f"which must equal seq_len ({seq_len})"
+                f"image_shape {tuple(image_shape)} has H * W = {height * width}, which must equal seq_len ({seq_len})"
             )
         return (height, width)
 

@@ -61,34 +61,24 @@ class HFMaskedLMDenoiser(nn.Module):
         model_vocab = self.mlm.get_input_embeddings().num_embeddings
         ids = list(data_token_ids)
         if not ids or any(isinstance(i, bool) or not isinstance(i, int) for i in ids):
-            raise ValueError(
-                f"data_token_ids must be a non-empty list of ints, got {data_token_ids!r}"
-            )
+            raise ValueError(f"data_token_ids must be a non-empty list of ints, got {data_token_ids!r}")
         if len(set(ids)) != len(ids):
             raise ValueError(f"data_token_ids must be unique, got {ids}")
         bad = [i for i in ids if not 0 <= i < model_vocab]
         if bad:
-            raise ValueError(
-                f"data_token_ids must be in [0, {model_vocab}) (the MLM's vocab), got {bad}"
-            )
+            raise ValueError(f"data_token_ids must be in [0, {model_vocab}) (the MLM's vocab), got {bad}")
         if isinstance(mask_token_id, bool) or not isinstance(mask_token_id, int):
             raise ValueError(f"mask_token_id must be an int, got {mask_token_id!r}")
         if not 0 <= mask_token_id < model_vocab:
             raise ValueError(f"mask_token_id must be in [0, {model_vocab}), got {mask_token_id}")
         if mask_token_id in ids:
-            raise ValueError(
-                f"mask_token_id ({mask_token_id}) must not be one of data_token_ids {ids}"
-            )
+            raise ValueError(f"mask_token_id ({mask_token_id}) must not be one of data_token_ids {ids}")
         if isinstance(prompt_len, bool) or not isinstance(prompt_len, int) or prompt_len < 0:
             raise ValueError(f"prompt_len must be an int >= 0, got {prompt_len!r}")
         if pad_token_id is not None and (
-            isinstance(pad_token_id, bool)
-            or not isinstance(pad_token_id, int)
-            or not 0 <= pad_token_id < model_vocab
+            isinstance(pad_token_id, bool) or not isinstance(pad_token_id, int) or not 0 <= pad_token_id < model_vocab
         ):
-            raise ValueError(
-                f"pad_token_id must be None or in [0, {model_vocab}), got {pad_token_id!r}"
-            )
+            raise ValueError(f"pad_token_id must be None or in [0, {model_vocab}), got {pad_token_id!r}")
         self.prompt_len = prompt_len
         self.pad_token_id = pad_token_id
         self.model_vocab_size = model_vocab
@@ -106,9 +96,7 @@ class HFMaskedLMDenoiser(nn.Module):
             kwargs = dict(model)
             model_type = kwargs.pop("model_type", None)
             if model_type is None:
-                raise ValueError(
-                    f"model given as a dict needs a 'model_type' key, got keys {sorted(kwargs)}"
-                )
+                raise ValueError(f"model given as a dict needs a 'model_type' key, got keys {sorted(kwargs)}")
             return AutoModelForMaskedLM.from_config(AutoConfig.for_model(model_type, **kwargs))
         if isinstance(model, (str, os.PathLike)):
             if not os.path.isdir(model):
@@ -117,10 +105,7 @@ class HFMaskedLMDenoiser(nn.Module):
                     "(only local checkpoints are loaded, never the hub)"
                 )
             return AutoModelForMaskedLM.from_pretrained(model, local_files_only=True)
-        raise ValueError(
-            "model must be a directory path, a PretrainedConfig or a dict, "
-            f"got {type(model).__name__}"
-        )
+        raise ValueError(f"model must be a directory path, a PretrainedConfig or a dict, got {type(model).__name__}")
 
     @property
     def vocab_size(self) -> int:
@@ -174,15 +159,12 @@ class HFMaskedLMDenoiser(nn.Module):
                 shape = tuple(cond.shape) if isinstance(cond, Tensor) else type(cond).__name__
                 raise ValueError(f"cond must have shape [{batch}, {self.prompt_len}], got {shape}")
             if not _is_integer_tensor(cond):
-                raise ValueError(
-                    f"cond must be an integer tensor of tokenizer ids, got {cond.dtype}"
-                )
+                raise ValueError(f"cond must be an integer tensor of tokenizer ids, got {cond.dtype}")
             if cond.numel() > 0:
                 low, high = torch.aminmax(cond)
                 if low.item() < 0 or high.item() >= self.model_vocab_size:
                     raise ValueError(
-                        f"cond ids must be in [0, {self.model_vocab_size}), "
-                        f"got min {low.item()} and max {high.item()}"
+                        f"cond ids must be in [0, {self.model_vocab_size}), got min {low.item()} and max {high.item()}"
                     )
         return batch, length
 

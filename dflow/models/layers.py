@@ -40,9 +40,7 @@ class TimeEmbedding(nn.Module):
 
     def forward(self, t: Tensor) -> Tensor:  # t: [B] -> [B, D]
         # computed here rather than kept as a buffer: no state to save or to materialise on load
-        log_freqs = torch.linspace(
-            0.0, math.log(_MAX_TIME_FREQ), _NUM_TIME_FREQS, device=t.device, dtype=torch.float32
-        )
+        log_freqs = torch.linspace(0.0, math.log(_MAX_TIME_FREQ), _NUM_TIME_FREQS, device=t.device, dtype=torch.float32)
         angles = t.float()[:, None] * log_freqs.exp()[None, :]  # [B, F]
         features = torch.cat([angles.cos(), angles.sin()], dim=-1)  # [B, 2F]
         return self.mlp(features.to(self.mlp[0].weight.dtype))

@@ -75,7 +75,8 @@ class DFlowTransformer(PreTrainedModel):
         k = getattr(config, "conv_kernel", 0)
         self.local_mix = (
             nn.ModuleList(nn.Conv2d(hidden, hidden, k, padding=k // 2, groups=hidden) for _ in range(config.num_layers))
-            if k else None
+            if k
+            else None
         )
         self.final_norm = AdaptiveLayerNorm(hidden, config.layer_norm_eps, config.time_conditioning)
         self.head = nn.Linear(hidden, config.vocab_size)
@@ -162,8 +163,7 @@ class DFlowTransformer(PreTrainedModel):
             if cond is not None and not empty:
                 shape = tuple(cond.shape) if isinstance(cond, Tensor) else type(cond).__name__
                 raise ValueError(
-                    f"cond must be None or of shape [{batch}, 0] for a model with prompt_len=0, "
-                    f"got {shape}"
+                    f"cond must be None or of shape [{batch}, 0] for a model with prompt_len=0, got {shape}"
                 )
             return None
         if cond is None:

@@ -120,10 +120,6 @@ class ProbabilityPath(ABC):
 
     def _check_posterior(self, name: str, p: Tensor, x_t: Tensor) -> None:
         if p.dim() != 3 or p.shape[:2] != x_t.shape:
-            raise ValueError(
-                f"{name} must have shape [B, L, V]={(*x_t.shape, self.vocab_size)}, got {tuple(p.shape)}"
-            )
+            raise ValueError(f"{name} must have shape [B, L, V]={(*x_t.shape, self.vocab_size)}, got {tuple(p.shape)}")
         if p.shape[-1] != self.vocab_size:
-            raise ValueError(
-                f"{name} width must equal the source's vocabulary V={self.vocab_size}, got {p.shape[-1]}"
-            )
+            raise ValueError(f"{name} width must equal the source's vocabulary V={self.vocab_size}, got {p.shape[-1]}")

@@ -39,9 +39,7 @@ class MixturePath(ProbabilityPath):
         if not isinstance(source, Source):
             raise ValueError(f"MixturePath: source must be a dflow.paths Source, got {source!r}")
         if discretization not in DISCRETIZATIONS:
-            raise ValueError(
-                f"MixturePath: unknown discretization={discretization!r}; choose one of {DISCRETIZATIONS}"
-            )
+            raise ValueError(f"MixturePath: unknown discretization={discretization!r}; choose one of {DISCRETIZATIONS}")
         self.source = source
         self.scheduler = scheduler if scheduler is not None else LinearScheduler()
         self.discretization = discretization
@@ -49,7 +47,9 @@ class MixturePath(ProbabilityPath):
         self._clean_state = source.probs(dtype=torch.float64) == 0
 
     def __repr__(self) -> str:
-        return f"MixturePath(source={self.source!r}, scheduler={self.scheduler!r}, discretization={self.discretization!r})"
+        return (
+            f"MixturePath(source={self.source!r}, scheduler={self.scheduler!r}, discretization={self.discretization!r})"
+        )
 
     # ------------------------------------------------------------------ forward process
     def sample_xt(self, x1: Tensor, t: Tensor, generator: torch.Generator | None = None) -> Tensor:

@@ -97,9 +97,7 @@ class WeightedRewards:
         self.names = names
 
     def __call__(self, x1: Tensor, prompts: Sequence[Prompt]) -> RewardRecord:
-        components = {
-            name: reward(x1, prompts) for name, reward in zip(self.names, self.rewards)
-        }
+        components = {name: reward(x1, prompts) for name, reward in zip(self.names, self.rewards)}
         total = torch.zeros(len(prompts), dtype=torch.float32, device=x1.device)
         for w, value in zip(self.weights, components.values()):
             total = total + w * value.to(total.device)
@@ -121,14 +119,9 @@ def load_reward(dotted_path: str) -> Any:
         candidates = [(module_name, attr_path)]
     else:
         parts = dotted_path.split(".")
-        candidates = [
-            (".".join(parts[:i]), ".".join(parts[i:])) for i in range(len(parts) - 1, 0, -1)
-        ]
+        candidates = [(".".join(parts[:i]), ".".join(parts[i:])) for i in range(len(parts) - 1, 0, -1)]
     if not candidates or not all(candidates[0]):
-        raise ValueError(
-            f"reward path {dotted_path!r} must look like 'package.module:attr' or "
-            "'package.module.attr'"
-        )
+        raise ValueError(f"reward path {dotted_path!r} must look like 'package.module:attr' or 'package.module.attr'")
     obj: Any = None
     error: Exception | None = None
     for module_name, attr_path in candidates:
@@ -145,18 +138,11 @@ def load_reward(dotted_path: str) -> Any:
             error = err
             break
     if obj is None:
-        raise ValueError(
-            f"reward path {dotted_path!r}: cannot import {module_name!r} ({error})"
-        ) from error
+        raise ValueError(f"reward path {dotted_path!r}: cannot import {module_name!r} ({error})") from error
     for part in attr_path.split("."):
         if not hasattr(obj, part):
-            raise ValueError(
-                f"reward path {dotted_path!r}: module {module_name!r} has no attribute "
-                f"{attr_path!r}"
-            )
+            raise ValueError(f"reward path {dotted_path!r}: module {module_name!r} has no attribute {attr_path!r}")
         obj = getattr(obj, part)
     if not callable(obj):
-        raise ValueError(
-            f"reward path {dotted_path!r} names a {type(obj).__name__}, not a callable"
-        )
+        raise ValueError(f"reward path {dotted_path!r} names a {type(obj).__name__}, not a callable")
     return obj

@@ -50,9 +50,7 @@ def check_rewards(values: Any, name: str, prompts: Sequence[Prompt], batch_size:
             f"(first prompt {_prompt_text(prompts)})"
         )
     if values.dtype.is_complex:
-        raise ValueError(
-            f"reward {name!r} returned complex values (first prompt {_prompt_text(prompts)})"
-        )
+        raise ValueError(f"reward {name!r} returned complex values (first prompt {_prompt_text(prompts)})")
     values = values.float()
     bad = ~torch.isfinite(values)
     if bool(bad.any()):

@@ -58,17 +58,14 @@ class AdvantageInput:
         batch = self.rewards.shape[0]
         if batch == 0 or batch % self.group_size != 0:
             raise ValueError(
-                f"the batch size B={batch} (len(rewards)) must be a positive multiple of "
-                f"group_size G={self.group_size}"
+                f"the batch size B={batch} (len(rewards)) must be a positive multiple of group_size G={self.group_size}"
             )
         if not self.rewards.is_floating_point():
             self.rewards = self.rewards.to(torch.get_default_dtype())
         if self.step_rewards is not None:
             shape = tuple(self.step_rewards.shape)
             if len(shape) != 2 or shape[0] != batch or shape[1] < 2:
-                raise ValueError(
-                    f"step_rewards must have shape [B, K+1] with B={batch} and K >= 1, got {shape}"
-                )
+                raise ValueError(f"step_rewards must have shape [B, K+1] with B={batch} and K >= 1, got {shape}")
             if not self.step_rewards.is_floating_point():
                 self.step_rewards = self.step_rewards.to(torch.get_default_dtype())
 

@@ -49,9 +49,7 @@ def unit_mask(
     if mask.dtype != torch.bool:
         raise ValueError(f"mask must be a bool tensor, got dtype {mask.dtype}")
     if mask.shape != like.shape:
-        raise ValueError(
-            f"mask must have the shape of {like_name} {tuple(like.shape)}, got {tuple(mask.shape)}"
-        )
+        raise ValueError(f"mask must have the shape of {like_name} {tuple(like.shape)}, got {tuple(mask.shape)}")
     return mask.to(like.device)
 
 

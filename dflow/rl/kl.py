@@ -85,10 +85,7 @@ class KLPenalty(nn.Module):
     ) -> Tensor:  # [B, U] beta * kl, zero where masked
         valid = unit_mask(mask, logp, "logp")
         if ref_logp.shape != logp.shape:
-            raise ValueError(
-                f"ref_logp must have the shape of logp {tuple(logp.shape)}, "
-                f"got {tuple(ref_logp.shape)}"
-            )
+            raise ValueError(f"ref_logp must have the shape of logp {tuple(logp.shape)}, got {tuple(ref_logp.shape)}")
         zero = torch.zeros((), dtype=logp.dtype, device=logp.device)
         # Neutralise masked inputs first so padding (e.g. -inf) cannot produce NaN gradients.
         logp = torch.where(valid, logp, zero)

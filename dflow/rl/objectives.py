@@ -82,10 +82,7 @@ class Objective(nn.Module):
     ) -> ObjectiveOutput:
         valid = unit_mask(mask, logp, "logp")
         if old_logp.shape != logp.shape:
-            raise ValueError(
-                f"old_logp must have the shape of logp {tuple(logp.shape)}, "
-                f"got {tuple(old_logp.shape)}"
-            )
+            raise ValueError(f"old_logp must have the shape of logp {tuple(logp.shape)}, got {tuple(old_logp.shape)}")
         adv = _broadcast_advantages(advantages, logp)  # [B, U]
         old_logp = old_logp.detach().to(logp.dtype)
         if self.check_finite:
@@ -132,8 +129,7 @@ def _broadcast_advantages(
         advantages = advantages[:, None]  # [B, 1]
     elif advantages.shape != (batch, units):
         raise ValueError(
-            f"advantages must have shape [B]=({batch},) or [B, U]=({batch}, {units}), "
-            f"got {tuple(advantages.shape)}"
+            f"advantages must have shape [B]=({batch},) or [B, U]=({batch}, {units}), got {tuple(advantages.shape)}"
         )
     return advantages.detach().to(logp.dtype).expand(batch, units)
 
@@ -149,9 +145,7 @@ class ClippedSurrogate(Objective):
         eps_high: upper clip width, > 0; defaults to ``eps_low`` (dFlowGRPO 1.5e-3).
     """
 
-    def __init__(
-        self, eps_low: float = 0.2, eps_high: float | None = None, check_finite: bool = False
-    ) -> None:
+    def __init__(self, eps_low: float = 0.2, eps_high: float | None = None, check_finite: bool = False) -> None:
         super().__init__(check_finite=check_finite)
         if eps_high is None:
             eps_high = eps_low

@@ -108,9 +108,7 @@ class Task(ABC):
         """Prompt token ids, long ``[B, Lc]``, right-padded with 0."""
 
     @abstractmethod
-    def sample_data(
-        self, n: int, generator: torch.Generator | None = None, split: str = "pretrain"
-    ) -> TaskBatch:
+    def sample_data(self, n: int, generator: torch.Generator | None = None, split: str = "pretrain") -> TaskBatch:
         """``n`` prompts drawn uniformly (with replacement) from ``prompts(split)``, each with a
         random valid ground-truth sample."""
 
@@ -153,22 +151,14 @@ class Task(ABC):
         if x1.dtype.is_floating_point or x1.dtype.is_complex or x1.dtype == torch.bool:
             raise ValueError(f"x1 must have an integer dtype, got {x1.dtype}")
         if x1.dim() != 2 or x1.shape[1] != self.seq_len:
-            raise ValueError(
-                f"x1 must have shape [B, {self.seq_len}] for task {self.name!r}, "
-                f"got {tuple(x1.shape)}"
-            )
+            raise ValueError(f"x1 must have shape [B, {self.seq_len}] for task {self.name!r}, got {tuple(x1.shape)}")
         if prompts is not None and x1.shape[0] != len(prompts):
-            raise ValueError(
-                f"x1 has {x1.shape[0]} rows but {len(prompts)} prompts were given"
-            )
+            raise ValueError(f"x1 has {x1.shape[0]} rows but {len(prompts)} prompts were given")
         if x1.numel() > 0:
             lo, hi = int(x1.min()), int(x1.max())
             if lo < 0 or hi >= self.vocab_size:
                 bad = lo if lo < 0 else hi
-                raise ValueError(
-                    f"x1 values must lie in [0, {self.vocab_size}) for task {self.name!r}, "
-                    f"found {bad}"
-                )
+                raise ValueError(f"x1 values must lie in [0, {self.vocab_size}) for task {self.name!r}, found {bad}")
         return x1.detach().to("cpu", torch.long)
 
     def check_prompts(self, prompts: Sequence[Prompt]) -> None:
@@ -178,8 +168,7 @@ class Task(ABC):
                 raise ValueError(f"prompts must be Prompt objects, got {type(p).__name__}")
             if p.category not in self.categories:
                 raise ValueError(
-                    f"prompt {p.text!r} has category {p.category!r}, not one of "
-                    f"{self.categories} of task {self.name!r}"
+                    f"prompt {p.text!r} has category {p.category!r}, not one of {self.categories} of task {self.name!r}"
                 )
 
 
@@ -190,9 +179,7 @@ def check_positive_int(value: int, field: str, minimum: int = 1) -> int:
     return value
 
 
-def choose_prompts(
-    pool: Sequence[Prompt], n: int, generator: torch.Generator | None
-) -> list[Prompt]:
+def choose_prompts(pool: Sequence[Prompt], n: int, generator: torch.Generator | None) -> list[Prompt]:
     """``n`` prompts drawn uniformly with replacement from ``pool``."""
     check_positive_int(n, "n")
     idx = torch.randint(len(pool), (n,), generator=generator)

@@ -43,16 +43,11 @@ class CategoryAccuracy(torchmetrics.Metric):
         """Add a batch: ``correct`` bool ``[B]``, ``prompts`` with a ``category`` attribute each."""
         if not isinstance(correct, Tensor) or correct.dim() != 1 or len(correct) != len(prompts):
             shape = tuple(correct.shape) if isinstance(correct, Tensor) else type(correct).__name__
-            raise ValueError(
-                f"correct must be a 1-D tensor with one entry per prompt ({len(prompts)}), "
-                f"got {shape}"
-            )
+            raise ValueError(f"correct must be a 1-D tensor with one entry per prompt ({len(prompts)}), got {shape}")
         idx = []
         for p in prompts:
             if p.category not in self._index:
-                raise ValueError(
-                    f"prompt category {p.category!r} is not one of {self.categories}"
-                )
+                raise ValueError(f"prompt category {p.category!r} is not one of {self.categories}")
             idx.append(self._index[p.category])
         index = torch.tensor(idx, dtype=torch.long, device=self.num_total.device)
         self.num_total.index_add_(0, index, torch.ones_like(index))
@@ -62,7 +57,5 @@ class CategoryAccuracy(torchmetrics.Metric):
         acc = self.num_correct.double() / self.num_total.double()  # nan where num_total == 0
         out = {f"acc/{c}": acc[i].float() for i, c in enumerate(self.categories)}
         seen = self.num_total > 0
-        out["acc/overall"] = (
-            acc[seen].mean().float() if bool(seen.any()) else torch.tensor(float("nan"))
-        )
+        out["acc/overall"] = acc[seen].mean().float() if bool(seen.any()) else torch.tensor(float("nan"))
         return out

@@ -90,9 +90,7 @@ def test_stops_after_ceil_budget_over_step_cost(unit, per_step, budget):
 
 def test_eval_every_evaluates_at_compute_crossings_and_recorder_keeps_global_compute(tmp_path):
     module = CountingModule()
-    budget = ComputeBudget(
-        "fwd_equiv", 55, eval_every=25
-    )  # steps cost 10: crossings of 25 and 50 at steps 3 and 5
+    budget = ComputeBudget("fwd_equiv", 55, eval_every=25)  # steps cost 10: crossings of 25 and 50 at steps 3 and 5
     seen = []
     recorder = RunRecorder(tmp_path / "progress.json", "fwd_equiv", 55, on_step=seen.append)
     _fit(module, budget, recorder)

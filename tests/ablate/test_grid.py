@@ -24,11 +24,7 @@ from dflow.ablate.spec import load_grid
 
 
 def _snapshot(directory):
-    return {
-        p: (p.read_bytes(), p.stat().st_mtime_ns)
-        for p in sorted(directory.rglob("*"))
-        if p.is_file()
-    }
+    return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
 def _console(width=120):
@@ -58,9 +54,7 @@ def test_tiny_grid_end_to_end_then_reused(grid_file, config_parser, monkeypatch)
         assert row["budget_unit"] == "fwd_equiv" and row["budget_reached"] == "True"
         assert float(row["compute_used"]) >= 40  # stopped at the first step that reached the budget
         assert 0.0 <= float(row["acc_overall"]) <= 1.0 and row["acc_counting"] != ""
-    assert all(r["kl"] != "" for r in rows[:2]) and all(
-        r["kl"] == "" for r in rows[2:]
-    )  # elbo has no KL penalty
+    assert all(r["kl"] != "" for r in rows[:2]) and all(r["kl"] == "" for r in rows[2:])  # elbo has no KL penalty
 
     table = (out / "table.txt").read_text()
     assert report.table == table and "mean±std over seeds" in table
@@ -78,9 +72,7 @@ def test_tiny_grid_end_to_end_then_reused(grid_file, config_parser, monkeypatch)
         assert result["eval_history"][0]["compute/fwd_equiv"] == 0.0
         assert result["eval_history"][-1]["compute/fwd_equiv"] == result["compute"]["fwd_equiv"]
         assert result["seed"] == result["axes"]["seed"]
-        assert (
-            out / "runs" / run_id / "config.yaml"
-        ).is_file()  # the resolved config sits with the run
+        assert (out / "runs" / run_id / "config.yaml").is_file()  # the resolved config sits with the run
 
     # rerunning the finished grid trains nothing and leaves every file as it was
     before = _snapshot(out)
@@ -122,8 +114,9 @@ def test_tiny_grid_end_to_end_then_reused(grid_file, config_parser, monkeypatch)
     tampered.write_text(tampered.read_text().replace(copied.results[0]["recipe_sha256"], "0" * 64))
     listing = _console(width=1000)  # long tmp paths must not wrap in the table
     third_dir = load_grid(grid_file, out=out.parent / "third")
-    check = run_grid(third_dir, console=listing, parser=config_parser, launcher="inline", dry_run=True,
-                     reuse_from=[other.out])
+    check = run_grid(
+        third_dir, console=listing, parser=config_parser, launcher="inline", dry_run=True, reuse_from=[other.out]
+    )
     text = listing.file.getvalue()
     assert "not reused" in text and "another version of recipe" in text
     assert text.count(f"finished in {other.out}") == len(ids) - 1 and check.reused == []

@@ -19,9 +19,7 @@ def _untouched(path, before: bytes, mtime: int) -> bool:
     return path.read_bytes() == before and path.stat().st_mtime_ns == mtime
 
 
-@pytest.mark.parametrize(
-    "content", [b"{not json", b"\xff\xfe\x00garbage", b'{"run_id": "x"}', b"[1, 2]"]
-)
+@pytest.mark.parametrize("content", [b"{not json", b"\xff\xfe\x00garbage", b'{"run_id": "x"}', b"[1, 2]"])
 def test_corrupt_result_json_is_named_and_left_alone(grid_file, config_parser, content):
     spec = load_grid(grid_file)
     first = spec.runs()[0].run_id
@@ -104,9 +102,7 @@ def _result(run_id, method, seed, evals, kl=None, unit="fwd_equiv", budget=None)
         "steps": len(evals) - 1,
         "compute": {"forward": 1.0, "backward": 2.0, "tokens": 3.0, "fwd_equiv": evals[-1][0]},
         "final": {
-            k: v
-            for k, v in {**history[-1], **(train[-1] if train else {})}.items()
-            if "/" in k and "compute" not in k
+            k: v for k, v in {**history[-1], **(train[-1] if train else {})}.items() if "/" in k and "compute" not in k
         },
         "eval_history": history,
         "train_history": train,
@@ -144,9 +140,7 @@ def test_csv_and_seed_table_from_known_results(tmp_path, recipes):
     rows = list(csv.DictReader(io.StringIO(csv_text(spec, results))))
     assert [r["run_id"] for r in rows] == ["udm-a", "udm-b", "elbo-a"]
     assert rows[0]["acc_overall"] == "1.0" and rows[0]["acc_counting"] == "0.5"
-    assert (
-        rows[0]["compute_to_acc_0.9"] == "40" and rows[1]["compute_to_acc_0.9"] == ""
-    )  # never reached
+    assert rows[0]["compute_to_acc_0.9"] == "40" and rows[1]["compute_to_acc_0.9"] == ""  # never reached
     assert rows[2]["kl"] == "" and rows[0]["kl"] == "0.02"
     assert rows[1]["seed"] == "1" and rows[0]["compute_used"] == "40"
     text = table_text(spec, results)
@@ -159,16 +153,18 @@ def test_csv_and_seed_table_from_known_results(tmp_path, recipes):
 def test_runs_are_labelled_by_the_recipe_they_ran(tmp_path, recipes):
     """A table row names the recipe file and the method's own overrides, and the grid's name for the
     method only when it is not the recipe's stem."""
-    spec = parse_grid({
-        "name": "labels",
-        "methods": {
-            "udm": str(recipes["udm"]),
-            "udm_fast": {"recipe": str(recipes["udm"]), "overrides": {"model.init_args.lr": 0.1}},
-            "elbo_renamed": str(recipes["elbo"]),
-        },
-        "budget": {"unit": "fwd_equiv", "value": 40},
-        "out": str(tmp_path / "labels"),
-    })
+    spec = parse_grid(
+        {
+            "name": "labels",
+            "methods": {
+                "udm": str(recipes["udm"]),
+                "udm_fast": {"recipe": str(recipes["udm"]), "overrides": {"model.init_args.lr": 0.1}},
+                "elbo_renamed": str(recipes["elbo"]),
+            },
+            "budget": {"unit": "fwd_equiv", "value": 40},
+            "out": str(tmp_path / "labels"),
+        }
+    )
     assert recipe_label(spec, "udm") == "udm.yaml"
     assert recipe_label(spec, "udm_fast") == "udm.yaml + lr=0.1 [udm_fast]"
     assert recipe_label(spec, "elbo_renamed") == "elbo.yaml [elbo_renamed]"
@@ -184,9 +180,7 @@ def test_seed_band_interpolates_on_the_shared_range():
     band = seed_band("m", [([0, 10, 20], [0.0, 1.0, 2.0]), ([0, 20, 30], [0.0, 4.0, 5.0])])
     # shared range [0, 20]; second curve at x=10 interpolates to 2.0
     assert band.x == [0.0, 10.0, 20.0]
-    assert (
-        band.mean == [0.0, 1.5, 3.0] and band.lo == [0.0, 1.0, 2.0] and band.hi == [0.0, 2.0, 4.0]
-    )
+    assert band.mean == [0.0, 1.5, 3.0] and band.lo == [0.0, 1.0, 2.0] and band.hi == [0.0, 2.0, 4.0]
     assert seed_band("none", [([], [])]) is None
 
 

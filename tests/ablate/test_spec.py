@@ -17,14 +17,15 @@ def _grid(recipes, **extra):
 
 
 def test_cartesian_product_in_grid_order(recipes):
-    spec = parse_grid(
-        _grid(recipes, grid={"seed": [0, 1, 2], "model.init_args.rollout.num_steps": [4, 8]})
-    )
+    spec = parse_grid(_grid(recipes, grid={"seed": [0, 1, 2], "model.init_args.rollout.num_steps": [4, 8]}))
     runs = spec.runs()
     assert len(runs) == 2 * 3 * 2
-    assert [
-        (r.method, r.axes["seed"], r.axes["model.init_args.rollout.num_steps"]) for r in runs[:4]
-    ] == [("udm", 0, 4), ("udm", 0, 8), ("udm", 1, 4), ("udm", 1, 8)]
+    assert [(r.method, r.axes["seed"], r.axes["model.init_args.rollout.num_steps"]) for r in runs[:4]] == [
+        ("udm", 0, 4),
+        ("udm", 0, 8),
+        ("udm", 1, 4),
+        ("udm", 1, 8),
+    ]
     assert len({r.run_id for r in runs}) == len(runs)
     # the seed axis sets Lightning's global seed and the RLModule's own generator, never the data seed
     assert {k: runs[2].overrides[k] for k in SEED_KEYS} == {
@@ -41,9 +42,7 @@ def test_run_ids_are_stable_and_change_with_what_is_run(recipes):
     again = [r.run_id for r in parse_grid(_grid(recipes, grid={"seed": [0, 1]})).runs()]
     assert first == again
     assert first[0].startswith("udm-") and first[2].startswith("elbo-")
-    changed = parse_grid(
-        _grid(recipes, grid={"seed": [0, 1]}, overrides={"model.init_args.lr": 1e-4})
-    ).runs()
+    changed = parse_grid(_grid(recipes, grid={"seed": [0, 1]}, overrides={"model.init_args.lr": 1e-4})).runs()
     assert not {r.run_id for r in changed} & set(first)
     # adding a seed keeps the ids of the runs that were already there (so a grid can grow and resume)
     grown = [r.run_id for r in parse_grid(_grid(recipes, grid={"seed": [0, 1, 2]})).runs()]
@@ -56,17 +55,13 @@ def test_base_with_override_only_methods(recipes):
             "base": str(recipes["udm"]),
             "methods": {
                 "epg": {"overrides": {"model.init_args.objective": {"class_path": "dflow.rl.EPG"}}},
-                "pepg": {
-                    "overrides": {"model.init_args.objective": {"class_path": "dflow.rl.PEPG"}}
-                },
+                "pepg": {"overrides": {"model.init_args.objective": {"class_path": "dflow.rl.PEPG"}}},
             },
             "budget": {"unit": "tokens", "value": 1000},
         }
     )
     runs = spec.runs()
-    assert [r.method for r in runs] == ["epg", "pepg"] and all(
-        r.recipe == recipes["udm"] for r in runs
-    )
+    assert [r.method for r in runs] == ["epg", "pepg"] and all(r.recipe == recipes["udm"] for r in runs)
     assert '--model.init_args.objective={"class_path": "dflow.rl.PEPG"}' in runs[1].args()
     single = parse_grid({"base": str(recipes["elbo"]), "budget": {"unit": "forward", "value": 5}})
     assert [m.name for m in single.methods] == ["elbo"]

@@ -49,9 +49,7 @@ def test_plan_parses_every_run(recipes, config_parser):
         ),
     ],
 )
-def test_unknown_override_names_it_and_the_nearest_keys(
-    recipes, config_parser, where, key, nearest
-):
+def test_unknown_override_names_it_and_the_nearest_keys(recipes, config_parser, where, key, nearest):
     spec = _spec(recipes, **{where: {key: [4] if where == "grid" else 4}})
     with pytest.raises(ValueError) as info:
         plan_grid(spec, parser=config_parser)
@@ -78,27 +76,19 @@ def test_keys_of_a_class_chosen_by_another_override_are_known(recipes, config_pa
             "model.init_args.objective.init_args.eps_hihg": 0.3,
         },
     )
-    with pytest.raises(
-        ValueError, match="'model.init_args.objective.init_args.eps_hihg' names no field.*eps_high"
-    ):
+    with pytest.raises(ValueError, match="'model.init_args.objective.init_args.eps_hihg' names no field.*eps_high"):
         plan_grid(bad, parser=config_parser)
 
 
 def test_invalid_value_and_exec_arguments_are_named(recipes, config_parser):
     spec = _spec(recipes, grid={"model.init_args.rollout.num_steps": ["many"]})
-    with pytest.raises(
-        ValueError, match="override 'model.init_args.rollout.num_steps=many' has an invalid value"
-    ):
+    with pytest.raises(ValueError, match="override 'model.init_args.rollout.num_steps=many' has an invalid value"):
         plan_grid(spec, parser=config_parser)
-    with pytest.raises(
-        ValueError, match="override 'trainer.devicez' names no field.*'trainer.devices'"
-    ):
+    with pytest.raises(ValueError, match="override 'trainer.devicez' names no field.*'trainer.devices'"):
         plan_grid(_spec(recipes), ["--trainer.devicez=2"], parser=config_parser)
 
 
-def test_a_module_without_compute_accounting_cannot_share_the_budget(
-    tmp_path, recipes, config_parser
-):
+def test_a_module_without_compute_accounting_cannot_share_the_budget(tmp_path, recipes, config_parser):
     pretrain = {
         "model": {
             "class_path": "dflow.lightning.PretrainModule",
@@ -116,18 +106,14 @@ def test_a_module_without_compute_accounting_cannot_share_the_budget(
         },
     }
     spec = _spec({"udm": recipes["udm"], "pre": write_yaml(tmp_path / "pre.yaml", pretrain)})
-    with pytest.raises(
-        ValueError, match="PretrainModule' is not an RLModule.*budget unit 'fwd_equiv'"
-    ):
+    with pytest.raises(ValueError, match="PretrainModule' is not an RLModule.*budget unit 'fwd_equiv'"):
         plan_grid(spec, parser=config_parser)
 
 
 def test_runs_must_share_prompts_and_evaluation(tmp_path, recipes, config_parser):
     other = rl_recipe("elbo", data_seed=1)
     spec = _spec({"udm": recipes["udm"], "elbo": write_yaml(tmp_path / "seed1.yaml", other)})
-    with pytest.raises(
-        ValueError, match="differ in data.init_args.seed: 0 vs 1.*share prompts and evaluation"
-    ):
+    with pytest.raises(ValueError, match="differ in data.init_args.seed: 0 vs 1.*share prompts and evaluation"):
         plan_grid(spec, parser=config_parser)
     other = rl_recipe("elbo")
     other["model"]["init_args"]["evaluation"] = {"num_steps": 8}

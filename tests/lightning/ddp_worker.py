@@ -60,8 +60,15 @@ def main(devices: int, out: str) -> None:
     data = PromptDataModule(get_task("shapes"), prompts_per_step=GLOBAL_PROMPTS // devices, seed=0)
     record = RecordGroups()
     trainer = L.Trainer(
-        accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto", max_steps=2,
-        logger=False, enable_checkpointing=False, default_root_dir=out + ".logs", enable_progress_bar=False, enable_model_summary=False,
+        accelerator="cpu",
+        devices=devices,
+        strategy="ddp" if devices > 1 else "auto",
+        max_steps=2,
+        logger=False,
+        enable_checkpointing=False,
+        default_root_dir=out + ".logs",
+        enable_progress_bar=False,
+        enable_model_summary=False,
         callbacks=[record],
     )
     trainer.fit(module, datamodule=data)

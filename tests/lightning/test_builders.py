@@ -99,8 +99,13 @@ def test_resolve_path_finds_package_relative_names(tmp_path, monkeypatch):
 def test_hf_masked_lm_for_the_text_task():
     task = TextTask()
     path = MixturePath(MaskSource(task.vocab_size))
-    config = {"model_type": "bert", "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
-              "intermediate_size": 32}
+    config = {
+        "model_type": "bert",
+        "hidden_size": 16,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "intermediate_size": 32,
+    }
     model = HFMaskedLM(config=config).build(task, path)
     batch = task.sample_data(3, torch.Generator().manual_seed(0))
     x_t = path.sample_xt(batch.x1, torch.full((3,), 0.5), torch.Generator().manual_seed(1))

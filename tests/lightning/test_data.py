@@ -106,9 +106,10 @@ def test_category_balance_visits_every_category_equally_often(task):
         drawn = [i for i in stream if test[i].category == c]
         n = counts[c]
         for start in range(0, len(drawn) - n + 1, n):
-            assert sorted(drawn[start:start + n]) == sorted(i for i, p in enumerate(test) if p.category == c)
-    again = torch.cat(first_batches(PromptDataModule(task, prompts_per_step=4, split="test", seed=2,
-                                                     balance="category"), 30)).tolist()
+            assert sorted(drawn[start : start + n]) == sorted(i for i, p in enumerate(test) if p.category == c)
+    again = torch.cat(
+        first_batches(PromptDataModule(task, prompts_per_step=4, split="test", seed=2, balance="category"), 30)
+    ).tolist()
     assert again == stream
     resumed = PromptDataModule(task, prompts_per_step=4, split="test", seed=2, balance="category")
     resumed.resume_from(epoch=0, batches=10)

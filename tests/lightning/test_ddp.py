@@ -15,8 +15,14 @@ WORKER = Path(__file__).with_name("ddp_worker.py")
 def run_worker(devices: int, out: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": str(WORKER.parent) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     env.pop("CUDA_VISIBLE_DEVICES", None)
-    proc = subprocess.run([sys.executable, str(WORKER), str(devices), str(out)], capture_output=True, text=True,
-                          timeout=300, env=env, cwd=WORKER.parent)
+    proc = subprocess.run(
+        [sys.executable, str(WORKER), str(devices), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=WORKER.parent,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return torch.load(out, weights_only=False)
 

@@ -13,13 +13,17 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = ["--model.init_args.denoiser=dflow.lightning.TransformerDenoiser",
-        "--model.init_args.denoiser.init_args.hidden_size=16",
-        "--model.init_args.denoiser.init_args.num_layers=1",
-        "--model.init_args.denoiser.init_args.num_heads=2",
-        "--model.init_args.eval_every_n_steps=0", "--data.init_args.prompts_per_step=2",
-        "--model.init_args.rollout.num_steps=3", "--trainer.enable_progress_bar=false",
-        "--model.init_args.rewards=[{source: test_graceful_shutdown:marked_reward}]"]
+TINY = [
+    "--model.init_args.denoiser=dflow.lightning.TransformerDenoiser",
+    "--model.init_args.denoiser.init_args.hidden_size=16",
+    "--model.init_args.denoiser.init_args.num_layers=1",
+    "--model.init_args.denoiser.init_args.num_heads=2",
+    "--model.init_args.eval_every_n_steps=0",
+    "--data.init_args.prompts_per_step=2",
+    "--model.init_args.rollout.num_steps=3",
+    "--trainer.enable_progress_bar=false",
+    "--model.init_args.rewards=[{source: test_graceful_shutdown:marked_reward}]",
+]
 
 
 def marked_reward(x1: torch.Tensor, prompts) -> torch.Tensor:
@@ -31,8 +35,21 @@ def marked_reward(x1: torch.Tensor, prompts) -> torch.Tensor:
 def fit(tmp_path: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "DFLOW_TEST_MARKER": str(tmp_path / "marker")}
     return subprocess.Popen(
-        [sys.executable, "-m", "dflow.cli", "fit", "--config", str(ROOT / "recipes/shapes/udm_grpo.yaml"), *TINY, *extra],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "dflow.cli",
+            "fit",
+            "--config",
+            str(ROOT / "recipes/shapes/udm_grpo.yaml"),
+            *TINY,
+            *extra,
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 
@@ -56,8 +73,10 @@ def test_sigterm_saves_last_checkpoint_and_resume_continues(tmp_path):
     assert resumed.returncode == 0, out[-3000:]
     # the resumed invocation logs into a new version folder; its steps continue from the checkpoint
     versions = sorted((tmp_path / "runs/shapes_udm_grpo").glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
-    steps = [int(line.split(",")[header_index(versions[-1], "step")]) for line in
-             (versions[-1] / "metrics.csv").read_text().splitlines()[1:]]
+    steps = [
+        int(line.split(",")[header_index(versions[-1], "step")])
+        for line in (versions[-1] / "metrics.csv").read_text().splitlines()[1:]
+    ]
     assert steps == [stopped_at]  # exactly one more RL step, numbered after the interrupted run's
 
 

@@ -37,8 +37,15 @@ def fit(tmp_path, precision: str = "32-true", compile_denoiser: bool = False) ->
         rewards=[RewardSpec(source="test_precision_compile:red_pixels")],
         compile_denoiser=compile_denoiser,
     )
-    trainer = L.Trainer(max_steps=2, precision=precision, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        max_steps=2,
+        precision=precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(module, datamodule=PromptDataModule(get_task("shapes"), prompts_per_step=2))
     return module, trainer
 
@@ -47,10 +54,13 @@ def test_bf16_mixed_on_cpu_trains_with_exact_first_ratio(tmp_path):
     module, trainer = fit(tmp_path, precision="bf16-mixed")
     assert trainer.global_step == 2
     assert all(p.dtype == torch.float32 for p in module.denoiser.parameters())  # mixed: fp32 master weights
-    assert float(trainer.callback_metrics["train/ratio_min"]) <= 1.0 <= float(trainer.callback_metrics["train/ratio_max"])
+    assert (
+        float(trainer.callback_metrics["train/ratio_min"]) <= 1.0 <= float(trainer.callback_metrics["train/ratio_max"])
+    )
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        traj = module.rollout_sampler.rollout(module.policy, None, batch_size=4, seq_len=144,
-                                              generator=torch.Generator().manual_seed(0))
+        traj = module.rollout_sampler.rollout(
+            module.policy, None, batch_size=4, seq_len=144, generator=torch.Generator().manual_seed(0)
+        )
         again = module.rollout_sampler.log_probs(module.policy, traj)
     assert traj.log_probs.dtype == torch.float32 and torch.equal(again, traj.log_probs)
 

@@ -64,13 +64,21 @@ def test_cross_entropy_ignores_carry_over_tokens_of_a_mask_source():
     path = MixturePath(MaskSource(3))
     x1 = torch.tensor([[0, 1, 2]])
     x_t = torch.tensor([[0, 3, 3]])
-    logits = torch.tensor([[[-50.0, 50.0, 0.0],  # position 0: confidently wrong, must not count
-                            [0.0, 0.0, 0.0],  # position 1: p(1) = 1/3 -> CE = log 3
-                            [0.0, 0.0, math.log(2.0)]]])  # position 2: p(2) = 2/4 -> CE = log 2
+    logits = torch.tensor(
+        [
+            [
+                [-50.0, 50.0, 0.0],  # position 0: confidently wrong, must not count
+                [0.0, 0.0, 0.0],  # position 1: p(1) = 1/3 -> CE = log 3
+                [0.0, 0.0, math.log(2.0)],
+            ]
+        ]
+    )  # position 2: p(2) = 2/4 -> CE = log 2
     loss = CrossEntropyLoss()(logits, x1, x_t, torch.tensor([0.5]), path)
     assert loss.item() == pytest.approx((math.log(3.0) + math.log(2.0)) / 2, abs=1e-6)
     # with a uniform source any token may be noise, so position 0 counts (CE = 100 + log(1 + e^-50))
-    uniform = CrossEntropyLoss()(logits, x1, torch.tensor([[0, 1, 1]]), torch.tensor([0.5]), MixturePath(UniformSource(3)))
+    uniform = CrossEntropyLoss()(
+        logits, x1, torch.tensor([[0, 1, 1]]), torch.tensor([0.5]), MixturePath(UniformSource(3))
+    )
     assert uniform.item() == pytest.approx((100.0 + math.log(3.0) + math.log(2.0)) / 3, abs=1e-4)
 
 
@@ -142,8 +150,13 @@ def test_export_round_trip_of_a_masked_lm(tmp_path):
 
     task = TextTask()
     path = MixturePath(MaskSource(task.vocab_size))
-    config = {"model_type": "bert", "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
-              "intermediate_size": 32}
+    config = {
+        "model_type": "bert",
+        "hidden_size": 16,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "intermediate_size": 32,
+    }
     module = PretrainModule(HFMaskedLM(config=config), path)
     module.bind(task)
     out = module.export_pretrained(tmp_path / "text")
@@ -156,8 +169,7 @@ def test_export_round_trip_of_a_masked_lm(tmp_path):
 
 
 def fit(task, root, max_steps: int, ckpt_path=None) -> PretrainModule:
-    module = PretrainModule(TransformerDenoiser(**TINY), MixturePath(UniformSource(7)), warmup_steps=2,
-                            grid_samples=4)
+    module = PretrainModule(TransformerDenoiser(**TINY), MixturePath(UniformSource(7)), warmup_steps=2, grid_samples=4)
     trainer = L.Trainer(
         max_steps=max_steps,
         default_root_dir=root,

@@ -122,7 +122,9 @@ def test_incompatible_checkpoint_is_named(tmp_path):
     module.builder = TransformerDenoiser(hidden_size=8, num_layers=1, num_heads=2)
     data = PromptDataModule(get_task("shapes"), prompts_per_step=2, seed=0)
     with pytest.raises(ValueError, match="last.ckpt.*incompatible.*shape"):
-        make_trainer(tmp_path / "a", 2).fit(module, datamodule=data, ckpt_path=str(tmp_path / "a" / "ckpt" / "last.ckpt"))
+        make_trainer(tmp_path / "a", 2).fit(
+            module, datamodule=data, ckpt_path=str(tmp_path / "a" / "ckpt" / "last.ckpt")
+        )
 
 
 def test_kill_during_save_keeps_previous_checkpoint(tmp_path):

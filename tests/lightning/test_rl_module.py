@@ -145,20 +145,14 @@ def _finite_metrics(trainer: L.Trainer) -> dict[str, float]:
 
 @pytest.mark.parametrize("source_name", list(SOURCES))
 @pytest.mark.parametrize("method", list(METHODS))
-def test_two_rl_steps_change_every_parameter(
-    method, source_name, copy_task, tiny_builder, prompt_batches, tmp_path
-):
+def test_two_rl_steps_change_every_parameter(method, source_name, copy_task, tiny_builder, prompt_batches, tmp_path):
     module = _module(tiny_builder, SOURCES[source_name](), METHODS[method]())
     module.attach_task(copy_task)
-    before = {
-        n: p.detach().clone() for n, p in module.denoiser.named_parameters() if p.requires_grad
-    }
+    before = {n: p.detach().clone() for n, p in module.denoiser.named_parameters() if p.requires_grad}
     trainer = _trainer(tmp_path)
     trainer.fit(module, datamodule=prompt_batches(copy_task, num_batches=2, prompts_per_step=P))
 
-    assert (
-        _optimizer_steps(trainer) == 2 * 2 * 2
-    )  # RL steps x inner epochs x mini-batches: no fault
+    assert _optimizer_steps(trainer) == 2 * 2 * 2  # RL steps x inner epochs x mini-batches: no fault
     after = dict(module.denoiser.named_parameters())
     unchanged = [n for n, p in before.items() if torch.equal(p, after[n])]
     assert not unchanged, f"{method}/{source_name}: parameters not trained: {unchanged}"
@@ -269,25 +263,19 @@ BAD_KINDS = ["nan", "inf", "shape", "raises"]
 
 
 @pytest.mark.parametrize("kind", BAD_KINDS)
-def test_bad_reward_stops_naming_the_reward_and_the_prompt(
-    kind, copy_task, tiny_builder, prompt_batches, tmp_path
-):
+def test_bad_reward_stops_naming_the_reward_and_the_prompt(kind, copy_task, tiny_builder, prompt_batches, tmp_path):
     module = _module(tiny_builder, UniformSource(V), METHODS["udm_grpo"](), on_bad_reward="stop")
     module.attach_task(copy_task)
     reward = BadReward(kind)
     module.rewards = WeightedRewards([reward])
     with pytest.raises(ValueError) as info:
-        _trainer(tmp_path).fit(
-            module, datamodule=prompt_batches(copy_task, num_batches=2, prompts_per_step=P)
-        )
+        _trainer(tmp_path).fit(module, datamodule=prompt_batches(copy_task, num_batches=2, prompts_per_step=P))
     message = str(info.value)
     assert reward.name in message and repr(reward.named_prompt()) in message, message
     assert module.faults["bad_reward"] == 1
 
 
-def test_bad_reward_loaded_from_a_dotted_path_stops(
-    copy_task, tiny_builder, prompt_batches, tmp_path
-):
+def test_bad_reward_loaded_from_a_dotted_path_stops(copy_task, tiny_builder, prompt_batches, tmp_path):
     module = _module(
         tiny_builder,
         MaskSource(V),
@@ -295,15 +283,11 @@ def test_bad_reward_loaded_from_a_dotted_path_stops(
         rewards=[RewardSpec(source=f"{__name__}:nan_reward")],
     )
     with pytest.raises(ValueError, match=r"nan_reward.*nan for prompt"):
-        _trainer(tmp_path).fit(
-            module, datamodule=prompt_batches(copy_task, num_batches=1, prompts_per_step=P)
-        )
+        _trainer(tmp_path).fit(module, datamodule=prompt_batches(copy_task, num_batches=1, prompts_per_step=P))
 
 
 @pytest.mark.parametrize("kind", BAD_KINDS)
-def test_bad_reward_skips_the_step_with_weights_untouched(
-    kind, copy_task, tiny_builder, prompt_batches, tmp_path
-):
+def test_bad_reward_skips_the_step_with_weights_untouched(kind, copy_task, tiny_builder, prompt_batches, tmp_path):
     module = _module(
         tiny_builder,
         UniformSource(V),
@@ -323,9 +307,7 @@ def test_bad_reward_skips_the_step_with_weights_untouched(
     assert module.faults["bad_reward"] == 2
 
 
-def test_consecutive_bad_rewards_stop_with_a_clear_message(
-    copy_task, tiny_builder, prompt_batches, tmp_path
-):
+def test_consecutive_bad_rewards_stop_with_a_clear_message(copy_task, tiny_builder, prompt_batches, tmp_path):
     module = _module(
         tiny_builder,
         UniformSource(V),
@@ -336,15 +318,11 @@ def test_consecutive_bad_rewards_stop_with_a_clear_message(
     module.attach_task(copy_task)
     module.rewards = WeightedRewards([BadReward("nan")])
     with pytest.raises(ValueError, match=r"2 faulty step\(s\) in a row \(bad_reward\).*bad_nan"):
-        _trainer(tmp_path).fit(
-            module, datamodule=prompt_batches(copy_task, num_batches=4, prompts_per_step=P)
-        )
+        _trainer(tmp_path).fit(module, datamodule=prompt_batches(copy_task, num_batches=4, prompts_per_step=P))
     assert module.faults["bad_reward"] == 2
 
 
-def test_a_good_step_resets_the_consecutive_fault_count(
-    copy_task, tiny_builder, prompt_batches, tmp_path
-):
+def test_a_good_step_resets_the_consecutive_fault_count(copy_task, tiny_builder, prompt_batches, tmp_path):
     """bad, good, bad, good with max_consecutive_faults=2: never two in a row, so the run
     completes."""
     module = _module(
@@ -417,9 +395,7 @@ def _same_state(a, b) -> bool:
 
 
 @pytest.mark.parametrize("poison", ["nan_logits", "inf_grad"])
-def test_nonfinite_update_skips_the_step_bit_identically(
-    poison, copy_task, tiny_builder, prompt_batches, tmp_path
-):
+def test_nonfinite_update_skips_the_step_bit_identically(poison, copy_task, tiny_builder, prompt_batches, tmp_path):
     module = _module(
         PoisonableBuilder(tiny_builder),
         MaskSource(V),
@@ -457,19 +433,13 @@ def test_nonfinite_updates_in_a_row_stop(copy_task, tiny_builder, prompt_batches
 def test_minibatch_size_must_hold_whole_groups(copy_task, tiny_builder, prompt_batches, tmp_path):
     module = _module(tiny_builder, UniformSource(V), METHODS["udm_grpo"](), minibatch_size=6)
     with pytest.raises(ValueError, match=r"minibatch_size=6.*group_size=4"):
-        _trainer(tmp_path).fit(
-            module, datamodule=prompt_batches(copy_task, num_batches=1, prompts_per_step=P)
-        )
+        _trainer(tmp_path).fit(module, datamodule=prompt_batches(copy_task, num_batches=1, prompts_per_step=P))
 
 
-def test_minibatch_size_must_divide_the_rollout_batch(
-    copy_task, tiny_builder, prompt_batches, tmp_path
-):
+def test_minibatch_size_must_divide_the_rollout_batch(copy_task, tiny_builder, prompt_batches, tmp_path):
     module = _module(tiny_builder, UniformSource(V), METHODS["udm_grpo"](), minibatch_size=12)
     with pytest.raises(ValueError, match=r"minibatch_size=12.*batch of 8 rollouts"):
-        _trainer(tmp_path).fit(
-            module, datamodule=prompt_batches(copy_task, num_batches=1, prompts_per_step=P)
-        )
+        _trainer(tmp_path).fit(module, datamodule=prompt_batches(copy_task, num_batches=1, prompts_per_step=P))
 
 
 def test_construction_errors(tiny_builder):
@@ -504,20 +474,14 @@ def test_path_vocabulary_must_match_the_task(copy_task, tiny_builder, prompt_bat
     with pytest.raises(ValueError, match=r"vocab_size=3.*vocab_size=5"):
         module.attach_task(copy_task)
     module = _module(tiny_builder, MaskSource(5), METHODS["udm_grpo"]())
-    with pytest.raises(
-        ValueError, match=r"vocab_size=3.*vocab_size=5"
-    ):  # through fit and the data module
-        _trainer(tmp_path).fit(
-            module, datamodule=prompt_batches(copy_task, num_batches=1, prompts_per_step=P)
-        )
+    with pytest.raises(ValueError, match=r"vocab_size=3.*vocab_size=5"):  # through fit and the data module
+        _trainer(tmp_path).fit(module, datamodule=prompt_batches(copy_task, num_batches=1, prompts_per_step=P))
 
 
 # ---------------------------------------------------------------- evaluation
 
 
-def test_evaluation_at_start_and_end_with_grids_and_logged_metrics(
-    copy_task, tiny_builder, prompt_batches, tmp_path
-):
+def test_evaluation_at_start_and_end_with_grids_and_logged_metrics(copy_task, tiny_builder, prompt_batches, tmp_path):
     module = _module(
         tiny_builder,
         MaskSource(V),
@@ -652,8 +616,12 @@ def test_training_prompts_come_from_the_data_modules_split(tiny_builder, tmp_pat
     from dflow.tasks import ShapesTask
 
     task = ShapesTask(height=8, width=8, pretrain_prompts_per_category=2, test_prompts_per_category=1)
-    module = _module(tiny_builder, UniformSource(task.vocab_size), METHODS["udm_grpo"](),
-                     rewards=[RewardSpec(source=f"{__name__}:recording_reward", name="rec")])
+    module = _module(
+        tiny_builder,
+        UniformSource(task.vocab_size),
+        METHODS["udm_grpo"](),
+        rewards=[RewardSpec(source=f"{__name__}:recording_reward", name="rec")],
+    )
     data = PromptDataModule(task, prompts_per_step=P, split=split, steps_per_epoch=2)
     SEEN_PROMPTS.clear()
     _trainer(tmp_path).fit(module, datamodule=data)
@@ -669,8 +637,9 @@ def test_lr_schedule_steps_once_per_rl_step(copy_task, tiny_builder, prompt_batc
     s = 2: progress 1/2 -> 0.2 + 0.8 x (1 + cos(pi/2)) / 2 = 0.6 -> 6e-3;
     s = 3: progress 1 -> 0.2 -> 2e-3 (the floor; stays there). Two optimiser steps per RL step
     (2 epochs x 2 mini-batches) still advance it once."""
-    module = _module(tiny_builder, UniformSource(V), METHODS["udm_grpo"](), warmup_steps=1,
-                     min_lr_ratio=0.2, decay_steps=3)
+    module = _module(
+        tiny_builder, UniformSource(V), METHODS["udm_grpo"](), warmup_steps=1, min_lr_ratio=0.2, decay_steps=3
+    )
     logger = CSVLogger(tmp_path, name="lr", version=0)
     trainer = _trainer(tmp_path, logger=logger)
     trainer.fit(module, datamodule=prompt_batches(copy_task, num_batches=4, prompts_per_step=P))

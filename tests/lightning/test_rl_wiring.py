@@ -40,15 +40,28 @@ B = G * P
 
 
 def _module(builder, parts, source=None, **overrides) -> RLModule:
-    kwargs = dict(rollout=SamplerConfig(num_steps=K), evaluation=SamplerConfig(num_steps=K), group_size=G,
-                  num_inner_epochs=2, minibatch_size=4, lr=1e-2, eval_every_n_steps=0)
+    kwargs = dict(
+        rollout=SamplerConfig(num_steps=K),
+        evaluation=SamplerConfig(num_steps=K),
+        group_size=G,
+        num_inner_epochs=2,
+        minibatch_size=4,
+        lr=1e-2,
+        eval_every_n_steps=0,
+    )
     kwargs.update(overrides)
     return RLModule(builder, MixturePath(source if source is not None else UniformSource(V)), **parts, **kwargs)
 
 
 def _trainer(tmp_path, **kwargs) -> L.Trainer:
-    defaults = dict(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                    enable_model_summary=False, default_root_dir=tmp_path)
+    defaults = dict(
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     return L.Trainer(**{**defaults, **kwargs})
 
 
@@ -80,7 +93,7 @@ def test_each_rl_step_starts_on_policy_against_the_policy_and_later_minibatches_
     _trainer(tmp_path).fit(module, datamodule=prompt_batches(copy_task, num_batches=3, prompts_per_step=P))
     assert len(calls) == 3 * 4
     for step in range(3):
-        first, *later = calls[4 * step: 4 * step + 4]
+        first, *later = calls[4 * step : 4 * step + 4]
         assert first["ratio_min"] == 1.0 == first["ratio_max"], (step, first)
         assert any(c["ratio_min"] < 1 - 1e-6 or c["ratio_max"] > 1 + 1e-6 for c in later), (step, later)
         if step:
@@ -95,8 +108,10 @@ def test_step_rewards_are_the_rewards_of_each_steps_decode_then_the_final_one(co
     """Column k of the step rewards is the reward of the decode recorded at step k (from x_{t_k}),
     column K the final reward; StepwiseGainAdvantage then credits step k with r_{k+1} - r_k. Copy task:
     the reward is the fraction of the prompt copied, so each decode's reward is known by hand."""
-    module = _module(tiny_builder, dict(likelihood=TrajectoryLikelihood(), objective=ClippedSurrogate(0.2),
-                                        advantage=StepwiseGainAdvantage()))
+    module = _module(
+        tiny_builder,
+        dict(likelihood=TrajectoryLikelihood(), objective=ClippedSurrogate(0.2), advantage=StepwiseGainAdvantage()),
+    )
     module.attach_task(copy_task)
     prompt = copy_task.prompts("rl")[5]
     target = list(prompt.spec)  # what a perfect sample copies
@@ -104,8 +119,13 @@ def test_step_rewards_are_the_rewards_of_each_steps_decode_then_the_final_one(co
     copies = [0, 2, 1, 4]  # decode k copies the first copies[k] values: rewards 0, 0.5, 0.25, 1
     argmax = torch.stack([_decode(target[:c] + wrong[c:]) for c in copies])[:, None]  # [K, 1, L]
     x1 = torch.tensor([target[:3] + wrong[3:]])  # final sample: reward 0.75
-    traj = Trajectory(states=torch.zeros(K + 1, 1, 4, dtype=torch.uint8), times=torch.linspace(0, 1, K + 1),
-                      log_probs=torch.zeros(1, K), x1=x1, posterior_argmax=argmax)
+    traj = Trajectory(
+        states=torch.zeros(K + 1, 1, 4, dtype=torch.uint8),
+        times=torch.linspace(0, 1, K + 1),
+        log_probs=torch.zeros(1, K),
+        x1=x1,
+        posterior_argmax=argmax,
+    )
     final = copy_task.reward(x1, [prompt])
     got = module._step_rewards(traj, [prompt], final)
     assert torch.equal(got, torch.tensor([[0.0, 0.5, 0.25, 1.0, 0.75]]))
@@ -120,8 +140,9 @@ def test_mask_source_decodes_keep_the_tokens_already_revealed(copy_task, tiny_bu
     policy = tiny_builder.build(copy_task, path).eval()
     sampler = SamplerConfig(num_steps=6).build(path)
     prompts = copy_task.prompts("rl")[:16]
-    traj = sampler.rollout(policy, copy_task.encode_prompts(prompts), batch_size=16, seq_len=4,
-                           generator=torch.Generator().manual_seed(0))
+    traj = sampler.rollout(
+        policy, copy_task.encode_prompts(prompts), batch_size=16, seq_len=4, generator=torch.Generator().manual_seed(0)
+    )
     revealed = 0
     for k in range(traj.num_steps):
         state, decode = traj.states[k].long(), traj.posterior_argmax[k].long()
@@ -147,16 +168,23 @@ class GeneratorAudit(TorchFunctionMode):
             device = kwargs.get("device")
             if device is None and args and isinstance(args[0], torch.Tensor):
                 device = args[0].device
-            self.draws.append((getattr(func, "__name__", str(func)), gen, None if device is None else torch.device(device)))
+            self.draws.append(
+                (getattr(func, "__name__", str(func)), gen, None if device is None else torch.device(device))
+            )
         return func(*args, **kwargs)
 
 
-def test_every_rl_draw_uses_the_module_generator_on_the_module_device(copy_task, tiny_builder, prompt_batches, tmp_path):
+def test_every_rl_draw_uses_the_module_generator_on_the_module_device(
+    copy_task, tiny_builder, prompt_batches, tmp_path
+):
     """One RL step draws rollout noise, a step window, re-noised states and mini-batch orders. Each
     draw must name its device and use the module's generator, which lives on the module's device: a
     CPU generator handed to a CUDA draw is an error in PyTorch (the RL step crashed on GPUs so)."""
-    parts = dict(likelihood=TrajectoryLikelihood(StepWindow(size=2, start=0, max_start=1)),
-                 objective=ClippedSurrogate(0.2), advantage=GroupAdvantage())
+    parts = dict(
+        likelihood=TrajectoryLikelihood(StepWindow(size=2, start=0, max_start=1)),
+        objective=ClippedSurrogate(0.2),
+        advantage=GroupAdvantage(),
+    )
     for module in (_module(tiny_builder, parts), _module(tiny_builder, UDM())):
         audit, data = GeneratorAudit(), prompt_batches(copy_task, num_batches=1, prompts_per_step=P)
         with audit:
@@ -232,17 +260,43 @@ def test_rl_evaluation_and_dflow_sample_give_the_same_numbers(tmp_path, prompt_b
     (another seed gives another reward: the comparison has power)."""
     folder = "dflow/assets/shapes_uniform"
     task = ShapesTask()
-    module = RLModule(PretrainedDenoiser(folder), MixturePath(UniformSource(7)), **UDM(),
-                      rollout=SamplerConfig(num_steps=2), evaluation=SamplerConfig(num_steps=4),
-                      group_size=2, eval_every_n_steps=100, eval_samples_per_category=3, eval_batch_size=7)
+    module = RLModule(
+        PretrainedDenoiser(folder),
+        MixturePath(UniformSource(7)),
+        **UDM(),
+        rollout=SamplerConfig(num_steps=2),
+        evaluation=SamplerConfig(num_steps=4),
+        group_size=2,
+        eval_every_n_steps=100,
+        eval_samples_per_category=3,
+        eval_batch_size=7,
+    )
     module.attach_task(task)
     _trainer(tmp_path, max_steps=1).fit(module, datamodule=prompt_batches(task, num_batches=1, prompts_per_step=1))
     rl = module.eval_history[0]
 
     def sample(*extra):
         report = tmp_path / f"sample{len(extra)}.json"
-        cli.main(["sample", "--checkpoint", folder, "--out", str(tmp_path / "g.png"), "--steps", "4", "--guidance", "1",
-                  "--samples-per-category", "3", "--batch-size", "7", "--json", str(report), *extra])
+        cli.main(
+            [
+                "sample",
+                "--checkpoint",
+                folder,
+                "--out",
+                str(tmp_path / "g.png"),
+                "--steps",
+                "4",
+                "--guidance",
+                "1",
+                "--samples-per-category",
+                "3",
+                "--batch-size",
+                "7",
+                "--json",
+                str(report),
+                *extra,
+            ]
+        )
         return json.loads(report.read_text())
 
     sampled = sample()

@@ -60,9 +60,7 @@ def test_image_shape_must_factor_seq_len():
 
 
 def test_save_and_load_round_trip(tmp_path):
-    config = DFlowConfig(
-        vocab_size=8, mask_id=8, seq_len=6, image_shape=(2, 3), prompt_len=3, time_conditioning=True
-    )
+    config = DFlowConfig(vocab_size=8, mask_id=8, seq_len=6, image_shape=(2, 3), prompt_len=3, time_conditioning=True)
     config.save_pretrained(tmp_path)
     loaded = DFlowConfig.from_pretrained(tmp_path)
     assert loaded.to_dict() == config.to_dict()

@@ -151,9 +151,7 @@ def test_attention_is_bidirectional(image_shape):
 @pytest.mark.parametrize("time_conditioning", [False, True])
 @pytest.mark.parametrize(("prompt_len", "image_shape"), [(LC, None), (0, (2, 3))])
 def test_gradient_reaches_every_parameter(time_conditioning, prompt_len, image_shape):
-    model = make_model(
-        time_conditioning=time_conditioning, prompt_len=prompt_len, image_shape=image_shape
-    )
+    model = make_model(time_conditioning=time_conditioning, prompt_len=prompt_len, image_shape=image_shape)
     model.train()
     x_t, t, cond = random_inputs(model)
     target = torch.randint(0, V, (B, L), generator=torch.Generator().manual_seed(2))

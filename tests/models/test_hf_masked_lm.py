@@ -105,9 +105,7 @@ def test_gradient_reaches_every_parameter():
 @pytest.mark.parametrize(
     "config",
     [
-        DistilBertConfig(
-            vocab_size=16, dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=16
-        ),
+        DistilBertConfig(vocab_size=16, dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=16),
         RobertaConfig(
             vocab_size=16,
             hidden_size=32,
@@ -116,8 +114,14 @@ def test_gradient_reaches_every_parameter():
             intermediate_size=64,
             max_position_embeddings=16,
         ),
-        {"model_type": "bert", "vocab_size": 16, "hidden_size": 32, "num_hidden_layers": 1,
-         "num_attention_heads": 2, "intermediate_size": 64},
+        {
+            "model_type": "bert",
+            "vocab_size": 16,
+            "hidden_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+        },
     ],
     ids=["distilbert", "roberta", "bert-dict"],
 )

@@ -10,8 +10,16 @@ from dflow.models import DFlowConfig, DFlowTransformer
 
 def make(**kw) -> DFlowTransformer:
     torch.manual_seed(0)
-    cfg = dict(vocab_size=5, seq_len=16, prompt_len=2, prompt_vocab_size=4, hidden_size=16, num_layers=2,
-               num_heads=2, image_shape=(4, 4))
+    cfg = dict(
+        vocab_size=5,
+        seq_len=16,
+        prompt_len=2,
+        prompt_vocab_size=4,
+        hidden_size=16,
+        num_layers=2,
+        num_heads=2,
+        image_shape=(4, 4),
+    )
     return DFlowTransformer(DFlowConfig(**{**cfg, **kw})).eval()
 
 
@@ -39,11 +47,14 @@ def test_conv_mixes_pixel_tokens_only_and_round_trips(tmp_path):
     assert again.config.conv_kernel == 3 and torch.equal(again(x, t, cond), model(x, t, cond))
 
 
-@pytest.mark.parametrize("kw, match", [
-    (dict(conv_kernel=2), "conv_kernel must be 0 or an odd int"),
-    (dict(conv_kernel=-1), "conv_kernel must be 0 or an odd int"),
-    (dict(conv_kernel=3, image_shape=None), "conv_kernel=3 needs image_shape"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(conv_kernel=2), "conv_kernel must be 0 or an odd int"),
+        (dict(conv_kernel=-1), "conv_kernel must be 0 or an odd int"),
+        (dict(conv_kernel=3, image_shape=None), "conv_kernel=3 needs image_shape"),
+    ],
+)
 def test_bad_conv_kernel_is_named(kw, match):
     with pytest.raises(ValueError, match=match):
         make(**kw)

@@ -312,7 +312,7 @@ def test_monte_carlo_estimate_is_never_zero_and_never_floored() -> None:
     exact, mc = MetricPath(embedding=emb), MetricPath(embedding=emb, exact_max_vocab=0, n_mc=4)
     D = exact.distance
     x_t, y = torch.tensor([[0]]), torch.tensor([[int(D[0].argmax())]])  # a far move
-    allowed = (D[y[0, 0]] < D[x_t[0, 0]])  # x_1 that give the move a rate
+    allowed = D[y[0, 0]] < D[x_t[0, 0]]  # x_1 that give the move a rate
     logits = torch.where(allowed, torch.tensor(-25.0), torch.tensor(5.0))[None, None]  # p(S) ~ e^-30
     t, s = torch.tensor([0.3]), torch.tensor([0.5])
     got = mc.step_log_prob(logits, x_t, y, t, s)

@@ -86,7 +86,7 @@ def test_kernel_hand_values(source) -> None:
     for disc, lam in (("exact", 1 / 3), ("euler", 1 - math.exp(-1 / 3))):
         kernel = _path(source, disc=disc, V=V).step_kernel(p, x_t, t, s)[0, 0]
         expected = torch.zeros(kernel.shape[0], dtype=F64)
-        expected[: V] = lam * p[0, 0]
+        expected[:V] = lam * p[0, 0]
         expected[x_t.item()] += 1 - lam
         torch.testing.assert_close(kernel, expected, rtol=0, atol=1e-7)
 

@@ -41,9 +41,7 @@ def length_bonus(x1, prompts):
 
 def test_weighted_rewards_total_and_components(glyphs):
     x1, prompts = _batch(glyphs)
-    combo = WeightedRewards(
-        [TaskReward(glyphs), TaskReward(glyphs, kind="correct"), length_bonus], [1.0, 0.5, -2.0]
-    )
+    combo = WeightedRewards([TaskReward(glyphs), TaskReward(glyphs, kind="correct"), length_bonus], [1.0, 0.5, -2.0])
     record = combo(x1, prompts)
     assert isinstance(record, RewardRecord)
     assert list(record.components) == ["glyphs_reward", "glyphs_correct", "length_bonus"]

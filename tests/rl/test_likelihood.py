@@ -138,9 +138,7 @@ def test_units_shape_gradient_and_reproducible_plan(name, source_name, copy_task
 @pytest.mark.parametrize("sampling", list(SAMPLING))
 @pytest.mark.parametrize("source_name", list(SOURCES))
 @pytest.mark.parametrize("name", list(ESTIMATORS))
-def test_first_inner_update_has_ratio_exactly_one(
-    name, source_name, sampling, copy_task, tiny_builder
-):
+def test_first_inner_update_has_ratio_exactly_one(name, source_name, sampling, copy_task, tiny_builder):
     """Before any optimiser step the policy IS the old policy: every ratio is exactly 1.0.
 
     Two inner epochs over mini-batches of 4 (two prompt groups) force precomputed or recorded old
@@ -151,9 +149,7 @@ def test_first_inner_update_has_ratio_exactly_one(
     source = SOURCES[source_name]()
     policy, sampler, traj = _rollout(copy_task, tiny_builder, source, est, guidance, temperature)
     reference = _policy(copy_task, tiny_builder, source)  # same seed: identical weights
-    update = PolicyUpdate(
-        est, ClippedSurrogate(0.2), KLPenalty(0.1, "k3"), num_inner_epochs=2, minibatch_size=4
-    )
+    update = PolicyUpdate(est, ClippedSurrogate(0.2), KLPenalty(0.1, "k3"), num_inner_epochs=2, minibatch_size=4)
     gen = torch.Generator().manual_seed(3)
     prepared = update.prepare(policy, reference, traj, _advantages(), sampler, G, Compute(), gen)
     assert prepared.old_logp is not None and prepared.old_logp.shape == (B, ESTIMATORS[name][1])
@@ -173,14 +169,10 @@ def test_first_inner_update_has_ratio_exactly_one(
 
 @pytest.mark.parametrize("sampling", list(SAMPLING))
 @pytest.mark.parametrize("source_name", list(SOURCES))
-def test_recorded_trajectory_log_probs_equal_recomputed(
-    source_name, sampling, copy_task, tiny_builder
-):
+def test_recorded_trajectory_log_probs_equal_recomputed(source_name, sampling, copy_task, tiny_builder):
     guidance, temperature = SAMPLING[sampling]
     est = TrajectoryLikelihood(AllSteps())
-    policy, sampler, traj = _rollout(
-        copy_task, tiny_builder, SOURCES[source_name](), est, guidance, temperature
-    )
+    policy, sampler, traj = _rollout(copy_task, tiny_builder, SOURCES[source_name](), est, guidance, temperature)
     plan = est.plan(traj, sampler)
     recorded = est.recorded_log_probs(traj, plan, sampler)
     recomputed = est.log_probs(policy, traj, plan, sampler)  # with gradient, same batch
@@ -189,11 +181,10 @@ def test_recorded_trajectory_log_probs_equal_recomputed(
     # for a uniform source, the masked ones (not the carry-over tokens) for a mask source
     est = TrajectoryLikelihood(AllButLast(), token_mean=True)
     plan = est.plan(traj, sampler)
-    assert torch.equal(
-        est.recorded_log_probs(traj, plan, sampler), est.log_probs(policy, traj, plan, sampler).detach()
-    )
-    movable = torch.stack([(traj.state(k) == V).sum(-1) if source_name == "mask" else torch.full((B,), L)
-                           for k in range(K - 1)], dim=1).clamp_min(1)  # [B, K-1], counted by hand
+    assert torch.equal(est.recorded_log_probs(traj, plan, sampler), est.log_probs(policy, traj, plan, sampler).detach())
+    movable = torch.stack(
+        [(traj.state(k) == V).sum(-1) if source_name == "mask" else torch.full((B,), L) for k in range(K - 1)], dim=1
+    ).clamp_min(1)  # [B, K-1], counted by hand
     torch.testing.assert_close(est.recorded_log_probs(traj, plan, sampler) * movable, traj.log_probs[:, : K - 1])
     # per-token units sum to the recorded step log-probs and have no recorded old values
     est = TrajectoryLikelihood(AllSteps(), per_token=True)
@@ -215,9 +206,7 @@ def _hand_elbo_unit(logits: Tensor, x1: Tensor, x_t: Tensor, t: Tensor, source) 
     logp = torch.log_softmax(logits.double(), -1)  # [B, L, V]
     lp_x1 = logp.gather(-1, x1[..., None]).squeeze(-1)  # [B, L]
     is_mask = x_t >= V
-    p_xt = (
-        logp.gather(-1, x_t.clamp_max(V - 1)[..., None]).squeeze(-1).exp().masked_fill(is_mask, 0.0)
-    )
+    p_xt = logp.gather(-1, x_t.clamp_max(V - 1)[..., None]).squeeze(-1).exp().masked_fill(is_mask, 0.0)
     same = (x_t == x1).double()
     bracket = p_xt - same + (1 - same) * lp_x1  # [B, L]
     if isinstance(source, MaskSource):
@@ -226,13 +215,9 @@ def _hand_elbo_unit(logits: Tensor, x1: Tensor, x_t: Tensor, t: Tensor, source) 
 
 
 @pytest.mark.parametrize("source_name", list(SOURCES))
-def test_elbo_units_are_negated_generalized_kl_at_the_plan_draws(
-    source_name, copy_task, tiny_builder
-):
+def test_elbo_units_are_negated_generalized_kl_at_the_plan_draws(source_name, copy_task, tiny_builder):
     source = SOURCES[source_name]()
-    exact, uniform = ELBOLikelihood(3, grid_steps=4), ELBOLikelihood(
-        3, grid_steps=4, weighting="uniform"
-    )
+    exact, uniform = ELBOLikelihood(3, grid_steps=4), ELBOLikelihood(3, grid_steps=4, weighting="uniform")
     policy, sampler, traj = _rollout(copy_task, tiny_builder, source, exact)
     plan = exact.plan(traj, sampler, torch.Generator().manual_seed(5))
     units = exact.log_probs(policy, traj, plan, sampler).detach()  # [B, 3]
@@ -253,9 +238,7 @@ def test_elbo_units_are_negated_generalized_kl_at_the_plan_draws(
         hand = _hand_elbo_unit(logits, traj.x1, x_t, t, source)
         torch.testing.assert_close(units[:, u].double(), hand, rtol=1e-6, atol=1e-6)
         # "uniform" drops the jump coefficient d_kappa / (1 - kappa) = 1 / (1 - t)
-        torch.testing.assert_close(
-            units_uniform[:, u].double(), hand * (1.0 - t.double()), rtol=1e-6, atol=1e-6
-        )
+        torch.testing.assert_close(units_uniform[:, u].double(), hand * (1.0 - t.double()), rtol=1e-6, atol=1e-6)
     # times: distinct, increasing, drawn from the first 4 points of the 4-step grid
     assert (plan.times[:, 1:] > plan.times[:, :-1]).all()
 
@@ -271,8 +254,9 @@ def test_elbo_units_carry_the_quadrature_weight_of_their_grid_time(grid_name, co
     policy = tiny_builder.build(copy_task, path).eval()
     sampler = Sampler(path, num_steps=K, time_grid=grid_name)
     prompts = [p for p in copy_task.prompts("rl")[: B // G] for _ in range(G)]
-    traj = sampler.rollout(policy, copy_task.encode_prompts(prompts), batch_size=B, seq_len=L,
-                           generator=torch.Generator().manual_seed(0))
+    traj = sampler.rollout(
+        policy, copy_task.encode_prompts(prompts), batch_size=B, seq_len=L, generator=torch.Generator().manual_seed(0)
+    )
     grid = time_grid(grid_name, N, sampler.shift)
     width = grid[1:] - grid[:-1]
     assert not torch.allclose(width, width[0].expand(N))  # a non-uniform grid
@@ -309,9 +293,7 @@ def test_elbo_times_cover_the_grid_and_the_draws_are_shared(copy_task, tiny_buil
     plan = est.plan(traj, sampler, torch.Generator().manual_seed(0))
     seen = set()
     for seed in range(30):
-        seen |= set(
-            est.plan(traj, sampler, torch.Generator().manual_seed(seed)).times.flatten().tolist()
-        )
+        seen |= set(est.plan(traj, sampler, torch.Generator().manual_seed(seed)).times.flatten().tolist())
     grid = time_grid("uniform", 10)[:-1].tolist()
     assert seen == set(grid)  # 9 of the 10 grid times can be drawn; 1.0 never
     # theta, old and reference read the plan: scoring twice at the same plan gives the same units
@@ -359,9 +341,7 @@ def test_reconstruction_times_are_consecutive_grid_triples(copy_task, tiny_build
 
 
 @pytest.mark.parametrize("source_name", list(SOURCES))
-def test_reconstruction_unit_is_mean_log_prob_of_x1_over_noised_tokens(
-    source_name, copy_task, tiny_builder
-):
+def test_reconstruction_unit_is_mean_log_prob_of_x1_over_noised_tokens(source_name, copy_task, tiny_builder):
     source = SOURCES[source_name]()
     est = ForwardReconstruction(3, grid_steps=10, max_start=2)
     policy, sampler, traj = _rollout(copy_task, tiny_builder, source, est)
@@ -370,15 +350,9 @@ def test_reconstruction_unit_is_mean_log_prob_of_x1_over_noised_tokens(
     for u in range(3):
         x_t, t = plan.states[u].long(), plan.times[:, u]
         with torch.no_grad():
-            lp = (
-                torch.log_softmax(policy(x_t, t, traj.cond), -1)
-                .gather(-1, traj.x1[..., None])
-                .squeeze(-1)
-            )
+            lp = torch.log_softmax(policy(x_t, t, traj.cond), -1).gather(-1, traj.x1[..., None]).squeeze(-1)
         # only a pure mask source has certainly-clean (carry-over) tokens
-        keep = (
-            x_t == V if isinstance(source, MaskSource) else torch.ones_like(x_t, dtype=torch.bool)
-        )
+        keep = x_t == V if isinstance(source, MaskSource) else torch.ones_like(x_t, dtype=torch.bool)
         hand = (lp * keep).sum(-1) / keep.sum(-1).clamp_min(1)
         torch.testing.assert_close(units[:, u], hand, rtol=0, atol=1e-6)
 
@@ -396,9 +370,7 @@ def test_reconstruction_mask_source_leaves_carry_over_tokens_out(copy_task, tiny
     plan = UnitPlan(times=t[:, None], states=x_t[None].to(traj.states.dtype))
     unit = est.log_probs(policy, traj, plan, sampler).detach()[:, 0]
     with torch.no_grad():
-        lp = (
-            torch.log_softmax(policy(x_t, t, traj.cond), -1).gather(-1, x1[..., None]).squeeze(-1)
-        )  # [2, L]
+        lp = torch.log_softmax(policy(x_t, t, traj.cond), -1).gather(-1, x1[..., None]).squeeze(-1)  # [2, L]
     torch.testing.assert_close(unit[0], (lp[0, 1] + lp[0, 3]) / 2, rtol=0, atol=1e-6)
     torch.testing.assert_close(unit[1], lp[1].mean(), rtol=0, atol=1e-6)
     assert not torch.allclose(unit[0], lp[0].mean())  # counting the clean tokens would differ
@@ -434,9 +406,7 @@ def test_mean_field_masks_prompt_tokens_at_the_stated_rate(copy_task, tiny_build
     the tolerance 0.04 is 5.5 standard deviations."""
     est = MeanFieldLikelihood(p_mask_prompt=0.3, prompt_mask_id=0)
     _, sampler, traj = _rollout(copy_task, tiny_builder, MaskSource(V), est)
-    cond = torch.randint(
-        1, V + 1, (1000, LC), generator=torch.Generator().manual_seed(0)
-    )  # no pads
+    cond = torch.randint(1, V + 1, (1000, LC), generator=torch.Generator().manual_seed(0))  # no pads
     big = traj.select(torch.zeros(1000, dtype=torch.long))
     big.cond = cond
     plan = est.plan(big, sampler, torch.Generator().manual_seed(1))
@@ -485,9 +455,7 @@ def test_intermediate_action_requires_recorded_draws():
 
 @pytest.mark.parametrize("states", ["backward", "forward"])
 @pytest.mark.parametrize("source_name", ["mask", "uniform"])
-def test_intermediate_action_scores_the_posterior_draws(
-    states, source_name, copy_task, tiny_builder
-):
+def test_intermediate_action_scores_the_posterior_draws(states, source_name, copy_task, tiny_builder):
     est = IntermediateActionLikelihood(states=states)
     policy, sampler, traj = _rollout(copy_task, tiny_builder, SOURCES[source_name](), est, 2.0, 0.7)
     plan = est.plan(traj, sampler, torch.Generator().manual_seed(0))
@@ -563,22 +531,14 @@ def test_random_steps_are_distinct_sorted_and_cover_every_step():
 UDM_2X2 = {
     # (scored states, action): the paper's fix is forward + final sample
     "forward_states_final_sample": lambda: ForwardReconstruction(3, grid_steps=10, max_start=1),
-    "backward_states_final_sample": lambda: ForwardReconstruction(
-        3, grid_steps=4, max_start=1, states="backward"
-    ),
-    "forward_states_intermediate_action": lambda: IntermediateActionLikelihood(
-        StepWindow(3, 0, 1), states="forward"
-    ),
-    "backward_states_intermediate_action": lambda: IntermediateActionLikelihood(
-        StepWindow(3, 0, 1), states="backward"
-    ),
+    "backward_states_final_sample": lambda: ForwardReconstruction(3, grid_steps=4, max_start=1, states="backward"),
+    "forward_states_intermediate_action": lambda: IntermediateActionLikelihood(StepWindow(3, 0, 1), states="forward"),
+    "backward_states_intermediate_action": lambda: IntermediateActionLikelihood(StepWindow(3, 0, 1), states="backward"),
 }
 
 
 @pytest.mark.parametrize("cell", list(UDM_2X2))
-def test_udm_grpo_2x2_runs_through_one_rl_step(
-    cell, copy_task, tiny_builder, prompt_batches, tmp_path
-):
+def test_udm_grpo_2x2_runs_through_one_rl_step(cell, copy_task, tiny_builder, prompt_batches, tmp_path):
     import lightning as L
 
     from dflow.lightning.rl_module import RLModule

@@ -46,9 +46,7 @@ def _setup(task, builder, source=None, guidance=1.0, batch=B, record_draws=False
     sampler = Sampler(path, num_steps=K, guidance_scale=guidance, record_draws=record_draws)
     prompts = [p for p in task.prompts("rl")[: batch // G] for _ in range(G)]
     gen = torch.Generator().manual_seed(0)
-    traj = sampler.rollout(
-        policy, task.encode_prompts(prompts), batch_size=batch, seq_len=L, generator=gen
-    )
+    traj = sampler.rollout(policy, task.encode_prompts(prompts), batch_size=batch, seq_len=L, generator=gen)
     return policy, sampler, traj
 
 
@@ -59,9 +57,7 @@ def _advantages(batch=B):
 
 def _update(likelihood=None, beta=0.0, epochs=1, minibatch_size=None):
     likelihood = likelihood if likelihood is not None else TrajectoryLikelihood(AllSteps())
-    return PolicyUpdate(
-        likelihood, ClippedSurrogate(0.2), KLPenalty(beta, "k3"), None, epochs, minibatch_size
-    )
+    return PolicyUpdate(likelihood, ClippedSurrogate(0.2), KLPenalty(beta, "k3"), None, epochs, minibatch_size)
 
 
 # ---------------------------------------------------------------- mini-batches
@@ -102,9 +98,7 @@ def test_prepare_checks_minibatch_size_before_any_work(copy_task, tiny_builder):
     policy, sampler, traj = _setup(copy_task, tiny_builder)
     compute = Compute()
     with pytest.raises(ValueError, match=r"minibatch_size=3.*group_size=2"):
-        _update(epochs=2, minibatch_size=3).prepare(
-            policy, None, traj, _advantages(), sampler, G, compute
-        )
+        _update(epochs=2, minibatch_size=3).prepare(policy, None, traj, _advantages(), sampler, G, compute)
     assert compute.forward == 0
 
 
@@ -172,17 +166,13 @@ class BatchShapeSensitive(nn.Module):
     ],
     ids=["trajectory", "reconstruction", "mean_field"],
 )
-def test_old_and_reference_units_are_scored_at_the_minibatch_shape(
-    likelihood, copy_task, tiny_builder
-):
+def test_old_and_reference_units_are_scored_at_the_minibatch_shape(likelihood, copy_task, tiny_builder):
     """Rollout at B = 8, mini-batches of 4: the old values recorded during the rollout were
     scored at batch 8, so they are recomputed in chunks of 4; the first mini-batch then has ratio 1
     and KL 0."""
     _, sampler, traj = _setup(copy_task, tiny_builder)
     policy = BatchShapeSensitive(tiny_builder.build(copy_task, sampler.path).eval())
-    traj = sampler.rollout(
-        policy, traj.cond, batch_size=B, seq_len=L, generator=torch.Generator().manual_seed(0)
-    )
+    traj = sampler.rollout(policy, traj.cond, batch_size=B, seq_len=L, generator=torch.Generator().manual_seed(0))
     reference = copy.deepcopy(policy)
     update = PolicyUpdate(likelihood, ClippedSurrogate(0.2), KLPenalty(0.1, "k3"), None, 2, 4)
     gen = torch.Generator().manual_seed(5)
@@ -193,9 +183,7 @@ def test_old_and_reference_units_are_scored_at_the_minibatch_shape(
 
 
 @pytest.mark.parametrize("estimator", ["k2", "k3"])
-def test_kl_at_an_identical_reference_is_zero_with_zero_gradient(
-    estimator, copy_task, tiny_builder
-):
+def test_kl_at_an_identical_reference_is_zero_with_zero_gradient(estimator, copy_task, tiny_builder):
     """k3 = exp(-d) + d - 1 and k2 = d^2 / 2 both have value and slope 0 at d = logp - ref = 0,
     so the penalised loss and its gradients equal the unpenalised ones bit for bit."""
     policy, sampler, traj = _setup(copy_task, tiny_builder, MaskSource(V))
@@ -205,9 +193,7 @@ def test_kl_at_an_identical_reference_is_zero_with_zero_gradient(
     for beta in (0.0, 0.5):
         update = PolicyUpdate(est, ClippedSurrogate(0.2), KLPenalty(beta, estimator), None, 2, 4)
         gen = torch.Generator().manual_seed(4)
-        prepared = update.prepare(
-            policy, reference if beta else None, traj, _advantages(), sampler, G, Compute(), gen
-        )
+        prepared = update.prepare(policy, reference if beta else None, traj, _advantages(), sampler, G, Compute(), gen)
         assert (prepared.ref_logp is None) == (beta == 0)
         policy.zero_grad()
         out = update.loss(policy, prepared, update.minibatches(B, G, gen)[0], sampler, Compute())

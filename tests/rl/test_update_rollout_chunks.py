@@ -14,8 +14,9 @@ from dflow.sampling import Sampler, Trajectory
 def test_first_ratio_is_exact_for_per_group_rollouts():
     torch.manual_seed(0)
     V, L, G, groups = 5, 6, 2, 3
-    net = DFlowTransformer(DFlowConfig(vocab_size=V, seq_len=L, time_conditioning=True, hidden_size=16,
-                                       num_layers=1, num_heads=2)).eval()
+    net = DFlowTransformer(
+        DFlowConfig(vocab_size=V, seq_len=L, time_conditioning=True, hidden_size=16, num_layers=1, num_heads=2)
+    ).eval()
 
     def model(x_t, t, cond=None):
         # matmul kernels are chosen by shape, so a row's logits may change in the last bits with the
@@ -23,8 +24,10 @@ def test_first_ratio_is_exact_for_per_group_rollouts():
         return net(x_t, t, cond) + 1e-3 * x_t.shape[0]
 
     sampler = Sampler(MixturePath(UniformSource(V)), num_steps=3, temperature=0.7)
-    parts = [sampler.rollout(model, batch_size=G, seq_len=L, generator=torch.Generator().manual_seed(i))
-             for i in range(groups)]
+    parts = [
+        sampler.rollout(model, batch_size=G, seq_len=L, generator=torch.Generator().manual_seed(i))
+        for i in range(groups)
+    ]
     traj = Trajectory.concat(parts)
     assert traj.rollout_batch_size == G and traj.batch_size == G * groups
     adv = GroupAdvantage()(AdvantageInput(torch.arange(G * groups, dtype=torch.float32), G))

@@ -65,8 +65,10 @@ def _advantages(seed=1):
 def _chunked_units(estimator, model, traj, plan, sampler, chunk):
     """Units of ``model`` scored in row chunks of ``chunk`` (the shape PolicyUpdate scores old values at)."""
     with torch.no_grad():
-        parts = [estimator.log_probs(model, traj.select(idx), plan.select(idx), sampler)
-                 for idx in torch.arange(B).split(chunk)]
+        parts = [
+            estimator.log_probs(model, traj.select(idx), plan.select(idx), sampler)
+            for idx in torch.arange(B).split(chunk)
+        ]
     return torch.cat(parts).float()
 
 
@@ -85,8 +87,9 @@ def test_old_values_are_the_policys_units_and_the_reference_is_scored_separately
     sampler, traj = _rollout(copy_task, path, policy)
     est = ESTIMATORS[name]()
     update = PolicyUpdate(est, ClippedSurrogate(0.2), KLPenalty(0.1, "k3"), None, num_inner_epochs=2, minibatch_size=4)
-    prepared = update.prepare(policy, reference, traj, _advantages(), sampler, G, Compute(),
-                              torch.Generator().manual_seed(3))
+    prepared = update.prepare(
+        policy, reference, traj, _advantages(), sampler, G, Compute(), torch.Generator().manual_seed(3)
+    )
     mine = _chunked_units(est, policy, traj, prepared.plan, sampler, 4)
     theirs = _chunked_units(est, reference, traj, prepared.plan, sampler, 4)
     assert not torch.allclose(mine, theirs), "the test needs a reference that differs from the policy"
@@ -118,7 +121,9 @@ def test_later_inner_updates_see_ratios_off_one_against_frozen_old_values(name, 
     policy, _ = _models(copy_task, path)
     sampler, traj = _rollout(copy_task, path, policy)
     update = PolicyUpdate(ESTIMATORS[name](), ClippedSurrogate(0.2), None, None, num_inner_epochs=2, minibatch_size=4)
-    prepared = update.prepare(policy, None, traj, _advantages(), sampler, G, Compute(), torch.Generator().manual_seed(3))
+    prepared = update.prepare(
+        policy, None, traj, _advantages(), sampler, G, Compute(), torch.Generator().manual_seed(3)
+    )
     frozen = prepared.old_logp.clone()
     ratios = _inner_loop(update, policy, prepared, sampler)
     assert len(ratios) == 4
@@ -220,13 +225,22 @@ def test_monte_carlo_kernel_through_shuffled_minibatches_has_ratio_one(copy_task
     optimiser step every mini-batch of every inner epoch has ratio 1, though the mini-batches are
     shuffled groups and the old values were scored in row order. Draws keyed to a row position gave
     ratios from 1e-5 to 3e6 here."""
-    path = MetricPath(embedding=torch.randn(V, 2, generator=torch.Generator().manual_seed(0)),
-                      exact_max_vocab=0, n_mc=4)
+    path = MetricPath(
+        embedding=torch.randn(V, 2, generator=torch.Generator().manual_seed(0)), exact_max_vocab=0, n_mc=4
+    )
     policy = TinyTransformerBuilder(seed=0).build(copy_task, path).eval()
     sampler, traj = _rollout(copy_task, path, policy)
-    update = PolicyUpdate(TrajectoryLikelihood(AllSteps(), token_mean=True), ClippedSurrogate(1e-3), None, None,
-                          num_inner_epochs=3, minibatch_size=4)
-    prepared = update.prepare(policy, None, traj, _advantages(), sampler, G, Compute(), torch.Generator().manual_seed(3))
+    update = PolicyUpdate(
+        TrajectoryLikelihood(AllSteps(), token_mean=True),
+        ClippedSurrogate(1e-3),
+        None,
+        None,
+        num_inner_epochs=3,
+        minibatch_size=4,
+    )
+    prepared = update.prepare(
+        policy, None, traj, _advantages(), sampler, G, Compute(), torch.Generator().manual_seed(3)
+    )
     gen = torch.Generator().manual_seed(1)
     orders = []
     for _ in range(update.num_inner_epochs):

@@ -116,16 +116,28 @@ CASES = {  # name: (path factory, time grid, cond value or None, guidance scale,
     "mask-euler-cosine": (lambda: MixturePath(MaskSource(V), CosineScheduler(), "euler"), "uniform", None, 1.0, 1.0),
     "uniform-exact": (lambda: MixturePath(UniformSource(V), LinearScheduler(), "exact"), "uniform", None, 1.0, 1.0),
     "uniform-euler-shifted": (
-        lambda: MixturePath(UniformSource(V), LinearScheduler(), "euler"), "shifted", None, 1.0, 1.0
+        lambda: MixturePath(UniformSource(V), LinearScheduler(), "euler"),
+        "shifted",
+        None,
+        1.0,
+        1.0,
     ),
     "mixture-exact-poly": (
-        lambda: MixturePath(MixtureSource(V, 0.5), PolynomialScheduler(2), "exact"), "uniform", None, 1.0, 1.0
+        lambda: MixturePath(MixtureSource(V, 0.5), PolynomialScheduler(2), "exact"),
+        "uniform",
+        None,
+        1.0,
+        1.0,
     ),
     "mixture-euler": (lambda: MixturePath(MixtureSource(V, 0.5), LinearScheduler(), "euler"), "cosine", None, 1.0, 1.0),
     "metric": (lambda: MetricPath(embedding=TRIANGLE), "uniform", None, 1.0, 1.0),
     "mask-exact-cfg-temp": (lambda: MixturePath(MaskSource(V), LinearScheduler(), "exact"), "uniform", 1.0, 2.5, 0.7),
     "uniform-euler-cfg-temp": (
-        lambda: MixturePath(UniformSource(V), CosineScheduler(), "euler"), "uniform", 1.0, 0.4, 1.6
+        lambda: MixturePath(UniformSource(V), CosineScheduler(), "euler"),
+        "uniform",
+        1.0,
+        0.4,
+        1.6,
     ),
     "metric-cfg-temp": (lambda: MetricPath(embedding=TRIANGLE), "uniform", 1.0, 3.0, 0.8),
 }

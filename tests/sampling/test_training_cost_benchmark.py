@@ -43,8 +43,19 @@ def test_no_recording_loop_with_prompts_draws_what_the_sampler_draws() -> None:
 
 def test_report_has_a_row_per_method_and_rollout_size() -> None:
     cost_bench = _load("training_cost")
-    cost = {m: {"samples": 64, "rollout_steps": 10, "forward": 13.0, "backward": 6.0, "fwd_equiv": 25.0,
-                "rollout_s": 2.0, "update_s": 3.0, "update_over_rollout": 1.5} for m in ("elbo_epg", "udm_grpo")}
+    cost = {
+        m: {
+            "samples": 64,
+            "rollout_steps": 10,
+            "forward": 13.0,
+            "backward": 6.0,
+            "fwd_equiv": 25.0,
+            "rollout_s": 2.0,
+            "update_s": 3.0,
+            "update_over_rollout": 1.5,
+        }
+        for m in ("elbo_epg", "udm_grpo")
+    }
     memory = {"elbo_epg": {s: 10.0 * s for s in cost_bench.ROLLOUT_SIZES}}
     sampler = {"batch": 64, "steps": 20, "seq_len": 144, "record_ms": 101.0, "plain_ms": 100.0, "overhead": 0.01}
     text = cost_bench.render(cost, memory, sampler, "python benchmarks/training_cost.py")

@@ -134,9 +134,7 @@ def test_counting_corruptions(task):
 
 
 def test_position_corruptions(task):
-    p = prompt(
-        "position", ObjectSpec("square", "red"), ObjectSpec("cross", "blue"), relation="left of"
-    )
+    p = prompt("position", ObjectSpec("square", "red"), ObjectSpec("cross", "blue"), relation="left of")
     a, b = (RED, SQUARE, 4, 0), (BLUE, CROSS, 4, 8)
     assert score(task, image(a, b), p) == (1.0, True)
     # positions swapped: both objects present, relation broken -> 2 / 3

@@ -27,8 +27,11 @@ def brute_force_count() -> int:
     count = 0
     for a in rows:
         for b in rows:
-            if any(a[i] == b[i] for i in range(4)) or {a[0], a[1], b[0], b[1]} != {0, 1, 2, 3} or {
-                a[2], a[3], b[2], b[3]} != {0, 1, 2, 3}:
+            if (
+                any(a[i] == b[i] for i in range(4))
+                or {a[0], a[1], b[0], b[1]} != {0, 1, 2, 3}
+                or {a[2], a[3], b[2], b[3]} != {0, 1, 2, 3}
+            ):
                 continue
             for c in rows:
                 if any(c[i] in (a[i], b[i]) for i in range(4)):

@@ -62,7 +62,7 @@ class ForwardReconstruction(LikelihoodEstimator):
         B, U = traj.batch_size, self.num_timesteps
         dev = traj.x1.device
         start = torch.randint(0, self.max_start + 1, (B, 1), generator=generator, device=draw_device(generator, dev))
-        idx = (start.to(dev) + torch.arange(U, device=dev))  # [B, U] grid indices
+        idx = start.to(dev) + torch.arange(U, device=dev)  # [B, U] grid indices
         if self.states == "backward":
             times = traj.times[idx]  # [B, U]
             rows = torch.arange(B, device=dev)
@@ -82,7 +82,9 @@ class ForwardReconstruction(LikelihoodEstimator):
         return torch.stack(out, dim=1)  # [B, U, L]
 
     def token_mask(self, traj, plan, sampler) -> Tensor | None:
-        return stack_masks([counted_tokens(sampler.path, plan.states[u].long()) for u in range(plan.num_units)], traj.x1)
+        return stack_masks(
+            [counted_tokens(sampler.path, plan.states[u].long()) for u in range(plan.num_units)], traj.x1
+        )
 
     def passes_per_unit(self, sampler, traj) -> int:
         return 2 if self.use_guidance and sampler.uses_guidance(traj.cond) else 1
@@ -145,7 +147,9 @@ class ELBOLikelihood(LikelihoodEstimator):
         return torch.stack(out, dim=1)  # [B, U, L]
 
     def token_mask(self, traj, plan, sampler) -> Tensor | None:
-        return stack_masks([counted_tokens(sampler.path, plan.states[u].long()) for u in range(plan.num_units)], traj.x1)
+        return stack_masks(
+            [counted_tokens(sampler.path, plan.states[u].long()) for u in range(plan.num_units)], traj.x1
+        )
 
 
 class MeanFieldLikelihood(LikelihoodEstimator):

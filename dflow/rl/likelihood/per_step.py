@@ -99,7 +99,9 @@ class IntermediateActionLikelihood(LikelihoodEstimator):
         return torch.stack(out, dim=1)  # [B, U, L]
 
     def token_mask(self, traj, plan, sampler) -> Tensor | None:
-        return stack_masks([counted_tokens(sampler.path, self._state(traj, plan, u)) for u in range(plan.num_units)], traj.x1)
+        return stack_masks(
+            [counted_tokens(sampler.path, self._state(traj, plan, u)) for u in range(plan.num_units)], traj.x1
+        )
 
     def passes_per_unit(self, sampler: Sampler, traj: Trajectory) -> int:
         return 2 if sampler.uses_guidance(traj.cond) else 1

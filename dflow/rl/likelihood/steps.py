@@ -54,7 +54,9 @@ class StepWindow(StepSelection):
             )
         start = self.start
         if self.max_start is not None:
-            start = int(torch.randint(self.start, self.max_start + 1, (1,), generator=generator, device=draw_device(generator)))
+            start = int(
+                torch.randint(self.start, self.max_start + 1, (1,), generator=generator, device=draw_device(generator))
+            )
         return list(range(start, start + self.size))
 
 

@@ -43,9 +43,9 @@ def glyph_bitmaps(chars: str) -> np.ndarray:
     for ch in chars:
         if ch not in _FONT:
             raise ValueError(f"alphabet character {ch!r} is not in the font ({FONT_CHARS})")
-    return np.array(
-        [[[px == "#" for px in row] for row in _FONT[ch]] for ch in chars], dtype=bool
-    ).reshape(len(chars), GLYPH_H, GLYPH_W)
+    return np.array([[[px == "#" for px in row] for row in _FONT[ch]] for ch in chars], dtype=bool).reshape(
+        len(chars), GLYPH_H, GLYPH_W
+    )
 
 
 def min_hamming_distance(chars: str) -> int:

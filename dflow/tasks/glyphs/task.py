@@ -74,15 +74,11 @@ class GlyphsTask(PaletteImageTask, Task):
         render_scale: int = 8,
     ) -> None:
         if not isinstance(alphabet, str) or len(alphabet) < 2 or len(set(alphabet)) < len(alphabet):
-            raise ValueError(
-                f"alphabet must be a string of >= 2 distinct characters, got {alphabet!r}"
-            )
+            raise ValueError(f"alphabet must be a string of >= 2 distinct characters, got {alphabet!r}")
         check_positive_int(min_length, "min_length")
         check_positive_int(max_length, "max_length")
         if not min_length <= max_length <= MAX_LENGTH:
-            raise ValueError(
-                f"max_length must lie in [min_length={min_length}, {MAX_LENGTH}], got {max_length}"
-            )
+            raise ValueError(f"max_length must lie in [min_length={min_length}, {MAX_LENGTH}], got {max_length}")
         check_positive_int(pretrain_prompts_per_length, "pretrain_prompts_per_length")
         check_positive_int(test_prompts_per_length, "test_prompts_per_length")
         check_positive_int(rl_prompts_per_length, "rl_prompts_per_length")
@@ -154,9 +150,7 @@ class GlyphsTask(PaletteImageTask, Task):
             out[b, : len(target)] = torch.tensor([self._char_ids[ch] for ch in target])
         return out
 
-    def sample_data(
-        self, n: int, generator: torch.Generator | None = None, split: str = "pretrain"
-    ) -> TaskBatch:
+    def sample_data(self, n: int, generator: torch.Generator | None = None, split: str = "pretrain") -> TaskBatch:
         """Random prompts of ``split`` with their (deterministic) renders."""
         prompts = choose_prompts(self.prompts(split), n, generator)
         images = np.stack([self.reader.render(p.spec) for p in prompts])  # [B, H, W]
@@ -168,9 +162,7 @@ class GlyphsTask(PaletteImageTask, Task):
         x1 = self.check_x1(x1, None)
         return self.reader.read(x1.view(-1, self.height, self.width).numpy())
 
-    def _reads_and_targets(
-        self, x1: Tensor, prompts: Sequence[Prompt]
-    ) -> tuple[list[str], list[str]]:
+    def _reads_and_targets(self, x1: Tensor, prompts: Sequence[Prompt]) -> tuple[list[str], list[str]]:
         self.check_x1(x1, prompts)
         self.check_prompts(prompts)
         targets = [self._target(p) for p in prompts]

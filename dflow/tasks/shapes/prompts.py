@@ -44,13 +44,17 @@ CATEGORIES = ("single_object", "two_object", "counting", "colors", "position", "
 
 # one held-out shape per colour, every shape held out at least once
 HELDOUT_COLOR_SHAPE: frozenset[tuple[str, str]] = frozenset(
-    {("red", "cross"), ("green", "bar"), ("blue", "square"), ("yellow", "ring"),
-     ("magenta", "square"), ("cyan", "cross")}
+    {
+        ("red", "cross"),
+        ("green", "bar"),
+        ("blue", "square"),
+        ("yellow", "ring"),
+        ("magenta", "square"),
+        ("cyan", "cross"),
+    }
 )
 HELDOUT_SHAPE_PAIR: frozenset[str] = frozenset({"ring", "cross"})
-HELDOUT_COUNT: frozenset[tuple[str, int]] = frozenset(
-    {("square", 4), ("ring", 2), ("cross", 3), ("bar", 4)}
-)
+HELDOUT_COUNT: frozenset[tuple[str, int]] = frozenset({("square", 4), ("ring", 2), ("cross", 3), ("bar", 4)})
 HELDOUT_SINGLE = "bar"
 
 # prompt words; token id = position in this list + 1 (0 is the pad / null token)

@@ -37,17 +37,13 @@ _PATTERNS: dict[str, tuple[str, str, str]] = {
 SHAPES: tuple[str, ...] = tuple(_PATTERNS)
 PLURALS: dict[str, str] = {"square": "squares", "ring": "rings", "cross": "crosses", "bar": "bars"}
 SLOT = 3  # every shape is drawn inside a SLOT x SLOT box
-TEMPLATES = np.array(
-    [[[ch == "#" for ch in row] for row in _PATTERNS[s]] for s in SHAPES], dtype=bool
-)  # [S, 3, 3]
+TEMPLATES = np.array([[[ch == "#" for ch in row] for row in _PATTERNS[s]] for s in SHAPES], dtype=bool)  # [S, 3, 3]
 
 RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
 NUMBER_WORDS: dict[int, str] = {1: "a", 2: "two", 3: "three", 4: "four"}
 
 
-def relation_holds(
-    relation: str, center_a: tuple[float, float], center_b: tuple[float, float]
-) -> bool:
+def relation_holds(relation: str, center_a: tuple[float, float], center_b: tuple[float, float]) -> bool:
     """Whether object A (centre ``(row, col)``) is ``relation`` object B.
 
     With ``dy = row_b - row_a`` and ``dx = col_b - col_a`` (rows grow downwards), "A left of B"

@@ -122,9 +122,7 @@ class ShapesTask(PaletteImageTask, Task):
                 out[b, i] = self._word_ids[w]
         return out
 
-    def sample_data(
-        self, n: int, generator: torch.Generator | None = None, split: str = "pretrain"
-    ) -> TaskBatch:
+    def sample_data(self, n: int, generator: torch.Generator | None = None, split: str = "pretrain") -> TaskBatch:
         """Random prompts of ``split``, each with a random image that satisfies it exactly.
 
         With ``pretrain_images_avoid_heldout``, objects of the pretrain split whose colour the

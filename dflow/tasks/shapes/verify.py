@@ -99,12 +99,8 @@ def find_objects(images: Tensor) -> DetectedObjects:
     w = (cmax - cmin + 1)[roots][:, None]
     match = (c == t_size) & (hits[roots] == c) & (h == t_h) & (w == t_w)  # [N, S]
     shape = torch.where(match.any(1), match.long().argmax(1), torch.full_like(roots, CLUTTER))
-    center = torch.stack(
-        [(rmin[roots] + rmax[roots]).float() / 2, (cmin[roots] + cmax[roots]).float() / 2], dim=1
-    )
-    return DetectedObjects(
-        batch=roots // (H * W), color=images.flatten()[roots], shape=shape, center=center
-    )
+    center = torch.stack([(rmin[roots] + rmax[roots]).float() / 2, (cmin[roots] + cmax[roots]).float() / 2], dim=1)
+    return DetectedObjects(batch=roots // (H * W), color=images.flatten()[roots], shape=shape, center=center)
 
 
 def _aligned_hits(
@@ -162,17 +158,12 @@ class Score:
 
 def score(objects: list[tuple[str, str, tuple[float, float]]], spec: ShapesSpec) -> Score:
     """Score one image's objects ``(color, shape or "clutter", (row, col))`` against ``spec``."""
-    fitting = [
-        [k for k, (color, shape, _) in enumerate(objects) if o.matches(color, shape)]
-        for o in spec.objects
-    ]
+    fitting = [[k for k, (color, shape, _) in enumerate(objects) if o.matches(color, shape)] for o in spec.objects]
     matched = sum(min(o.count, len(f)) for o, f in zip(spec.objects, fitting))
     relation_ok = True
     if spec.relation is not None:
         relation_ok = any(
-            relation_holds(spec.relation, objects[a][2], objects[b][2])
-            for a in fitting[0]
-            for b in fitting[1]
+            relation_holds(spec.relation, objects[a][2], objects[b][2]) for a in fitting[0] for b in fitting[1]
         )
     return Score(
         matched=matched,
@@ -192,4 +183,3 @@ def score_batch(images: Tensor, specs: list[ShapesSpec]) -> list[Score]:
     ):
         per_image[b].append((COLORS[c - 1], SHAPES[s] if s != CLUTTER else "clutter", (r, col)))
     return [score(objs, spec) for objs, spec in zip(per_image, specs)]
-

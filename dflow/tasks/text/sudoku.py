@@ -20,11 +20,7 @@ BLANK = -1
 GROUPS = np.array(
     [[r * SIZE + c for c in range(SIZE)] for r in range(SIZE)]
     + [[r * SIZE + c for r in range(SIZE)] for c in range(SIZE)]
-    + [
-        [(br + dr) * SIZE + bc + dc for dr in range(2) for dc in range(2)]
-        for br in (0, 2)
-        for bc in (0, 2)
-    ]
+    + [[(br + dr) * SIZE + bc + dc for dr in range(2) for dc in range(2)] for br in (0, 2) for bc in (0, 2)]
 )
 _COLUMNS_AND_BOXES: list[list[int]] = GROUPS[SIZE:].tolist()
 

@@ -46,15 +46,17 @@ def describe(puzzle: SudokuPuzzle) -> str:
 
 
 @lru_cache(maxsize=8)
-def _build_prompts(
-    blanks: tuple[int, ...], num_test_solutions: int, seed: int
-) -> dict[str, tuple[Prompt, ...]]:
+def _build_prompts(blanks: tuple[int, ...], num_test_solutions: int, seed: int) -> dict[str, tuple[Prompt, ...]]:
     """One puzzle per (solution, difficulty) and split. The solutions are split, not the puzzles: the
     test puzzles' solutions never appear in ``pretrain`` or ``rl`` (SPG's fix of d1's split). The
     ``rl`` puzzles are new blankings of the pretraining solutions (their own seed); one whose text is
     a pretraining prompt is dropped, so the three prompt lists are disjoint."""
     order = np.random.default_rng([seed, 0]).permutation(len(all_solutions()))
-    split_ids = {"test": order[:num_test_solutions], "pretrain": order[num_test_solutions:], "rl": order[num_test_solutions:]}
+    split_ids = {
+        "test": order[:num_test_solutions],
+        "pretrain": order[num_test_solutions:],
+        "rl": order[num_test_solutions:],
+    }
     out: dict[str, tuple[Prompt, ...]] = {}
     for split, ids in split_ids.items():
         prompts = []
@@ -104,16 +106,17 @@ class TextTask(Task):
         seed: int = 0,
     ) -> None:
         blanks = tuple(blanks)
-        if not blanks or len(set(blanks)) != len(blanks) or any(
-            isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 12 for k in blanks
+        if (
+            not blanks
+            or len(set(blanks)) != len(blanks)
+            or any(isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 12 for k in blanks)
         ):
             raise ValueError(f"blanks must be distinct integers in [1, 12], got {blanks!r}")
         n_sol = len(all_solutions())
         check_positive_int(num_test_solutions, "num_test_solutions")
         if num_test_solutions >= n_sol:
             raise ValueError(
-                f"num_test_solutions must be < {n_sol} (the number of solutions), "
-                f"got {num_test_solutions}"
+                f"num_test_solutions must be < {n_sol} (the number of solutions), got {num_test_solutions}"
             )
         self.blanks = blanks
         self.tokenizer = build_sudoku_tokenizer()
@@ -135,8 +138,7 @@ class TextTask(Task):
         for b, row in enumerate(ids):
             if len(row) > self.prompt_len or self.tokenizer.unk_token_id in row:
                 raise ValueError(
-                    f"prompt {texts[b]!r} is not a sudoku prompt (unknown tokens or more than "
-                    f"{self.prompt_len} tokens)"
+                    f"prompt {texts[b]!r} is not a sudoku prompt (unknown tokens or more than {self.prompt_len} tokens)"
                 )
             out[b, : len(row)] = torch.tensor(row, dtype=torch.long)
         return out
@@ -148,9 +150,7 @@ class TextTask(Task):
                 raise ValueError(f"prompt {p.text!r} has spec {p.spec!r}, expected a SudokuPuzzle")
         return [p.spec for p in prompts]
 
-    def sample_data(
-        self, n: int, generator: torch.Generator | None = None, split: str = "pretrain"
-    ) -> TaskBatch:
+    def sample_data(self, n: int, generator: torch.Generator | None = None, split: str = "pretrain") -> TaskBatch:
         """Random puzzles of ``split`` with their solutions (random among several, if a
         hand-made puzzle had more than one)."""
         prompts = choose_prompts(self.prompts(split), n, generator)
@@ -203,4 +203,3 @@ def _sudoku_tile(grid: np.ndarray, puzzle: SudokuPuzzle | None) -> Image.Image:
         r, c = divmod(cell, SIZE)
         draw.text((c * CELL_PX + 5, r * CELL_PX + 2), DIGITS[value], fill=color, font=font)
     return tile
-

@@ -16,9 +16,7 @@ SPECIAL_TOKENS = ("[PAD]", "[MASK]", "[SEP]", "[CLS]", "[UNK]")
 BLANK_TOKEN = "_"
 ROW_SEPARATOR = "|"
 DIGITS = ("1", "2", "3", "4")
-VOCAB: dict[str, int] = {
-    tok: i for i, tok in enumerate(SPECIAL_TOKENS + (BLANK_TOKEN, ROW_SEPARATOR) + DIGITS)
-}
+VOCAB: dict[str, int] = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + (BLANK_TOKEN, ROW_SEPARATOR) + DIGITS)}
 
 
 def build_sudoku_tokenizer(model_max_length: int = 64) -> PreTrainedTokenizerFast:
