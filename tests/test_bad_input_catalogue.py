@@ -55,8 +55,8 @@ from dflow.rl import (
     IntermediateActionLikelihood,
     KLPenalty,
     MeanFieldLikelihood,
-    StepwiseGainAdvantage,
     StepWindow,
+    StepwiseGainAdvantage,
     TrajectoryLikelihood,
 )
 from dflow.sampling import Sampler, SamplerConfig
@@ -94,7 +94,7 @@ class Case:
 
 
 # ---------------------------------------------------------------------------- small helpers
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def shapes() -> ShapesTask:
     """An 8x8 shapes task (V = 7, L = 64) with a few prompts: cheap to build and to roll out."""
     return ShapesTask(height=8, width=8, pretrain_prompts_per_category=4, test_prompts_per_category=2)

@@ -11,7 +11,10 @@ import yaml
 from dflow.cli import main
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*/pretrain_*.yaml"))
-TINY_BERT = '{"model_type": "bert", "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32}'
+TINY_BERT = (
+    '{"model_type": "bert", "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, '
+    '"intermediate_size": 32}'
+)
 
 
 def tiny_overrides(recipe: dict) -> list[str]:

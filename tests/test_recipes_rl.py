@@ -68,7 +68,8 @@ def test_rl_recipe_runs_one_step(recipe, tmp_path, monkeypatch):
             "--trainer.enable_model_summary=false",
             "--model.init_args.eval_every_n_steps=0",
             "--data.init_args.prompts_per_step=2",
-            f"--model.init_args.minibatch_size={group if config['model']['init_args'].get('minibatch_size') else 'null'}",
+            "--model.init_args.minibatch_size="
+            + (str(group) if config["model"]["init_args"].get("minibatch_size") else "null"),
             "--model.init_args.rollout.num_steps=" + str(min(config["model"]["init_args"]["rollout"]["num_steps"], 8)),
         ]
     )

@@ -1,4 +1,5 @@
-"""``dflow ablate GRID.yaml [--dry-run] [--out DIR] [--fail-fast] [--jobs N] [--reuse-from DIR ...] [--trainer.KEY=VALUE ...]``.
+"""``dflow ablate GRID.yaml [--dry-run] [--out DIR] [--fail-fast] [--jobs N] [--reuse-from DIR ...]
+[--trainer.KEY=VALUE ...]``.
 
 Trainer settings given on the command line (``--trainer.devices=2 --trainer.strategy=ddp``) say
 *how* to run and go to every run unchanged; they are checked like every override but do not enter

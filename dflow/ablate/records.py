@@ -1,4 +1,4 @@
-"""Typed records of a ``dflow ablate`` grid: the compute :class:`Budget`, the :class:`Method`\s
+r"""Typed records of a ``dflow ablate`` grid: the compute :class:`Budget`, the :class:`Method`\s
 compared, one :class:`Run` (method + overrides, with a stable id) and the whole :class:`GridSpec`.
 
 They are built from a grid file by :func:`dflow.ablate.spec.parse_grid` and check their own values.

@@ -31,20 +31,20 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from dflow.ablate.records import (  # noqa: F401  (re-exported: the records are part of the spec API)
-    GRID_KEYS,
-    METHOD_KEYS,
     BUDGET_KEYS,
     BUDGET_UNITS,
+    GRID_KEYS,
+    METHOD_KEYS,
+    NAME_PATTERN,
     SEED_AXIS,
     SEED_KEYS,
-    NAME_PATTERN,
-    nearest,
     Budget,
+    GridSpec,
     Method,
     Run,
-    GridSpec,
     encode_value,
     make_run_id,
+    nearest,
 )
 
 

@@ -12,8 +12,8 @@ from dflow.lightning.builders import (
 )
 from dflow.lightning.callbacks import DFlowProgressBar, ExportPretrained
 from dflow.lightning.data import PromptDataModule, TaskDataModule
-from dflow.lightning.losses import CrossEntropyLoss, GeneralizedKLLoss, PretrainLoss
 from dflow.lightning.loggers import ResumableCSVLogger
+from dflow.lightning.losses import CrossEntropyLoss, GeneralizedKLLoss, PretrainLoss
 from dflow.lightning.pretrain import PretrainModule
 from dflow.lightning.reliability import AtomicCheckpointIO, GracefulShutdown
 from dflow.lightning.rewards import RewardSpec

@@ -111,7 +111,8 @@ class RLModule(L.LightningModule):
             raise ValueError(f"on_bad_reward must be 'skip' or 'stop', got on_bad_reward={on_bad_reward!r}")
         if eval_samples_per_category is not None and eval_samples_per_category < 1:
             raise ValueError(
-                f"eval_samples_per_category must be >= 1 or null, got eval_samples_per_category={eval_samples_per_category}"
+                "eval_samples_per_category must be >= 1 or null, "
+                f"got eval_samples_per_category={eval_samples_per_category}"
             )
         if eval_samples_per_prompt < 1:
             raise ValueError(

@@ -124,7 +124,7 @@ def load_reward(dotted_path: str) -> Any:
         raise ValueError(f"reward path {dotted_path!r} must look like 'package.module:attr' or 'package.module.attr'")
     obj: Any = None
     error: Exception | None = None
-    for module_name, attr_path in candidates:
+    for module_name, attr_path in candidates:  # noqa: B007 - both are read after the loop (the pair that imported)
         try:
             obj = importlib.import_module(module_name)
             break

@@ -18,7 +18,8 @@ KL, which has the same minimiser ``pi_theta = pi_ref`` and the same local curvat
 
 from __future__ import annotations
 
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 import torch
 from torch import Tensor, nn

@@ -172,5 +172,6 @@ class Sampler:
 def recompute_log_probs(
     sampler: Sampler, policy: Policy, traj: Trajectory, steps: Sequence[int] | Tensor | None = None
 ) -> Tensor:
-    """Per-step float32 log-probs ``[B, len(steps)]`` of a stored trajectory under ``policy`` (what RL differentiates)."""
+    """Per-step float32 log-probs ``[B, len(steps)]`` of a stored trajectory under ``policy``
+    (what RL differentiates)."""
     return sampler.log_probs(policy, traj, steps)

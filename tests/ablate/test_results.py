@@ -11,7 +11,7 @@ from PIL import Image
 
 from dflow.ablate.plots import line_chart, nice_ticks, seed_band, write_plots
 from dflow.ablate.results import compute_to_reach, csv_text, mean_std, recipe_label, table_text
-from dflow.ablate.runner import run_grid, run_directory
+from dflow.ablate.runner import run_directory, run_grid
 from dflow.ablate.spec import load_grid, parse_grid
 
 

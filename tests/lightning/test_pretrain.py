@@ -37,7 +37,7 @@ def make_module(task, source=None, **kwargs) -> PretrainModule:
 
 
 @pytest.mark.parametrize("source", [UniformSource(7), MaskSource(7), MixtureSource(7, 0.5)], ids=repr)
-@pytest.mark.parametrize("loss", [CrossEntropyLoss(), GeneralizedKLLoss()], ids=lambda l: type(l).__name__)
+@pytest.mark.parametrize("loss", [CrossEntropyLoss(), GeneralizedKLLoss()], ids=lambda obj: type(obj).__name__)
 def test_one_step_has_a_finite_loss_and_gradient(task, source, loss):
     module = make_module(task, source, loss=loss, t_max=0.99)
     batch = task.sample_data(8, torch.Generator().manual_seed(0))

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from dflow.rl.likelihood.base import LikelihoodEstimator, UnitPlan, counted_tokens, stack_masks, token_scores
 from dflow.rng import draw_device
-from dflow.sampling import Sampler, Trajectory
+from dflow.sampling import Sampler
 from dflow.sampling.grids import time_grid
 
 
