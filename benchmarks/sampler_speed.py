@@ -206,8 +206,9 @@ def bench_denoiser(
         rec = next(v for v in variants if v.records and v.discretization == d)
         bare = next(v for v in variants if not v.records and v.discretization == d and v.name != PEER)
         # from paired repeats (adjacent runs share the machine's state), then the median
-        results[f"overhead_{d}_pct"] = 100 * statistics.median(a / b - 1 for a, b in zip(rec.seconds, bare.seconds))
-        results[f"overhead_{d}_ms"] = 1e3 * statistics.median(a - b for a, b in zip(rec.seconds, bare.seconds))
+        pairs = list(zip(rec.seconds, bare.seconds, strict=True))
+        results[f"overhead_{d}_pct"] = 100 * statistics.median(a / b - 1 for a, b in pairs)
+        results[f"overhead_{d}_ms"] = 1e3 * statistics.median(a - b for a, b in pairs)
         results[f"bare_{d}_ms"] = 1e3 * statistics.median(bare.seconds)
     peer_t = med.get((PEER, "euler"))
     if peer_t is not None:

@@ -33,7 +33,7 @@ def global_compute(trainer: L.Trainer, module: L.LightningModule) -> dict[str, f
     c = module.compute
     local = torch.tensor([float(getattr(c, k)) for k in COMPUTE_FIELDS], dtype=torch.float64, device=module.device)
     total = trainer.strategy.reduce(local, reduce_op="sum")
-    return dict(zip(COMPUTE_FIELDS, total.cpu().tolist()))
+    return dict(zip(COMPUTE_FIELDS, total.cpu().tolist(), strict=True))
 
 
 def check_accounting(module: L.LightningModule, unit: str) -> None:

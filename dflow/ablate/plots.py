@@ -140,15 +140,15 @@ def line_chart(
     for i, band in enumerate(bands):
         color = COLORS[i % len(COLORS)]
         if len(band.x) > 1:
-            outline = [px(x, y) for x, y in zip(band.x, band.hi)] + [
-                px(x, y) for x, y in zip(reversed(band.x), reversed(band.lo))
+            outline = [px(x, y) for x, y in zip(band.x, band.hi, strict=True)] + [
+                px(x, y) for x, y in zip(reversed(band.x), reversed(band.lo), strict=True)
             ]
             shade.polygon(outline, fill=(*color, 56))
     image = Image.alpha_composite(image, overlay)
     draw = ImageDraw.Draw(image)
     for i, band in enumerate(bands):
         color = COLORS[i % len(COLORS)]
-        points = [px(x, y) for x, y in zip(band.x, band.mean)]
+        points = [px(x, y) for x, y in zip(band.x, band.mean, strict=True)]
         if len(points) > 1:
             draw.line(points, fill=color, width=2, joint="curve")
         for sx, sy in points:

@@ -140,7 +140,7 @@ class GridSpec:
         runs, seen = [], {}
         for method in self.methods:
             for values in itertools.product(*(self.axes[k] for k in keys)):
-                axes = dict(zip(keys, values))
+                axes = dict(zip(keys, values, strict=True))
                 overrides = {**method.overrides, **self.overrides}
                 for key, value in axes.items():
                     if key == SEED_AXIS:

@@ -97,9 +97,9 @@ class WeightedRewards:
         self.names = names
 
     def __call__(self, x1: Tensor, prompts: Sequence[Prompt]) -> RewardRecord:
-        components = {name: reward(x1, prompts) for name, reward in zip(self.names, self.rewards)}
+        components = {name: reward(x1, prompts) for name, reward in zip(self.names, self.rewards, strict=True)}
         total = torch.zeros(len(prompts), dtype=torch.float32, device=x1.device)
-        for w, value in zip(self.weights, components.values()):
+        for w, value in zip(self.weights, components.values(), strict=True):
             total = total + w * value.to(total.device)
         return RewardRecord(total=total, components=components)
 

@@ -42,8 +42,8 @@ def test_task_data_is_deterministic_per_seed(task):
     a = first_batches(TaskDataModule(task, batch_size=4, seed=1), 3)
     b = first_batches(TaskDataModule(task, batch_size=4, seed=1), 3)
     c = first_batches(TaskDataModule(task, batch_size=4, seed=2), 3)
-    assert all(same(x, y) for x, y in zip(a, b))
-    assert not all(same(x, y) for x, y in zip(a, c))
+    assert all(same(x, y) for x, y in zip(a, b, strict=True))
+    assert not all(same(x, y) for x, y in zip(a, c, strict=True))
     assert not same(a[0], a[1])  # batches differ from each other
 
 
@@ -58,7 +58,7 @@ def test_task_data_resumes_at_the_saved_position(task):
     full = first_batches(TaskDataModule(task, batch_size=4), 5)
     resumed = TaskDataModule(task, batch_size=4)
     resumed.load_state_dict({"epoch": 0, "batches": 3})  # what a checkpoint after 3 batches holds
-    assert [same(x, y) for x, y in zip(first_batches(resumed, 2), full[3:5])] == [True, True]
+    assert [same(x, y) for x, y in zip(first_batches(resumed, 2), full[3:5], strict=True)] == [True, True]
 
 
 def test_validation_prompts_cover_every_category(task):
@@ -87,11 +87,11 @@ def test_prompt_batches_are_deterministic_and_resume(task):
     full = first_batches(PromptDataModule(task, prompts_per_step=4, seed=5), 6)
     again = first_batches(PromptDataModule(task, prompts_per_step=4, seed=5), 6)
     other = first_batches(PromptDataModule(task, prompts_per_step=4, seed=6), 6)
-    assert all(torch.equal(a, b) for a, b in zip(full, again))
-    assert not all(torch.equal(a, b) for a, b in zip(full, other))
+    assert all(torch.equal(a, b) for a, b in zip(full, again, strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(full, other, strict=True))
     resumed = PromptDataModule(task, prompts_per_step=4, seed=5)
     resumed.resume_from(epoch=0, batches=4)
-    assert all(torch.equal(a, b) for a, b in zip(first_batches(resumed, 2), full[4:6]))
+    assert all(torch.equal(a, b) for a, b in zip(first_batches(resumed, 2), full[4:6], strict=True))
 
 
 def test_category_balance_visits_every_category_equally_often(task):
@@ -138,4 +138,4 @@ def test_bad_arguments_name_the_field(task):
 def test_worker_count_does_not_change_the_data(task):
     one = first_batches(TaskDataModule(task, batch_size=4, num_workers=0), 4)
     two = first_batches(TaskDataModule(task, batch_size=4, num_workers=2), 4)
-    assert all(same(a, b) for a, b in zip(one, two))
+    assert all(same(a, b) for a, b in zip(one, two, strict=True))

@@ -191,6 +191,8 @@ def test_resumed_run_matches_an_uninterrupted_one(task, tmp_path):
     straight = fit(task, tmp_path / "a", max_steps=4)
     fit(task, tmp_path / "b", max_steps=2)
     resumed = fit(task, tmp_path / "b", max_steps=4, ckpt_path=str(tmp_path / "b" / "ckpt" / "last.ckpt"))
-    for (name, p), q in zip(straight.denoiser.state_dict().items(), resumed.denoiser.state_dict().values()):
+    for (name, p), q in zip(
+        straight.denoiser.state_dict().items(), resumed.denoiser.state_dict().values(), strict=True
+    ):
         assert torch.equal(p, q), name
     assert (tmp_path / "b" / "export" / "model.safetensors").is_file()

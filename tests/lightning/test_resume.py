@@ -85,9 +85,9 @@ def metrics_by_step(root) -> dict[int, dict[str, str]]:
 def test_resume_is_exact(tmp_path):
     straight = run(tmp_path / "a", 4)
     half = run(tmp_path / "b", 2)
-    assert any(not torch.equal(p, q) for p, q in zip(half.parameters(), straight.parameters()))
+    assert any(not torch.equal(p, q) for p, q in zip(half.parameters(), straight.parameters(), strict=True))
     resumed = run(tmp_path / "b", 4, ckpt_path="last")
-    for (name, p), q in zip(straight.state_dict().items(), resumed.state_dict().values()):
+    for (name, p), q in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(p, q), name
     a, b = metrics_by_step(tmp_path / "a"), metrics_by_step(tmp_path / "b")
     assert sorted(a) == sorted(b) == [0, 1, 2, 3]  # one row per RL step, none lost by the resume
@@ -98,7 +98,7 @@ def test_resume_is_exact(tmp_path):
 
 def test_same_seed_same_run(tmp_path):
     one, two = run(tmp_path / "a", 2), run(tmp_path / "b", 2)
-    for p, q in zip(one.parameters(), two.parameters()):
+    for p, q in zip(one.parameters(), two.parameters(), strict=True):
         assert torch.equal(p, q)
 
 

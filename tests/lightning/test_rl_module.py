@@ -388,7 +388,7 @@ def _same_state(a, b) -> bool:
     if isinstance(a, dict):
         return a.keys() == b.keys() and all(_same_state(a[k], b[k]) for k in a)
     if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(_same_state(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(_same_state(x, y) for x, y in zip(a, b, strict=True))
     if torch.is_tensor(a):
         return torch.equal(a, b)
     return a == b
@@ -573,7 +573,7 @@ def test_evaluation_samples_each_prompt_several_times(tiny_builder):
     correct = task.correct(res.x1, expanded).float()
     assert res.metrics["reward"] == pytest.approx(float(task.reward(res.x1, expanded).mean()))
     by_cat: dict[str, list[float]] = {}
-    for p, c in zip(expanded, correct.tolist()):
+    for p, c in zip(expanded, correct.tolist(), strict=True):
         by_cat.setdefault(p.category, []).append(c)
     for cat, values in by_cat.items():
         assert res.metrics[f"acc/{cat}"] == pytest.approx(sum(values) / len(values))

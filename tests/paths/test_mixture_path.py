@@ -58,7 +58,8 @@ def test_kernel_rows_are_distributions(source, sched, disc, t_vals, frac, seed) 
     path = _path(source, sched, disc, V=6)
     g = torch.Generator().manual_seed(seed)
     t = torch.tensor(t_vals, dtype=torch.float32)
-    s = torch.tensor([tv + f * (1 - tv) for tv, f in zip(t_vals, frac)], dtype=torch.float32)  # s in (t, 1]
+    # s in (t, 1]
+    s = torch.tensor([tv + f * (1 - tv) for tv, f in zip(t_vals, frac, strict=True)], dtype=torch.float32)
     assume(bool((s > t).all()))
     x_t = _random_states(path, (3, 5), g)
     posterior = torch.softmax(3 * torch.randn(3, 5, 6, generator=g), dim=-1)

@@ -572,4 +572,4 @@ def test_udm_grpo_2x2_runs_through_one_rl_step(cell, copy_task, tiny_builder, pr
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     assert metrics["train/ratio_min"] == 1.0 == metrics["train/ratio_max"]  # one on-policy step
     assert all(math.isfinite(v) for v in metrics.values())
-    assert any(not torch.equal(a, b) for a, b in zip(before, module.denoiser.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(before, module.denoiser.parameters(), strict=True))

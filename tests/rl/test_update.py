@@ -141,7 +141,7 @@ def test_on_policy_loss_and_gradient_are_the_advantage_weighted_score(copy_task,
     policy.zero_grad()
     logp = est.log_probs(policy, traj.select(index), prepared.plan.select(index), sampler)  # [4, 3]
     (-(adv.values[index][:, None] * logp).mean(1).mean()).backward()
-    for a, p in zip(got, policy.parameters()):
+    for a, p in zip(got, policy.parameters(), strict=True):
         torch.testing.assert_close(a, p.grad, rtol=1e-5, atol=1e-7)
 
 
@@ -203,7 +203,7 @@ def test_kl_at_an_identical_reference_is_zero_with_zero_gradient(estimator, copy
         losses.append(out.loss.detach())
         grads.append([p.grad.clone() for p in policy.parameters()])
     assert torch.equal(losses[0], losses[1])
-    assert all(torch.equal(a, b) for a, b in zip(*grads))
+    assert all(torch.equal(a, b) for a, b in zip(*grads, strict=True))
 
 
 def test_kl_without_a_reference_is_a_clear_error(copy_task, tiny_builder):

@@ -81,7 +81,11 @@ def test_category_sizes(shapes_task: ShapesTask):
 def _pairs_in_pretraining_images(task: ShapesTask) -> set:
     batch = task.sample_data(400, torch.Generator().manual_seed(0))
     found = find_objects(batch.x1.view(-1, task.height, task.width))
-    return {(COLORS[c - 1], SHAPES[s]) for c, s in zip(found.color.tolist(), found.shape.tolist()) if s != CLUTTER}
+    return {
+        (COLORS[c - 1], SHAPES[s])
+        for c, s in zip(found.color.tolist(), found.shape.tolist(), strict=True)
+        if s != CLUTTER
+    }
 
 
 def test_pretraining_images_may_show_held_out_pairs_only_where_the_prompt_leaves_the_colour_free():

@@ -165,7 +165,7 @@ def test_empty_image_scores_zero(task):
 def test_reward_never_rises_when_an_object_is_added(task):
     rng = np.random.default_rng(0)
     batch = task.sample_data(40, torch.Generator().manual_seed(5))
-    for x, p in zip(batch.x1, batch.prompts):
+    for x, p in zip(batch.x1, batch.prompts, strict=True):
         x = x.view(H, W).clone()
         free = (x == 0).nonzero()
         r, c = free[rng.integers(len(free))].tolist()

@@ -116,7 +116,7 @@ def test_a_valid_grid_that_ignores_the_givens_is_wrong(text_task: TextTask):
     p = _puzzle([0, 5, 10, 15])
     other = [int(v) for v in all_solutions()[-1]]
     assert other != SOLUTION
-    kept = sum(g == v for g, v in zip(p.spec.givens, other))
+    kept = sum(g == v for g, v in zip(p.spec.givens, other, strict=True))
     r, ok = _score(text_task, other, p)
     assert kept < 12
     assert r == pytest.approx((12 + kept) / (12 + 12)) and not ok

@@ -170,10 +170,10 @@ class GlyphsTask(PaletteImageTask, Task):
 
     def reward(self, x1: Tensor, prompts: Sequence[Prompt]) -> Tensor:
         reads, targets = self._reads_and_targets(x1, prompts)
-        values = [similarity(r, s) for r, s in zip(reads, targets)]
+        values = [similarity(r, s) for r, s in zip(reads, targets, strict=True)]
         return torch.tensor(values, dtype=torch.float32, device=x1.device)
 
     def correct(self, x1: Tensor, prompts: Sequence[Prompt]) -> Tensor:
         reads, targets = self._reads_and_targets(x1, prompts)
-        values = [r == s for r, s in zip(reads, targets)]
+        values = [r == s for r, s in zip(reads, targets, strict=True)]
         return torch.tensor(values, dtype=torch.bool, device=x1.device)

@@ -90,4 +90,4 @@ def render_spec(
         allowed = [i + 1 for i, c in enumerate(COLORS) if (c, o.shape) not in forbidden]
         todo += [(int(rng.choice(allowed)), s) for _ in range(o.count)]
     slots = place_slots(height, width, len(todo), rng, spec.relation)
-    return draw(height, width, [(c, s, r, col) for (c, s), (r, col) in zip(todo, slots)])
+    return draw(height, width, [(c, s, r, col) for (c, s), (r, col) in zip(todo, slots, strict=True)])

@@ -159,7 +159,7 @@ class Score:
 def score(objects: list[tuple[str, str, tuple[float, float]]], spec: ShapesSpec) -> Score:
     """Score one image's objects ``(color, shape or "clutter", (row, col))`` against ``spec``."""
     fitting = [[k for k, (color, shape, _) in enumerate(objects) if o.matches(color, shape)] for o in spec.objects]
-    matched = sum(min(o.count, len(f)) for o, f in zip(spec.objects, fitting))
+    matched = sum(min(o.count, len(f)) for o, f in zip(spec.objects, fitting, strict=True))
     relation_ok = True
     if spec.relation is not None:
         relation_ok = any(
@@ -179,7 +179,7 @@ def score_batch(images: Tensor, specs: list[ShapesSpec]) -> list[Score]:
     found = find_objects(images)
     per_image: list[list[tuple[str, str, tuple[float, float]]]] = [[] for _ in specs]
     for b, c, s, (r, col) in zip(
-        found.batch.tolist(), found.color.tolist(), found.shape.tolist(), found.center.tolist()
+        found.batch.tolist(), found.color.tolist(), found.shape.tolist(), found.center.tolist(), strict=True
     ):
         per_image[b].append((COLORS[c - 1], SHAPES[s] if s != CLUTTER else "clutter", (r, col)))
-    return [score(objs, spec) for objs, spec in zip(per_image, specs)]
+    return [score(objs, spec) for objs, spec in zip(per_image, specs, strict=True)]

@@ -182,7 +182,7 @@ class TextTask(Task):
         red; thick lines frame the 2x2 boxes. Captions are the categories."""
         grids = self.check_x1(x1, prompts).numpy()  # [B, 16]
         puzzles = self._puzzles(prompts) if prompts is not None else [None] * len(grids)
-        tiles = [_sudoku_tile(g, p) for g, p in zip(grids, puzzles)]
+        tiles = [_sudoku_tile(g, p) for g, p in zip(grids, puzzles, strict=True)]
         # the tile already shows the givens (black), so the caption names the difficulty only
         captions = [p.category for p in prompts] if prompts is not None else None
         return save_grid(tiles, path, captions, ncol, caption_lines=1)
