@@ -52,22 +52,45 @@ ROOT = Path(__file__).resolve().parents[1]
 V = 7  # the shapes palette
 
 METHODS: dict[str, Callable[[], dict]] = {
-    "udm_grpo": lambda: dict(path=MixturePath(UniformSource(V)), likelihood=ForwardReconstruction(2, 4, 1),
-                             objective=ClippedSurrogate(1e-4), kl=KLPenalty(0.05, "k3")),
-    "elbo_epg": lambda: dict(path=MixturePath(UniformSource(V)), likelihood=ELBOLikelihood(3, 4), objective=EPG(),
-                             advantage=GroupAdvantage(scale="none", coef=0.1, clip=None),
-                             aggregation=SampleSumAggregation()),
-    "dflowgrpo": lambda: dict(path=MixturePath(UniformSource(V)), likelihood=TrajectoryLikelihood(AllButLast(), True),
-                              objective=ClippedSurrogate(1e-3, 1.5e-3), advantage=GroupAdvantage(scale="batch")),
+    "udm_grpo": lambda: dict(
+        path=MixturePath(UniformSource(V)),
+        likelihood=ForwardReconstruction(2, 4, 1),
+        objective=ClippedSurrogate(1e-4),
+        kl=KLPenalty(0.05, "k3"),
+    ),
+    "elbo_epg": lambda: dict(
+        path=MixturePath(UniformSource(V)),
+        likelihood=ELBOLikelihood(3, 4),
+        objective=EPG(),
+        advantage=GroupAdvantage(scale="none", coef=0.1, clip=None),
+        aggregation=SampleSumAggregation(),
+    ),
+    "dflowgrpo": lambda: dict(
+        path=MixturePath(UniformSource(V)),
+        likelihood=TrajectoryLikelihood(AllButLast(), True),
+        objective=ClippedSurrogate(1e-3, 1.5e-3),
+        advantage=GroupAdvantage(scale="batch"),
+    ),
     "dflowgrpo_mc_metric": lambda: dict(
         path=MetricPath(embedding=torch.eye(V), exact_max_vocab=0, n_mc=4),
-        likelihood=TrajectoryLikelihood(AllButLast(), True), objective=ClippedSurrogate(1e-3, 1.5e-3)),
-    "naive_grpo": lambda: dict(path=MixturePath(UniformSource(V)), likelihood=IntermediateActionLikelihood(),
-                               objective=ClippedSurrogate(1e-4)),
-    "stepwise": lambda: dict(path=MixturePath(UniformSource(V)), likelihood=TrajectoryLikelihood(),
-                             objective=ClippedSurrogate(0.2), advantage=StepwiseGainAdvantage()),
-    "diffu_grpo_mask": lambda: dict(path=MixturePath(MaskSource(V)), likelihood=MeanFieldLikelihood(per_token=True),
-                                    objective=ClippedSurrogate(0.5), kl=KLPenalty(0.04, "k3")),
+        likelihood=TrajectoryLikelihood(AllButLast(), True),
+        objective=ClippedSurrogate(1e-3, 1.5e-3),
+    ),
+    "naive_grpo": lambda: dict(
+        path=MixturePath(UniformSource(V)), likelihood=IntermediateActionLikelihood(), objective=ClippedSurrogate(1e-4)
+    ),
+    "stepwise": lambda: dict(
+        path=MixturePath(UniformSource(V)),
+        likelihood=TrajectoryLikelihood(),
+        objective=ClippedSurrogate(0.2),
+        advantage=StepwiseGainAdvantage(),
+    ),
+    "diffu_grpo_mask": lambda: dict(
+        path=MixturePath(MaskSource(V)),
+        likelihood=MeanFieldLikelihood(per_token=True),
+        objective=ClippedSurrogate(0.5),
+        kl=KLPenalty(0.04, "k3"),
+    ),
 }
 
 
@@ -101,9 +124,18 @@ def rl_check(name: str, device: torch.device) -> dict:
     parts = METHODS[name]()
     path = parts.pop("path")
     task = ShapesTask(height=8, width=8, pretrain_prompts_per_category=4, test_prompts_per_category=2)
-    module = RLModule(TransformerDenoiser(hidden_size=16, num_layers=1, num_heads=2), path, **parts,
-                      rollout=SamplerConfig(num_steps=4), evaluation=SamplerConfig(num_steps=4), group_size=4,
-                      num_inner_epochs=2, minibatch_size=4, lr=1e-3, eval_every_n_steps=0)
+    module = RLModule(
+        TransformerDenoiser(hidden_size=16, num_layers=1, num_heads=2),
+        path,
+        **parts,
+        rollout=SamplerConfig(num_steps=4),
+        evaluation=SamplerConfig(num_steps=4),
+        group_size=4,
+        num_inner_epochs=2,
+        minibatch_size=4,
+        lr=1e-3,
+        eval_every_n_steps=0,
+    )
     ratios: list[tuple[float, float]] = []
     loss = module.update.loss
 
@@ -113,18 +145,34 @@ def rl_check(name: str, device: torch.device) -> dict:
         return out
 
     module.update.loss = spy
-    trainer = L.Trainer(accelerator=device.type, devices=1, max_steps=2, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        accelerator=device.type,
+        devices=1,
+        max_steps=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     _reset_peak(device)
     start = time.perf_counter()
     trainer.fit(module, datamodule=Prompts(task, 2, 2))
     _sync(device)
     seconds = (time.perf_counter() - start) / 2
     on_policy = all(ratios[i] == (1.0, 1.0) for i in range(0, len(ratios), 4))
-    ok = (module.generator.device.type == device.type and module.device.type == device.type
-          and module.rl_steps == 2 and on_policy)
-    return {"check": f"RL steps: {name}", "ok": ok, "s_per_step": round(seconds, 3), "peak_mb": _peak_mb(device),
-            "note": f"generator on {module.generator.device}, first mini-batch ratio 1: {on_policy}"}
+    ok = (
+        module.generator.device.type == device.type
+        and module.device.type == device.type
+        and module.rl_steps == 2
+        and on_policy
+    )
+    return {
+        "check": f"RL steps: {name}",
+        "ok": ok,
+        "s_per_step": round(seconds, 3),
+        "peak_mb": _peak_mb(device),
+        "note": f"generator on {module.generator.device}, first mini-batch ratio 1: {on_policy}",
+    }
 
 
 def base_check(device: torch.device) -> list[dict]:
@@ -138,9 +186,15 @@ def base_check(device: torch.device) -> list[dict]:
     res = evaluate(model, task, sampler, prompts, device=device)
     _sync(device)
     eval_s = time.perf_counter() - start
-    out = [{"check": "evaluation of the shapes base (384 samples, 20 steps)", "ok": 0.0 <= res.metrics["acc/overall"] <= 1,
-            "s_per_step": round(eval_s, 3), "peak_mb": _peak_mb(device),
-            "note": f"acc {res.metrics['acc/overall']:.3f}, reward {res.metrics['reward']:.3f}"}]
+    out = [
+        {
+            "check": "evaluation of the shapes base (384 samples, 20 steps)",
+            "ok": 0.0 <= res.metrics["acc/overall"] <= 1,
+            "s_per_step": round(eval_s, 3),
+            "peak_mb": _peak_mb(device),
+            "note": f"acc {res.metrics['acc/overall']:.3f}, reward {res.metrics['reward']:.3f}",
+        }
+    ]
     for batch in (128, 1024):
         cond = task.encode_prompts([prompts[i % len(prompts)] for i in range(batch)]).to(device)
         roll = SamplerConfig(num_steps=10).build(path)
@@ -153,9 +207,15 @@ def base_check(device: torch.device) -> list[dict]:
             roll.rollout(model, cond, batch_size=batch, seq_len=task.seq_len, generator=gen, device=device)
             _sync(device)
         seconds = time.perf_counter() - start
-        out.append({"check": f"rollout of the shapes base, batch {batch} x 10 steps", "ok": True,
-                    "s_per_step": round(seconds / 10, 4), "peak_mb": _peak_mb(device),
-                    "note": f"{batch * 10 / seconds:,.0f} sample-steps/s"})
+        out.append(
+            {
+                "check": f"rollout of the shapes base, batch {batch} x 10 steps",
+                "ok": True,
+                "s_per_step": round(seconds / 10, 4),
+                "peak_mb": _peak_mb(device),
+                "note": f"{batch * 10 / seconds:,.0f} sample-steps/s",
+            }
+        )
     return out
 
 
@@ -184,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\n| check | ok | seconds | peak MiB | note |\n|---|---|---|---|---|")
     for r in rows:
         peak = "" if r.get("peak_mb") is None else f"{r['peak_mb']:.0f}"
-        print(f"| {r['check']} | {'yes' if r['ok'] else '**NO**'} | {r.get('s_per_step', '')} | {peak} | {r.get('note', '')} |")
+        ok = "yes" if r["ok"] else "**NO**"
+        print(f"| {r['check']} | {ok} | {r.get('s_per_step', '')} | {peak} | {r.get('note', '')} |")
     if opts.json:
         Path(opts.json).write_text(json.dumps({"device": str(device), "name": name, "rows": rows}, indent=2))
     return 0 if all(r["ok"] for r in rows) else 1
