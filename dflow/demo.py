@@ -95,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         name = k.removeprefix("eval/").removeprefix("acc_")
         table.add_row(name, f"{b:.3f}", f"{a:.3f}", f"[{'green' if a >= b else 'red'}]{a - b:+.3f}")
     console.print(table)
-    log_dir = Path(cli.trainer.log_dir)
+    log_dir = Path(cli.trainer.log_dir or ".")  # where RLModule.run_evaluation wrote the grids
     grids = sorted((log_dir / "samples").glob("rl_step_*.png"))
     if grids:
         shutil.copy(grids[0], out / "before.png")

@@ -80,13 +80,16 @@ class Trajectory:
             raise ValueError("Trajectory.concat needs at least one trajectory")
         first = parts[0]
         cond = torch.cat([p.cond for p in parts]) if torch.is_tensor(first.cond) else first.cond
+        draws = [p.draws for p in parts if p.draws is not None]
+        if draws and len(draws) != len(parts):
+            raise ValueError("Trajectory.concat: some trajectories recorded draws and some did not")
         return Trajectory(
             states=torch.cat([p.states for p in parts], dim=1),
             times=first.times,
             log_probs=torch.cat([p.log_probs for p in parts]),
             x1=torch.cat([p.x1 for p in parts]),
             posterior_argmax=torch.cat([p.posterior_argmax for p in parts], dim=1),
-            draws=None if first.draws is None else torch.cat([p.draws for p in parts], dim=1),
+            draws=torch.cat(draws, dim=1) if draws else None,
             cond=cond,
             forward_passes=first.forward_passes,
             rollout_batch_size=first.rollout_batch_size,
