@@ -43,11 +43,11 @@ class DeviceRNG:
             return gen
         new = torch.Generator(device=device)
         pending, self._pending = self._pending, None
+        was = pending["device"] if pending is not None else gen.device.type if gen is not None else None
         if pending is not None and pending["device"] == device.type:
             new.set_state(pending["state"])
-        elif pending is not None or gen is not None:
+        elif was is not None:  # a stream existed (pending or live) on another device
             self._moves += 1
-            was = pending["device"] if pending is not None else gen.device.type
             warnings.warn(
                 f"the RL generator moved from {was} to {device.type}: its stream cannot be carried over, "
                 f"so it is reseeded (runs are reproducible, but not bit-identical to one on {was})",

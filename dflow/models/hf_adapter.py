@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
-from transformers import AutoConfig, AutoModelForMaskedLM, PretrainedConfig
+from transformers import AutoConfig, AutoModelForMaskedLM, PretrainedConfig, PreTrainedModel
 
 
 def _is_integer_tensor(x: Tensor) -> bool:
@@ -48,6 +48,9 @@ class HFMaskedLMDenoiser(nn.Module):
             otherwise every 0 in ``cond`` is replaced by it (so id 0 cannot be a real prompt token).
     """
 
+    data_token_ids: Tensor  # buffers (register_buffer in __init__)
+    state_to_token: Tensor
+
     def __init__(
         self,
         model: str | os.PathLike | PretrainedConfig | Mapping[str, Any],
@@ -58,7 +61,8 @@ class HFMaskedLMDenoiser(nn.Module):
     ) -> None:
         super().__init__()
         self.mlm = self._build_mlm(model)
-        model_vocab = self.mlm.get_input_embeddings().num_embeddings
+        # typed nn.Module by transformers; an nn.Embedding (or a subclass) in its masked LMs
+        model_vocab = cast(nn.Embedding, self.mlm.get_input_embeddings()).num_embeddings
         ids = list(data_token_ids)
         if not ids or any(isinstance(i, bool) or not isinstance(i, int) for i in ids):
             raise ValueError(f"data_token_ids must be a non-empty list of ints, got {data_token_ids!r}")
@@ -89,7 +93,7 @@ class HFMaskedLMDenoiser(nn.Module):
         self.register_buffer("state_to_token", state_ids, persistent=False)
 
     @staticmethod
-    def _build_mlm(model: Any) -> nn.Module:
+    def _build_mlm(model: Any) -> PreTrainedModel:
         if isinstance(model, PretrainedConfig):
             return AutoModelForMaskedLM.from_config(model)
         if isinstance(model, Mapping):

@@ -14,6 +14,7 @@ parameter receives gradient from the first backward pass.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +44,7 @@ class TimeEmbedding(nn.Module):
         log_freqs = torch.linspace(0.0, math.log(_MAX_TIME_FREQ), _NUM_TIME_FREQS, device=t.device, dtype=torch.float32)
         angles = t.float()[:, None] * log_freqs.exp()[None, :]  # [B, F]
         features = torch.cat([angles.cos(), angles.sin()], dim=-1)  # [B, 2F]
-        return self.mlp(features.to(self.mlp[0].weight.dtype))
+        return self.mlp(features.to(cast(nn.Linear, self.mlp[0]).weight.dtype))
 
 
 class AdaptiveLayerNorm(nn.Module):
@@ -77,7 +78,8 @@ class SelfAttention(nn.Module):
         self.dropout = dropout
         self.qkv = nn.Linear(hidden_size, 3 * hidden_size)
         self.out = nn.Linear(hidden_size, hidden_size)
-        self.out.is_residual_projection = True  # read by DFlowTransformer._init_weights
+        # read by DFlowTransformer._init_weights (torch's stubs allow only tensors and modules as attributes)
+        self.out.is_residual_projection = True  # type: ignore[assignment]
 
     def forward(self, h: Tensor) -> Tensor:  # h: [B, N, D] -> [B, N, D]
         q, k, v = rearrange(
@@ -97,7 +99,8 @@ class MLP(nn.Module):
         inner = int(hidden_size * mlp_ratio)
         self.up = nn.Linear(hidden_size, inner)
         self.down = nn.Linear(inner, hidden_size)
-        self.down.is_residual_projection = True  # read by DFlowTransformer._init_weights
+        # read by DFlowTransformer._init_weights (torch's stubs allow only tensors and modules as attributes)
+        self.down.is_residual_projection = True  # type: ignore[assignment]
 
     def forward(self, h: Tensor) -> Tensor:  # h: [B, N, D] -> [B, N, D]
         return self.down(F.gelu(self.up(h)))
@@ -135,6 +138,10 @@ class PositionalEmbedding(nn.Module):
     pixels share a row or column vector.
     """
 
+    position: nn.Embedding | None  # 1-D positions (no image_shape)
+    row: nn.Embedding | None  # factorised positions (image_shape given)
+    col: nn.Embedding | None
+
     def __init__(self, seq_len: int, hidden_size: int, image_shape: tuple[int, int] | None) -> None:
         super().__init__()
         if image_shape is None:
@@ -149,5 +156,6 @@ class PositionalEmbedding(nn.Module):
     def forward(self) -> Tensor:  # -> [L, D]
         if self.position is not None:
             return self.position.weight
+        assert self.row is not None and self.col is not None  # built together with image_shape
         grid = self.row.weight[:, None, :] + self.col.weight[None, :, :]  # [H, W, D]
         return rearrange(grid, "h w d -> (h w) d")  # [L, D]

@@ -39,15 +39,19 @@ from dflow.models.layers import (
 try:  # transformers >= 5: init functions that skip weights already loaded from a checkpoint
     from transformers import initialization as _init
 except ImportError:  # transformers 4.x: loading does not re-run init on loaded weights
-    from torch.nn import init as _init
+    from torch.nn import init as _init  # type: ignore[no-redef]
 
 
 class DFlowTransformer(PreTrainedModel):
     """Denoiser ``(x_t [B, L], t [B], cond [B, Lc] | None) -> logits [B, L, V]``; see module doc."""
 
     config_class = DFlowConfig
+    config: DFlowConfig
     base_model_prefix = "dflow"
     main_input_name = "x_t"
+    # None in an unconditional model (prompt_len = 0)
+    prompt_embed: nn.Embedding | None
+    prompt_position_embed: nn.Embedding | None
 
     def __init__(self, config: DFlowConfig) -> None:
         super().__init__(config)
@@ -82,9 +86,10 @@ class DFlowTransformer(PreTrainedModel):
         self.head = nn.Linear(hidden, config.vocab_size)
         self.post_init()
 
-    def _mix_locally(self, h: Tensor, conv: nn.Conv2d) -> Tensor:
+    def _mix_locally(self, h: Tensor, conv: nn.Module) -> Tensor:
         """Add a depthwise convolution of the pixel tokens (the prompt prefix is left as it is)."""
         lc = self.config.prompt_len
+        assert self.config.image_shape is not None  # DFlowConfig refuses conv_kernel without image_shape
         height, width = self.config.image_shape
         image = rearrange(h[:, lc:], "b (y x) d -> b d y x", y=height, x=width)  # [B, D, H, W]
         mixed = rearrange(conv(image), "b d y x -> b (y x) d")  # [B, L, D]
@@ -128,6 +133,7 @@ class DFlowTransformer(PreTrainedModel):
         # any integer dtype is accepted (the sampler stores states compactly); embeddings want long
         h = self.token_embed(x_t.long()) + self.position_embed()  # [B, L, D]
         if cond is not None:
+            assert self.prompt_embed is not None and self.prompt_position_embed is not None  # cond means Lc > 0
             prefix = self.prompt_embed(cond.long())  # [B, Lc, D]
             prefix = prefix + self.prompt_position_embed.weight  # [B, Lc, D]
             h = torch.cat([prefix, h], dim=1)  # [B, Lc + L, D]

@@ -120,6 +120,7 @@ class MetricPath(ProbabilityPath):
         """``K_h[b, x, x1, y]`` for the exact mode: ``[B', V, V, V]`` (``B' = 1`` when all times agree)."""
         if bool((t == t[0]).all()) and bool((s == s[0]).all()):
             t, s = t[:1], s[:1]
+        assert self._gap is not None  # exact mode: built in __init__
         gap = self._gap.to(t.device)
         rate = gap * self.cond_probs(t)[:, None] * self.d_beta(t)[:, None, None, None]  # [B', x, x1, y]
         total = rate.sum(-1, keepdim=True)  # [B', x, x1, 1]
@@ -240,7 +241,7 @@ class MetricPath(ProbabilityPath):
         if x_t.shape != x1.shape:
             raise ValueError(f"x_t shape {tuple(x_t.shape)} must equal x1 shape {tuple(x1.shape)}")
         self._check_posterior("logits", logits, x1)
-        if not self.exact:
+        if not self.exact or self._gap is None:  # the gap tensor exists in exact mode only
             raise ValueError(f"MetricPath.generalized_kl needs V <= exact_max_vocab, V={self.vocab_size}")
         p = torch.softmax(logits, dim=-1)  # [B, L, V]
         tt = t.to(p.dtype)

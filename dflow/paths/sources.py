@@ -61,6 +61,8 @@ class Source(ABC):
 class MaskSource(Source):
     """All mass on the mask id ``V`` (masked / absorbing diffusion)."""
 
+    mask_id: int
+
     def __init__(self, vocab_size: int) -> None:
         self.vocab_size = _check_vocab("MaskSource", vocab_size)
         self.num_states = vocab_size + 1

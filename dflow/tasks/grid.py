@@ -11,9 +11,15 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from dflow.tasks.base import Prompt
 
 PAD = 2
 LINE_HEIGHT = 12  # pixels per caption line (pillow's default font is ~11 px high)
@@ -38,7 +44,7 @@ def palette_tiles(values: np.ndarray, palette: np.ndarray, scale: int) -> list[I
     return [Image.fromarray(np.ascontiguousarray(img), "RGB") for img in rgb]
 
 
-def _wrap(text: str, width_px: int, font: ImageFont.ImageFont, max_lines: int) -> list[str]:
+def _wrap(text: str, width_px: int, font: ImageFont.ImageFont | ImageFont.FreeTypeFont, max_lines: int) -> list[str]:
     """Greedy word wrap of ``text`` into at most ``max_lines`` lines of ``width_px`` pixels."""
     lines: list[str] = []
     line = ""
@@ -112,6 +118,10 @@ class PaletteImageTask:
     height: int
     width: int
     render_scale: int
+
+    if TYPE_CHECKING:  # provided by Task, the other base of every image task
+
+        def check_x1(self, x1: Tensor, prompts: Sequence[Prompt] | None) -> Tensor: ...
 
     def render(self, x1, prompts, path: str | Path, ncol: int = 8) -> Path:
         x1 = self.check_x1(x1, prompts)

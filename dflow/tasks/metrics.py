@@ -27,6 +27,8 @@ class CategoryAccuracy(torchmetrics.Metric):
     """
 
     full_state_update = False
+    num_correct: Tensor  # long [num categories], states added in __init__
+    num_total: Tensor
 
     def __init__(self, categories: Sequence[str], **kwargs: Any) -> None:
         super().__init__(**kwargs)

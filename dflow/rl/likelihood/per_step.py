@@ -88,7 +88,10 @@ class IntermediateActionLikelihood(LikelihoodEstimator):
         return UnitPlan(steps=steps, states=torch.stack(noised).to(traj.states.dtype))
 
     def _state(self, traj: Trajectory, plan: UnitPlan, u: int) -> Tensor:
-        return traj.state(plan.steps[u]) if plan.states is None else plan.states[u].long()
+        if plan.states is not None:
+            return plan.states[u].long()
+        assert plan.steps is not None  # a per-step plan names its steps
+        return traj.state(plan.steps[u])
 
     def token_log_probs(self, policy, traj, plan, sampler) -> Tensor:
         out = []

@@ -95,7 +95,7 @@ class GlyphReader:
         dist = (cells[:, :, None, :] != self.templates[None, None]).sum(-1)  # [B, n, A]
         best = dist.argmin(-1)  # [B, n]
         close = dist.min(-1) <= self.max_distance  # [B, n]
-        blank = ~cells.any(-1)  # [B, n]
+        blank = np.logical_not(cells.any(-1))  # [B, n]
         out = []
         for b in range(cells.shape[0]):
             chars = [

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -120,7 +121,8 @@ class TextTask(Task):
             )
         self.blanks = blanks
         self.tokenizer = build_sudoku_tokenizer()
-        self.data_token_ids: list[int] = self.tokenizer.convert_tokens_to_ids(list(DIGITS))
+        # a list of tokens gives a list of ids (typed int | list[int] for one token or several)
+        self.data_token_ids = cast(list[int], self.tokenizer.convert_tokens_to_ids(list(DIGITS)))
         self.vocab_size = len(DIGITS)
         self.seq_len = CELLS
         self.prompt_len = PROMPT_LEN
