@@ -15,12 +15,16 @@ actually used).
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, cast
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
 from dflow.ablate.spec import Budget
+
+if TYPE_CHECKING:
+    from dflow.lightning.rl_module import RLModule
 
 COMPUTE_FIELDS = ("forward", "backward", "tokens", "fwd_equiv")
 
@@ -45,6 +49,11 @@ def check_accounting(module: L.LightningModule, unit: str) -> None:
             f"{type(module).__name__} has no compute accounting in unit {unit!r} (needs an RLModule: "
             f"`compute.{unit}`, `run_evaluation()`, `eval_history`), so a compute budget cannot apply to it"
         )
+
+
+def _rl_module(module: L.LightningModule) -> RLModule:
+    """``module`` typed as what :func:`check_accounting` found it to be at set-up (the hooks get a LightningModule)."""
+    return cast("RLModule", module)
 
 
 class ComputeBudget(Callback):
@@ -75,8 +84,9 @@ class ComputeBudget(Callback):
         check_accounting(pl_module, self.unit)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not pl_module.eval_history:
-            pl_module.run_evaluation()  # compute 0: where every accuracy-vs-compute curve starts
+        module = _rl_module(pl_module)
+        if not module.eval_history:
+            module.run_evaluation()  # compute 0: where every accuracy-vs-compute curve starts
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         before, self.used = self.used, global_compute(trainer, pl_module)[self.unit]
@@ -91,11 +101,11 @@ class ComputeBudget(Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.evaluated_now(pl_module):
-            pl_module.run_evaluation()
+            _rl_module(pl_module).run_evaluation()
 
     def evaluated_now(self, pl_module: L.LightningModule) -> bool:
         """Was the last evaluation made at the module's current compute (nothing trained since)?"""
-        history = pl_module.eval_history
+        history = _rl_module(pl_module).eval_history
         if not history:
             return False
         return history[-1].get(f"compute/{self.unit}") == float(getattr(pl_module.compute, self.unit))

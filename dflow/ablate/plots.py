@@ -54,13 +54,13 @@ class Band:
 
 def seed_band(label: str, curves: list[tuple[list[float], list[float]]]) -> Band | None:
     """Mean, min and max of several ``(x, y)`` curves on the x points they share (None if all empty)."""
-    curves = [(np.asarray(x, float), np.asarray(y, float)) for x, y in curves if len(x)]
-    if not curves:
+    arrays = [(np.asarray(x, float), np.asarray(y, float)) for x, y in curves if len(x)]
+    if not arrays:
         return None
-    lo_x, hi_x = max(x.min() for x, _ in curves), min(x.max() for x, _ in curves)
-    xs = np.unique(np.concatenate([x for x, _ in curves]))
+    lo_x, hi_x = max(x.min() for x, _ in arrays), min(x.max() for x, _ in arrays)
+    xs = np.unique(np.concatenate([x for x, _ in arrays]))
     common = xs[(xs >= lo_x) & (xs <= hi_x)] if lo_x <= hi_x else xs
-    ys = np.stack([np.interp(common, x, y) for x, y in curves])  # [S, N]
+    ys = np.stack([np.interp(common, x, y) for x, y in arrays])  # [S, N]
     return Band(label, common.tolist(), ys.mean(0).tolist(), ys.min(0).tolist(), ys.max(0).tolist())
 
 

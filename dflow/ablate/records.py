@@ -137,7 +137,8 @@ class GridSpec:
     def runs(self) -> list[Run]:
         """The cartesian product methods x axes (first axis varies slowest), each with its id."""
         keys = list(self.axes)
-        runs, seen = [], {}
+        runs: list[Run] = []
+        seen: dict[str, dict[str, Any]] = {}  # run id -> the axes that made it
         for method in self.methods:
             for values in itertools.product(*(self.axes[k] for k in keys)):
                 axes = dict(zip(keys, values, strict=True))

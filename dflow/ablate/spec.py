@@ -165,9 +165,12 @@ def _methods(raw: Any, base: Path | None, grid_dir: Path | None, where: str):
         for key in entry:
             if key not in METHOD_KEYS:
                 raise ValueError(f"{label}: unknown key {key!r} (keys: {METHOD_KEYS}){nearest(str(key), METHOD_KEYS)}")
-        if entry.get("recipe") is None and base is None:
+        if entry.get("recipe") is not None:
+            recipe = find_recipe(entry["recipe"], grid_dir, label)
+        elif base is not None:
+            recipe = base
+        else:
             raise ValueError(f"{label} names no recipe and the grid has no `base:` recipe")
-        recipe = find_recipe(entry["recipe"], grid_dir, label) if entry.get("recipe") is not None else base
         methods.append(Method(name, recipe, _overrides(entry.get("overrides"), f"{label}.overrides")))
         budgets[name] = (
             Budget.from_dict(entry["budget"], f"{label}.budget") if entry.get("budget") is not None else None

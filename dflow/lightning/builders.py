@@ -111,7 +111,7 @@ class TransformerDenoiser(DenoiserBuilder):
         initializer_range: float = 0.02,
         conv_kernel: int = 0,
     ) -> None:
-        self.kwargs = dict(
+        self.kwargs: dict[str, Any] = dict(
             hidden_size=hidden_size,
             num_layers=num_layers,
             num_heads=num_heads,
@@ -178,6 +178,7 @@ class HFMaskedLM(DenoiserBuilder):
                 **self.config,
             }
         else:
+            assert self.path is not None  # __init__ takes exactly one of config and path
             model = resolve_path(self.path)
         return HFMaskedLMDenoiser(
             model,

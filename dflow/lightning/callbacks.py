@@ -45,11 +45,12 @@ class ExportPretrained(Callback):
         self.dirpath = dirpath
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not hasattr(pl_module, "export_pretrained"):
+        export = getattr(pl_module, "export_pretrained", None)
+        if export is None:
             raise ValueError(
                 f"ExportPretrained needs a module with export_pretrained(), got {type(pl_module).__name__}"
             )
         if trainer.is_global_zero:
             root = trainer.log_dir if trainer.log_dir is not None else trainer.default_root_dir
-            out = pl_module.export_pretrained(Path(self.dirpath) if self.dirpath else Path(root) / "export")
+            out = export(Path(self.dirpath) if self.dirpath else Path(root) / "export")
             print(f"exported the base model to {out}")

@@ -145,7 +145,9 @@ class _StreamDataModule(L.LightningDataModule):
         Built in Python it is the task object, replaced here by :func:`describe` of it, so that
         checkpoints hold only plain data (``torch.load(weights_only=True)`` accepts them).
         """
-        self.save_hyperparameters(logger=False, frame=inspect.currentframe().f_back)
+        frame = inspect.currentframe()
+        assert frame is not None  # CPython: this function's frame; its caller's holds the arguments
+        self.save_hyperparameters(logger=False, frame=frame.f_back)
         if not isinstance(self.hparams.get("task"), dict):
             self.hparams["task"] = describe(self.hparams["task"])
 
@@ -249,7 +251,9 @@ class TaskDataModule(_StreamDataModule):
         return stratified_indices(self.task.prompts("test"), self.val_prompts, self.seed)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(torch.tensor(self.val_indices(), dtype=torch.long), batch_size=self.val_batch_size)
+        indices = torch.tensor(self.val_indices(), dtype=torch.long)
+        # the index tensor is a map-style dataset (torch's stubs want a Dataset subclass)
+        return DataLoader(indices, batch_size=self.val_batch_size)  # type: ignore[arg-type]
 
 
 class PromptDataModule(_StreamDataModule):
@@ -334,4 +338,6 @@ class PromptDataModule(_StreamDataModule):
         return stratified_indices(self.task.prompts("test"), self.eval_prompts, self.seed)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(torch.tensor(self.val_indices(), dtype=torch.long), batch_size=self.eval_batch_size)
+        indices = torch.tensor(self.val_indices(), dtype=torch.long)
+        # the index tensor is a map-style dataset (torch's stubs want a Dataset subclass)
+        return DataLoader(indices, batch_size=self.eval_batch_size)  # type: ignore[arg-type]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from lightning.fabric.loggers.csv_logs import _ExperimentWriter as _FabricExperimentWriter
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
@@ -21,7 +22,7 @@ class ResumableCSVLogger(CSVLogger):
     """:class:`lightning.pytorch.loggers.CSVLogger` that never deletes an existing ``metrics.csv``."""
 
     @property
-    def experiment(self) -> ExperimentWriter:
+    def experiment(self) -> _FabricExperimentWriter:  # the type CSVLogger.experiment declares
         if self._experiment is not None:
             return self._experiment
         self._fs.makedirs(self.root_dir, exist_ok=True)

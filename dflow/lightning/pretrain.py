@@ -25,6 +25,8 @@ from typing import Any
 
 import lightning as L
 import torch
+import torchmetrics
+from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from torch import Tensor, nn
 
 from dflow.lightning.builders import META_FILE, DenoiserBuilder, check_task_path, describe
@@ -108,7 +110,8 @@ class PretrainModule(L.LightningModule):
         self.path = path
         self.loss_fn = loss if loss is not None else CrossEntropyLoss()
         self.cond_dropout = float(cond_dropout)
-        self.lr, self.weight_decay, self.betas = lr, weight_decay, tuple(betas)
+        beta1, beta2 = betas
+        self.lr, self.weight_decay, self.betas = lr, weight_decay, (beta1, beta2)
         self.warmup_steps, self.min_lr_ratio = warmup_steps, min_lr_ratio
         self.t_min, self.t_max, self.t_skew = float(t_min), float(t_max), float(t_skew)
         self.eval_config = eval_sampler if eval_sampler is not None else SamplerConfig(num_steps=20, guidance_scale=2.0)
@@ -118,7 +121,7 @@ class PretrainModule(L.LightningModule):
         self.seed = seed
         self.task: Task | None = None
         self.denoiser: nn.Module | None = None
-        self.val_metric = None
+        self.val_metric: torchmetrics.Metric | None = None
         self._grid: list[tuple[Tensor, list[Any]]] = []
         self._batches_seen = 0  # noise counter when there is no trainer
 
@@ -142,10 +145,14 @@ class PretrainModule(L.LightningModule):
             )
         self.bind(task)
 
-    def _require_bound(self) -> nn.Module:
-        if self.denoiser is None or self.task is None:
+    def _bound(self) -> tuple[nn.Module, Task, torchmetrics.Metric]:
+        """The denoiser, task and validation metric that ``bind`` set (``RuntimeError`` before it)."""
+        if self.denoiser is None or self.task is None or self.val_metric is None:
             raise RuntimeError("PretrainModule has no denoiser yet: call bind(task) or run it under a Trainer")
-        return self.denoiser
+        return self.denoiser, self.task, self.val_metric
+
+    def _require_bound(self) -> nn.Module:
+        return self._bound()[0]
 
     def forward(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
         """The denoiser's logits ``[B, L, V]``."""
@@ -185,7 +192,7 @@ class PretrainModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["x1"].shape[0])
         return loss
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         params = [p for p in self._require_bound().parameters() if p.requires_grad]
         decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]
@@ -204,8 +211,7 @@ class PretrainModule(L.LightningModule):
     @torch.no_grad()
     def generate(self, prompts: list[Any], generator: torch.Generator | None = None) -> Tensor:
         """Samples ``x1`` long ``[len(prompts), L]`` from the evaluation sampler."""
-        task = self.task
-        denoiser = self._require_bound()
+        denoiser, task, _ = self._bound()
         cond = task.encode_prompts(prompts).to(self.device)  # [B, Lc]
         traj = self.eval_sampler.rollout(
             denoiser, cond, batch_size=len(prompts), seq_len=task.seq_len, generator=generator, device=self.device
@@ -213,7 +219,7 @@ class PretrainModule(L.LightningModule):
         return traj.x1
 
     def validation_step(self, batch: Tensor, batch_idx: int) -> None:
-        task = self.task
+        _, task, metric = self._bound()
         test = task.prompts("test")
         prompts = [test[i] for i in batch.tolist() for _ in range(self.eval_samples_per_prompt)]
         if not prompts:
@@ -224,20 +230,21 @@ class PretrainModule(L.LightningModule):
         x1 = self.generate(prompts, generator)  # [B, L]
         correct = task.correct(x1, prompts)  # [B] bool
         reward = task.reward(x1, prompts)  # [B]
-        self.val_metric.update(correct.cpu(), prompts)
+        metric.update(correct.cpu(), prompts)
         self.log("val/reward", reward.float().mean(), prog_bar=True, batch_size=len(prompts), sync_dist=True)
         if sum(len(p) for _, p in self._grid) < self.grid_samples:
             self._grid.append((x1.cpu(), prompts))
 
     def on_validation_epoch_end(self) -> None:
-        for key, value in self.val_metric.compute().items():  # {"acc/<category>": ..., "acc/overall": ...}
+        _, task, metric = self._bound()
+        for key, value in metric.compute().items():  # {"acc/<category>": ..., "acc/overall": ...}
             self.log("val/" + key.replace("/", "_"), value, prog_bar=key == "acc/overall")
-        self.val_metric.reset()
+        metric.reset()
         grid, self._grid = self._grid, []
         if grid and self.grid_samples > 0 and self.global_rank == 0 and not self.trainer.sanity_checking:
             x1 = torch.cat([x for x, _ in grid])[: self.grid_samples]
             prompts = [p for _, ps in grid for p in ps][: self.grid_samples]
-            self.task.render(x1, prompts, Path(self.sample_dir()) / f"step_{self.global_step:06d}.png")
+            task.render(x1, prompts, Path(self.sample_dir()) / f"step_{self.global_step:06d}.png")
 
     def sample_dir(self) -> str:
         """``<log_dir>/samples`` (the logger's version folder, else the trainer's root dir)."""
@@ -248,7 +255,7 @@ class PretrainModule(L.LightningModule):
     # ------------------------------------------------------------------ export
     def meta(self) -> dict[str, Any]:
         """What ``dflow_meta.json`` records: task, path, denoiser kind, evaluation and training settings."""
-        task, denoiser = self.task, self._require_bound()
+        denoiser, task, _ = self._bound()
         meta: dict[str, Any] = {
             "format": 1,
             "denoiser": type(denoiser).__name__,
@@ -286,7 +293,8 @@ class PretrainModule(L.LightningModule):
         denoiser = self._require_bound()
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        denoiser.save_pretrained(directory)
+        # nn.Module has no save_pretrained; both denoisers the builders make (DFlowTransformer, HFMaskedLMDenoiser) do
+        denoiser.save_pretrained(directory)  # type: ignore[operator]
         (directory / META_FILE).write_text(json.dumps(self.meta(), indent=2) + "\n")
         return directory
 

@@ -136,7 +136,7 @@ class GracefulShutdown(L.Callback):
 
 def last_checkpoint_path(trainer: L.Trainer) -> Path:
     """``<checkpoint dir>/last.ckpt``: the file ``--ckpt_path last`` resumes from."""
-    cb = trainer.checkpoint_callback
-    if cb is not None and getattr(cb, "dirpath", None):
-        return Path(cb.dirpath) / "last.ckpt"
+    dirpath = getattr(trainer.checkpoint_callback, "dirpath", None)  # None without a checkpoint callback
+    if dirpath:
+        return Path(dirpath) / "last.ckpt"
     return Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"

@@ -16,10 +16,12 @@ import copy
 import math
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.data import AttributeDict
+from lightning.pytorch.core.optimizer import LightningOptimizer
 from torch import Tensor
 
 from dflow.lightning.builders import DenoiserBuilder
@@ -37,6 +39,7 @@ from dflow.rl.objectives import Objective
 from dflow.rl.update import Compute, PolicyUpdate
 from dflow.rng import DeviceRNG
 from dflow.sampling import SamplerConfig, Trajectory
+from dflow.tasks import Task
 
 
 class RLModule(L.LightningModule):
@@ -138,7 +141,7 @@ class RLModule(L.LightningModule):
         self.eval_sampler = (evaluation or SamplerConfig(num_steps=25)).build(path)
         likelihood.validate(self.rollout_sampler)
         self.group_size, self.reward_specs = group_size, rewards
-        self.task = None
+        self.task: Task | None = None
         self.denoiser: torch.nn.Module | None = None
         self.reference: torch.nn.Module | None = None
         self.compute = Compute()
@@ -149,12 +152,24 @@ class RLModule(L.LightningModule):
         self.rng = DeviceRNG(seed)
         self.rl_steps = 0  # rollout batches trained on (== global_step unless steps were skipped)
 
+    @property
+    def hp(self) -> AttributeDict:
+        """``hparams`` with attribute access (``save_hyperparameters`` stores an AttributeDict; Lightning
+        types the property as a plain mutable mapping)."""
+        return cast(AttributeDict, self.hparams)
+
+    def _bound(self) -> tuple[Task, torch.nn.Module]:
+        """The task and denoiser ``attach_task`` set (``RuntimeError`` before it)."""
+        if self.task is None or self.denoiser is None:
+            raise RuntimeError("RLModule has no task yet: use a PromptDataModule or call attach_task(task)")
+        return self.task, self.denoiser
+
     # ------------------------------------------------------------------ assembly
     def configure_model(self) -> None:
         if self.denoiser is not None:
             return
         task, split = self.task, "rl"
-        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if datamodule is not None:
             task = task if task is not None else datamodule.task
             split = getattr(datamodule, "split", split)  # batches index the data module's prompt split
@@ -174,22 +189,22 @@ class RLModule(L.LightningModule):
         self.rewards = build_rewards(self.reward_specs, task)
         self.train_prompts = task.prompts(split)
         test = task.prompts("test")
-        hp = self.hparams
+        hp = self.hp
         self.eval_prompts = evaluation_prompts(
             test, hp.num_eval_prompts, hp.eval_samples_per_prompt, hp.eval_samples_per_category
         )
-        self.grid_prompts = spread_prompts(test, self.hparams.num_grid_prompts)
+        self.grid_prompts = spread_prompts(test, hp.num_grid_prompts)
         self.denoiser = self.builder.build(task, self.path)
         # kept outside nn.Module's registry: the compiled wrapper must not add a second copy of the
         # weights to state_dict (checkpoints stay loadable with or without compilation)
-        compiled = torch.compile(self.denoiser, dynamic=True) if self.hparams.compile_denoiser else None
+        compiled = torch.compile(self.denoiser, dynamic=True) if hp.compile_denoiser else None
         object.__setattr__(self, "_compiled", compiled)
         if self.kl.enabled:
             self.reference = copy.deepcopy(self.denoiser).eval().requires_grad_(False)
 
     def configure_optimizers(self):
-        hp = self.hparams
-        params = [p for p in self.denoiser.parameters() if p.requires_grad]
+        hp = self.hp
+        params = [p for p in self._bound()[1].parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
         if hp.warmup_steps == 0 and hp.min_lr_ratio == 1.0:
             return optimizer  # constant lr: no scheduler (and none in checkpoints)
@@ -219,14 +234,15 @@ class RLModule(L.LightningModule):
 
     # ------------------------------------------------------------------ one RL step
     def training_step(self, batch: Tensor, batch_idx: int) -> None:
-        G, hp = self.group_size, self.hparams
-        self.denoiser.eval()  # no dropout: the ratio of an unchanged policy must be exactly 1
+        G, hp = self.group_size, self.hp
+        task, denoiser = self._bound()
+        denoiser.eval()  # no dropout: the ratio of an unchanged policy must be exactly 1
         times: dict[str, float] = {}
         tic = time.perf_counter()
         prompts = [self.train_prompts[int(i)] for i in batch.flatten().tolist() for _ in range(G)]  # [B]
-        cond = self.task.encode_prompts(prompts).to(self.device)
+        cond = task.encode_prompts(prompts).to(self.device)
         traj = self._rollout(batch.flatten().tolist(), cond)
-        tokens = self.task.seq_len + cond.shape[1]
+        tokens = task.seq_len + cond.shape[1]
         self.compute.add(forward=len(prompts) * traj.forward_passes, tokens_per_pass=tokens)
         times["rollout"] = time.perf_counter() - tic
 
@@ -252,6 +268,7 @@ class RLModule(L.LightningModule):
             self.generator,
         )
         opt = self.optimizers()
+        assert isinstance(opt, LightningOptimizer)  # configure_optimizers returns one optimiser
         optimised = self._optimise(opt, batch_ready, traj.batch_size)
         if optimised is None:
             return None  # a non-finite loss or gradient: the step is undone and counted
@@ -260,15 +277,16 @@ class RLModule(L.LightningModule):
         self.faults["consecutive"] = 0
         lr_used = opt.optimizer.param_groups[0]["lr"]
         scheduler = self.lr_schedulers()  # manual optimisation: stepped here, once per RL step trained
+        assert not isinstance(scheduler, list)  # configure_optimizers returns at most one scheduler
         if scheduler is not None:
             scheduler.step()
 
-        correct = self.task.correct(x1, prompts).float()
+        correct = task.correct(x1, prompts).float()
         logs = {
             "train/reward": record.total.mean().item(),
             "train/reward_std": record.total.std().item() if len(prompts) > 1 else 0.0,
             "train/acc": correct.mean().item(),
-            "train/entropy": -traj.log_probs.sum(-1).mean().item() / self.task.seq_len,
+            "train/entropy": -traj.log_probs.sum(-1).mean().item() / task.seq_len,
             "train/grad_norm": sum(grad_norms) / len(grad_norms),
             "train/lr": lr_used,
             "train/rl_step": float(self.rl_steps + 1),
@@ -291,6 +309,7 @@ class RLModule(L.LightningModule):
         """``num_inner_epochs`` x mini-batches of losses, each backward -> clip -> optimiser step.
         Returns the per-step stats and gradient norms, or None after a non-finite loss or gradient
         (every step of this RL step undone, the fault counted)."""
+        denoiser = self._bound()[1]
         stats: dict[str, list[float]] = {}
         grad_norms = []
         schedule = [
@@ -300,21 +319,21 @@ class RLModule(L.LightningModule):
         ]
         # With several optimiser steps per RL step, a fault in a later mini-batch must also undo the
         # earlier ones: snapshot weights and optimiser state (three copies of the weights with AdamW).
-        saved = snapshot(self.denoiser, opt.optimizer) if len(schedule) > 1 else None
+        saved = snapshot(denoiser, opt.optimizer) if len(schedule) > 1 else None
         for i, idx in enumerate(schedule):
             out = self.update.loss(self.policy, batch_ready, idx.to(self.device), self.rollout_sampler, self.compute)
             opt.zero_grad(set_to_none=True)
             fault = None if torch.isfinite(out.loss) else ValueError(f"loss is {out.loss.item()}")
             if fault is None:
                 self.manual_backward(out.loss)
-                params = [p for p in self.denoiser.parameters() if p.grad is not None]
-                norm = torch.nn.utils.clip_grad_norm_(params, self.hparams.max_grad_norm or math.inf)
+                params = [p for p in denoiser.parameters() if p.grad is not None]
+                norm = torch.nn.utils.clip_grad_norm_(params, self.hp.max_grad_norm or math.inf)
                 if not torch.isfinite(norm):
                     fault = ValueError(f"gradient norm is {norm.item()}")
             if fault is not None:
                 opt.zero_grad(set_to_none=True)
                 if saved is not None and i > 0:
-                    restore(self.denoiser, opt.optimizer, saved)
+                    restore(denoiser, opt.optimizer, saved)
                 return self._fault("nonfinite_grad", fault)
             # Only the last optimiser step of an RL step goes through Lightning's wrapper, so that
             # trainer.global_step (max_steps, checkpoint cadence, log x-axis) counts RL steps.
@@ -325,15 +344,15 @@ class RLModule(L.LightningModule):
         return stats, grad_norms
 
     def _rollout(self, prompt_ids: list[int], cond: Tensor):
-        G, L = self.group_size, self.task.seq_len
-        if not self.hparams.seed_rollouts_per_prompt:
+        G, L = self.group_size, self._bound()[0].seq_len
+        if not self.hp.seed_rollouts_per_prompt:
             return self.rollout_sampler.rollout(
                 self.policy, cond, batch_size=cond.shape[0], seq_len=L, generator=self.generator, device=self.device
             )
         parts = []
         for j, pid in enumerate(prompt_ids):
             gen = torch.Generator(device=self.device).manual_seed(
-                (self.hparams.seed * 1_000_003 + self.rl_steps) * 1_000_003 + pid
+                (self.hp.seed * 1_000_003 + self.rl_steps) * 1_000_003 + pid
             )
             parts.append(
                 self.rollout_sampler.rollout(
@@ -351,8 +370,8 @@ class RLModule(L.LightningModule):
         self.faults[kind] += 1
         self.faults["consecutive"] += 1
         self.log_dict({f"faults/{kind}": float(self.faults[kind])}, on_step=True, batch_size=1)
-        stop = kind == "bad_reward" and self.hparams.on_bad_reward == "stop"
-        if stop or self.faults["consecutive"] >= self.hparams.max_consecutive_faults:
+        stop = kind == "bad_reward" and self.hp.on_bad_reward == "stop"
+        if stop or self.faults["consecutive"] >= self.hp.max_consecutive_faults:
             raise ValueError(
                 f"RL step {self.global_step} stopped after {self.faults['consecutive']} faulty step(s) in a row "
                 f"({kind}): {err}"
@@ -370,29 +389,28 @@ class RLModule(L.LightningModule):
 
     # ------------------------------------------------------------------ evaluation and grids
     def on_train_start(self) -> None:
-        if self.hparams.eval_every_n_steps and not self.eval_history:
+        if self.hp.eval_every_n_steps and not self.eval_history:
             self.run_evaluation()
 
     def on_train_end(self) -> None:
-        if self.hparams.eval_every_n_steps and (
-            not self.eval_history or self.eval_history[-1]["rl_step"] != self.rl_steps
-        ):
+        if self.hp.eval_every_n_steps and (not self.eval_history or self.eval_history[-1]["rl_step"] != self.rl_steps):
             self.run_evaluation()
 
     def run_evaluation(self) -> dict[str, float]:
         """Strict accuracy per category on the test prompts with the evaluation sampler; writes a grid."""
-        was_training = self.denoiser.training
-        self.denoiser.eval()
+        task, denoiser = self._bound()
+        was_training = denoiser.training
+        denoiser.eval()
         res = evaluate(
             self.policy,
-            self.task,
+            task,
             self.eval_sampler,
             self.eval_prompts,
-            self.hparams.eval_batch_size,
+            self.hp.eval_batch_size,
             device=self.device,
         )
-        grid = evaluate(self.policy, self.task, self.eval_sampler, self.grid_prompts, device=self.device)
-        self.denoiser.train(was_training)
+        grid = evaluate(self.policy, task, self.eval_sampler, self.grid_prompts, device=self.device)
+        denoiser.train(was_training)
         metrics = {f"eval/{k.replace('/', '_')}": v for k, v in res.metrics.items()}
         metrics.update(self._compute_logs())
         metrics["eval/rl_step"] = float(self.rl_steps)
@@ -402,7 +420,7 @@ class RLModule(L.LightningModule):
             for logger in self.loggers:
                 logger.log_metrics(metrics, step=self.global_step)
             out = Path(log_dir or ".") / "samples" / f"rl_step_{self.rl_steps:05d}.png"
-            write_grid(self.task, grid.x1, self.grid_prompts, out)
+            write_grid(task, grid.x1, self.grid_prompts, out)
         return metrics
 
     # ------------------------------------------------------------------ checkpoint extras

@@ -13,7 +13,9 @@ def global_rng_state() -> dict:
     """The global torch / numpy / python RNG states as tensors and plain Python values only, so a
     checkpoint holding them loads with ``torch.load(weights_only=True)`` (LightningCLI reads
     ``--ckpt_path`` that way; a numpy array inside made every explicit RL resume path fail)."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = np.random.get_state(legacy=True)
+    assert isinstance(state, tuple)  # legacy=True: a tuple for the global MT19937 generator
+    kind, keys, pos, has_gauss, cached = state
     numpy_state = (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached))
     return {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate()}
 

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 
 
 def _is_int(value: Any) -> bool:
@@ -24,7 +25,7 @@ def check_schedule(warmup_steps: int, min_lr_ratio: float, decay_steps: int | No
         raise ValueError(f"decay_steps must be an int >= 1 or null, got decay_steps={decay_steps!r}")
 
 
-def with_schedule(optimizer: torch.optim.Optimizer, factor: Callable[[int], float]) -> dict[str, Any]:
+def with_schedule(optimizer: torch.optim.Optimizer, factor: Callable[[int], float]) -> OptimizerLRSchedulerConfig:
     """What ``configure_optimizers`` returns for a rate of ``lr x factor(step)``, stepped per step."""
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
