@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -100,6 +101,22 @@ class DFlowCLI(LightningCLI):
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
         return {name: keys for name, keys in LightningCLI.subcommands().items() if name in ("fit", "validate")}
+
+    def before_instantiate_classes(self) -> None:
+        # LightningCLI accepts --optimizer / --lr_scheduler and would replace the module's own
+        # configure_optimizers: RLModule steps its optimiser and schedule by hand (once per RL step)
+        # and PretrainModule builds AdamW with its warm-up and cosine schedule, so a CLI optimiser is
+        # either ignored or breaks them. Refuse it and say where the optimiser is set.
+        section = self.config.get(self.subcommand, {}) if self.subcommand else self.config
+        for key in ("optimizer", "lr_scheduler"):
+            value = section.get(key) if hasattr(section, "get") else None
+            if value:
+                raise ValueError(
+                    f"--{key}={_class_name(value)!r} is not supported: dflow's modules build their own AdamW "
+                    "and learning-rate schedule. Set them in the model: model.init_args.lr, weight_decay, "
+                    "warmup_steps, min_lr_ratio and decay_steps (RLModule; PretrainModule also takes betas "
+                    "and its own warmup_steps / min_lr_ratio)"
+                )
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI torch.loads --ckpt_path for its hyperparameters before any trainer exists, so
@@ -321,8 +338,21 @@ USAGE = """usage: dflow {fit,validate,sample,...} ...
 """
 
 
+def _class_name(value: Any) -> str:
+    """The class a --optimizer / --lr_scheduler value names (a class_path mapping or a bare string)."""
+    if hasattr(value, "get") and value.get("class_path"):
+        return str(value.get("class_path"))
+    return str(value)
+
+
 def main(args: Sequence[str] | None = None) -> int:
-    """Entry point of the ``dflow`` console script; ``args`` defaults to ``sys.argv[1:]``."""
+    """Entry point of the ``dflow`` console script; ``args`` defaults to ``sys.argv[1:]``.
+
+    The working directory goes first on ``sys.path`` (as ``python -m`` would put it), so a recipe's
+    ``class_path`` or a reward's ``source`` can name the user's own module next to the recipe
+    (``mymodule.MyReward``); a console script otherwise sees only installed packages."""
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
     argv = list(sys.argv[1:] if args is None else args)
     if argv and argv[0] in SUBCOMMANDS:
         return SUBCOMMANDS[argv[0]](argv[1:])

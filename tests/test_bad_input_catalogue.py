@@ -679,6 +679,27 @@ CASES: list[Case] = [
         fix="the inner message is the class's check; fix that value",
     ),
     Case(
+        "recipe-cli-optimizer",
+        "recipes",
+        lambda tmp: cli("fit", "--config", str(RL_RECIPE), "--optimizer=torch.optim.SGD"),
+        r"--optimizer='torch\.optim\.SGD' is not supported.*model\.init_args\.lr",
+        fix="dflow's modules build AdamW and its schedule: set model.init_args.lr / weight_decay / warmup_steps / "
+        "min_lr_ratio / decay_steps",
+    ),
+    Case(
+        "recipe-cli-lr-scheduler",
+        "recipes",
+        lambda tmp: cli(
+            "fit",
+            "--config",
+            str(RL_RECIPE),
+            "--lr_scheduler=torch.optim.lr_scheduler.ExponentialLR",
+            "--lr_scheduler.gamma=0.9",
+        ),
+        r"--lr_scheduler='torch\.optim\.lr_scheduler\.ExponentialLR' is not supported",
+        fix="the schedule is the module's: model.init_args.warmup_steps / min_lr_ratio / decay_steps",
+    ),
+    Case(
         "recipe-source-vocab-differs-from-task",
         "recipes",
         lambda tmp: cli(

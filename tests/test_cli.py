@@ -90,3 +90,28 @@ def test_python_dash_m_works():
         [sys.executable, "-m", "dflow.cli", "sample", "--help"], capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0 and "--checkpoint" in done.stdout
+
+
+def test_the_working_directory_is_importable_for_class_paths(tmp_path, monkeypatch):
+    """A console script sees only installed packages; dflow puts the working directory first on
+    sys.path (as `python -m` does), so a recipe can name the user's own module by class_path."""
+    (tmp_path / "my_dflow_reward.py").write_text("def score(x1, prompts):\n    return x1.float().mean(-1)\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    assert cli.main([]) == 2  # prints the usage
+    import importlib
+
+    assert importlib.import_module("my_dflow_reward").score
+
+
+SCHEDULER_FLAG = "--lr_scheduler=torch.optim.lr_scheduler.ExponentialLR --lr_scheduler.gamma=0.9"
+
+
+@pytest.mark.parametrize("flag", ["--optimizer=torch.optim.SGD", SCHEDULER_FLAG])
+def test_lightning_optimizer_flags_are_refused_with_the_way_to_set_the_optimiser(flag, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "shapes" / "udm_grpo.yaml"
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"not supported.*model.init_args.lr.*warmup_steps"):
+        cli.run_lightning_cli(["fit", "--config", str(recipe), *flag.split(), "--trainer.max_steps=1"])
