@@ -29,6 +29,7 @@ from dflow.lightning.builders import PretrainedDenoiser, instantiate, read_meta,
 from dflow.lightning.callbacks import DFlowProgressBar
 from dflow.lightning.evaluation import EVAL_BATCH_SIZE, EVAL_SEED, evaluate, evaluation_prompts
 from dflow.lightning.reliability import AtomicCheckpointIO, GracefulShutdown, load_checkpoint_file
+from dflow.lightning.runs import RunIdentity, find_last, run_identity
 from dflow.paths import LinearScheduler, MaskSource, MixturePath, ProbabilityPath, UniformSource
 from dflow.sampling import SamplerConfig
 from dflow.tasks import Task, get_task
@@ -117,6 +118,32 @@ class DFlowCLI(LightningCLI):
                     "warmup_steps, min_lr_ratio and decay_steps (RLModule; PretrainModule also takes betas "
                     "and its own warmup_steps / min_lr_ratio)"
                 )
+        if self.subcommand:
+            self._own_the_run_folder(section)
+
+    def _own_the_run_folder(self, section: Any) -> None:
+        """Record the run's identity (stored in its checkpoints), and resolve ``--ckpt_path last`` to
+        the newest checkpoint of this configuration under the logger's ``save_dir/name``, logging into
+        that same version folder (so metrics and checkpoints of a resumed run stay together)."""
+        if getattr(self, "run_identity", None) is None:
+            self.run_identity = run_identity(section.as_dict() if hasattr(section, "as_dict") else dict(section))
+        if section.get("ckpt_path") != "last":
+            return
+        logger = section.get("trainer", {}).get("logger")
+        init_args = logger.get("init_args") if hasattr(logger, "get") else None
+        if not init_args or init_args.get("save_dir") is None:
+            return  # no versioned log folder: Lightning's own "last" lookup applies
+        root = Path(str(init_args.get("save_dir"))) / str(init_args.get("name") or "lightning_logs")
+        found = find_last(root, self.run_identity)
+        if found is None:
+            print(f"--ckpt_path last: no checkpoint in {root}; starting a new run", flush=True)
+            section["ckpt_path"] = None
+            return
+        version, path = found
+        print(f"--ckpt_path last: resuming {path}", flush=True)
+        section["ckpt_path"] = str(path)
+        if "version" in init_args:
+            init_args["version"] = version
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI torch.loads --ckpt_path for its hyperparameters before any trainer exists, so
@@ -124,6 +151,12 @@ class DFlowCLI(LightningCLI):
         # load fails, let load_checkpoint_file name the file and what is wrong with it. It loads with
         # weights_only=True: allow dflow's own config records (SamplerConfig, RewardSpec in the saved
         # hyperparameters) and nothing else
+        # the run's identity is what the user asked for, taken before LightningCLI replaces the model's
+        # arguments with the hyperparameters saved in an explicit --ckpt_path: a resume of a checkpoint
+        # of another configuration must be refused, not silently continued with its settings
+        subcommand = self.config.get("subcommand")
+        if subcommand:
+            self.run_identity = run_identity(self.config[subcommand].as_dict())
         try:
             with torch.serialization.safe_globals(_dflow_globals(self.config)):
                 super()._parse_ckpt_path()
@@ -142,6 +175,9 @@ class DFlowCLI(LightningCLI):
         # SIGTERM / Ctrl-C: finish the step, save last.ckpt, stop (unless the recipe configures its own)
         if not any(isinstance(c, GracefulShutdown) for c in [*given, *callbacks]):
             callbacks = [*callbacks, GracefulShutdown()]
+        identity = getattr(self, "run_identity", None)
+        if identity is not None:  # checkpoints record what they train; a resume of another run is refused
+            callbacks = [*callbacks, RunIdentity(identity)]
         # atomic saves, and a missing or non-Lightning --ckpt_path named in a ValueError rather than
         # Lightning's KeyError('pytorch-lightning_version'); a recipe that names its own CheckpointIO keeps it
         plugins = config.get("plugins") or []

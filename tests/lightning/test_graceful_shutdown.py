@@ -64,20 +64,22 @@ def test_sigterm_saves_last_checkpoint_and_resume_continues(tmp_path):
     out, _ = proc.communicate(timeout=240)
     assert proc.returncode == 0, out[-3000:]
     assert "SIGTERM received" in out
-    last = tmp_path / "runs/shapes_udm_grpo/checkpoints/last.ckpt"
+    last = tmp_path / "runs/shapes_udm_grpo/version_0/checkpoints/last.ckpt"  # the run's own folder
     ckpt = torch.load(last, weights_only=False)
     stopped_at = ckpt["global_step"]
     assert 1 <= stopped_at < 1000
     resumed = fit(tmp_path, f"--trainer.max_steps={stopped_at + 1}", "--ckpt_path=last")
     out, _ = resumed.communicate(timeout=240)
     assert resumed.returncode == 0, out[-3000:]
-    # the resumed invocation logs into a new version folder; its steps continue from the checkpoint
-    versions = sorted((tmp_path / "runs/shapes_udm_grpo").glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
+    # the resumed invocation continues in the run's own version folder; its step is numbered after the
+    # interrupted run's, one more RL step
+    versions = sorted((tmp_path / "runs/shapes_udm_grpo").glob("version_*"))
+    assert [v.name for v in versions] == ["version_0"]
     steps = [
-        int(line.split(",")[header_index(versions[-1], "step")])
-        for line in (versions[-1] / "metrics.csv").read_text().splitlines()[1:]
+        int(line.split(",")[header_index(versions[0], "step")])
+        for line in (versions[0] / "metrics.csv").read_text().splitlines()[1:]
     ]
-    assert steps == [stopped_at]  # exactly one more RL step, numbered after the interrupted run's
+    assert steps[-1] == stopped_at and steps.count(stopped_at) == 1
 
 
 def header_index(version: Path, column: str) -> int:
