@@ -15,6 +15,7 @@ import dataclasses
 import json
 import os
 import sys
+import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -118,8 +119,12 @@ class DFlowCLI(LightningCLI):
                     "warmup_steps, min_lr_ratio and decay_steps (RLModule; PretrainModule also takes betas "
                     "and its own warmup_steps / min_lr_ratio)"
                 )
-        if self.subcommand:
+        if self.subcommand == "fit":  # `validate` may score a checkpoint with other evaluation settings
             self._own_the_run_folder(section)
+        if self.subcommand == "validate" and section.get("trainer", {}).get("limit_val_batches") == 0:
+            # RL recipes switch Lightning's validation loop off for fit (they evaluate on their own
+            # schedule); `dflow validate` is that evaluation, run once
+            section["trainer"]["limit_val_batches"] = 1
 
     def _own_the_run_folder(self, section: Any) -> None:
         """Record the run's identity (stored in its checkpoints), and resolve ``--ckpt_path last`` to
@@ -176,7 +181,7 @@ class DFlowCLI(LightningCLI):
         if not any(isinstance(c, GracefulShutdown) for c in [*given, *callbacks]):
             callbacks = [*callbacks, GracefulShutdown()]
         identity = getattr(self, "run_identity", None)
-        if identity is not None:  # checkpoints record what they train; a resume of another run is refused
+        if identity is not None and self.subcommand == "fit":  # checkpoints record what they train; a resume of another run is refused
             callbacks = [*callbacks, RunIdentity(identity)]
         # atomic saves, and a missing or non-Lightning --ckpt_path named in a ValueError rather than
         # Lightning's KeyError('pytorch-lightning_version'); a recipe that names its own CheckpointIO keeps it
@@ -270,7 +275,10 @@ def sample_main(argv: Sequence[str]) -> int:
         description="Sample a pretrained base for a task's prompts, write a PNG grid, print strict accuracy.",
     )
     parser.add_argument(
-        "--checkpoint", required=True, help="exported base directory (e.g. dflow/assets/shapes_uniform)"
+        "--checkpoint",
+        required=True,
+        help="a model folder (e.g. dflow/assets/shapes_uniform, or what dflow export wrote), a run folder "
+        "(runs/<name>/version_<n>) or a checkpoint of it (a pretraining or an RL run)",
     )
     parser.add_argument("--task", default=None, help="task name (default: the one in the base's dflow_meta.json)")
     parser.add_argument("--task-args", default=None, help="JSON keyword arguments of the task, e.g. '{\"height\": 12}'")
@@ -304,7 +312,20 @@ def sample_main(argv: Sequence[str]) -> int:
     parser.add_argument("--json", default=None, help="also write the accuracies to this JSON file")
     opts = parser.parse_args(list(argv))
 
-    directory = resolve_path(opts.checkpoint)
+    given = Path(opts.checkpoint)
+    if given.is_file() or (
+        given.is_dir() and (given / "config.yaml").is_file() and not (given / "config.json").is_file()
+    ):
+        # a run folder or a training checkpoint (an RL-tuned policy, a pretraining run): export it first
+        from dflow.lightning.export import export_run
+
+        with tempfile.TemporaryDirectory() as tmp:
+            return _sample(opts, export_run(given, Path(tmp) / "model"))
+    return _sample(opts, resolve_path(opts.checkpoint))
+
+
+def _sample(opts: argparse.Namespace, directory: Path) -> int:
+    """``dflow sample`` on a model folder."""
     meta = read_meta(directory)
     task = load_task(opts.task, meta, parse_task_args(opts.task_args))
     path = default_path(directory, meta, task.vocab_size)
@@ -348,6 +369,24 @@ def sample_main(argv: Sequence[str]) -> int:
 # ---------------------------------------------------------------------------- subcommands
 # Subcommands dispatched before LightningCLI: name -> function(argv after the name) -> exit code.
 # >>> The lead engineer registers `dflow demo` and `dflow ablate` here (e.g. SUBCOMMANDS["demo"] = demo_main).
+def export_main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="dflow export",
+        description="Write a run's trained denoiser (PretrainModule or RLModule) as a model folder that "
+        "dflow sample, a recipe's PretrainedDenoiser and transformers' from_pretrained load.",
+    )
+    parser.add_argument(
+        "source", help="a run folder (runs/<name>/version_<n>: its checkpoints/last.ckpt) or a checkpoint"
+    )
+    parser.add_argument("out", help="the model folder to write (created; its files are overwritten)")
+    opts = parser.parse_args(list(argv))
+    from dflow.lightning.export import export_run
+
+    out = export_run(opts.source, opts.out)
+    print(f"exported {opts.source} to {out}")
+    return 0
+
+
 def demo_main(argv: Sequence[str]) -> int:
     from dflow.demo import main as demo
 
@@ -362,6 +401,7 @@ def ablate_main(argv: Sequence[str]) -> int:
 
 SUBCOMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "sample": sample_main,
+    "export": export_main,
     "demo": demo_main,
     "ablate": ablate_main,
 }

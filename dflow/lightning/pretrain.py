@@ -18,8 +18,6 @@ number, rank)``, so a resumed run draws exactly what an uninterrupted one would.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +27,11 @@ import torchmetrics
 from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from torch import Tensor, nn
 
-from dflow.lightning.builders import META_FILE, DenoiserBuilder, check_task_path, describe
+from dflow.lightning.builders import DenoiserBuilder, check_task_path
 from dflow.lightning.data import derive_seed
+from dflow.lightning.export import model_meta, task_description, write_model_folder
 from dflow.lightning.losses import CrossEntropyLoss, PretrainLoss
 from dflow.lightning.schedules import check_schedule, warmup_cosine, with_schedule
-from dflow.models import HFMaskedLMDenoiser
 from dflow.paths import ProbabilityPath
 from dflow.sampling import SamplerConfig
 from dflow.tasks import Task
@@ -256,47 +254,18 @@ class PretrainModule(L.LightningModule):
     def meta(self) -> dict[str, Any]:
         """What ``dflow_meta.json`` records: task, path, denoiser kind, evaluation and training settings."""
         denoiser, task, _ = self._bound()
-        meta: dict[str, Any] = {
-            "format": 1,
-            "denoiser": type(denoiser).__name__,
-            "task": self._task_description(),
-            "task_name": task.name,
-            "path": describe(self.path),
-            "eval": dataclasses.asdict(self.eval_config),
-            "training": {
-                "loss": type(self.loss_fn).__name__,
-                "cond_dropout": self.cond_dropout,
-                "global_step": int(self.global_step) if self._trainer is not None else 0,
-                "lr": self.lr,
-            },
+        training = {
+            "loss": type(self.loss_fn).__name__,
+            "cond_dropout": self.cond_dropout,
+            "global_step": int(self.global_step) if self._trainer is not None else 0,
+            "lr": self.lr,
         }
-        if isinstance(denoiser, HFMaskedLMDenoiser):
-            meta["hf_adapter"] = {
-                "data_token_ids": denoiser.data_token_ids.tolist(),
-                "mask_token_id": int(denoiser.state_to_token[-1]),
-                "prompt_len": denoiser.prompt_len,
-                "pad_token_id": denoiser.pad_token_id,
-            }
-        return meta
-
-    def _task_description(self) -> dict[str, Any]:
-        # LightningCLI records the task exactly as configured (class_path + init_args) in the data
-        # module's hparams; without it, describe() records what the task object keeps
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        given = getattr(datamodule, "hparams", {}).get("task") if datamodule is not None else None
-        if isinstance(given, dict) and "class_path" in given:
-            return json.loads(json.dumps(dict(given), default=str))
-        return describe(self.task)
+        task_config = task_description(self._trainer, task)
+        return model_meta(denoiser, task_config, task, self.path, self.eval_config, training)
 
     def export_pretrained(self, directory: str | Path) -> Path:
         """Write the denoiser with ``save_pretrained`` plus ``dflow_meta.json``; returns the directory."""
-        denoiser = self._require_bound()
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        # nn.Module has no save_pretrained; both denoisers the builders make (DFlowTransformer, HFMaskedLMDenoiser) do
-        denoiser.save_pretrained(directory)  # type: ignore[operator]
-        (directory / META_FILE).write_text(json.dumps(self.meta(), indent=2) + "\n")
-        return directory
+        return write_model_folder(self._require_bound(), self.meta(), directory)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.task is not None and self.denoiser is not None:

@@ -16,7 +16,7 @@ import copy
 import math
 import time
 from pathlib import Path
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import lightning as L
 import torch
@@ -26,6 +26,7 @@ from torch import Tensor
 
 from dflow.lightning.builders import DenoiserBuilder
 from dflow.lightning.evaluation import evaluate, evaluation_prompts, spread_prompts, write_grid
+from dflow.lightning.export import model_meta, task_description, write_model_folder
 from dflow.lightning.reliability import check_state_dict
 from dflow.lightning.rewards import RewardSpec, build_rewards
 from dflow.lightning.rl_state import global_rng_state, restore, set_global_rng_state, snapshot
@@ -396,6 +397,18 @@ class RLModule(L.LightningModule):
         if self.hp.eval_every_n_steps and (not self.eval_history or self.eval_history[-1]["rl_step"] != self.rl_steps):
             self.run_evaluation()
 
+    # ``dflow validate --config <RL recipe> --ckpt_path <checkpoint>``: the module's own evaluation (the
+    # evaluation sampler on its evaluation prompts), once per validation run; the loop's batches (test
+    # prompt indices from PromptDataModule) only drive Lightning's loop.
+    def validation_step(self, batch: Tensor, batch_idx: int) -> None:
+        return None
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking or self.trainer.state.fn != "validate":
+            return  # fit evaluates on its own schedule (eval_every_n_steps)
+        metrics = self.run_evaluation()
+        self.log_dict({k: v for k, v in metrics.items() if k.startswith("eval/")}, batch_size=1)
+
     def run_evaluation(self) -> dict[str, float]:
         """Strict accuracy per category on the test prompts with the evaluation sampler; writes a grid."""
         task, denoiser = self._bound()
@@ -422,6 +435,34 @@ class RLModule(L.LightningModule):
             out = Path(log_dir or ".") / "samples" / f"rl_step_{self.rl_steps:05d}.png"
             write_grid(task, grid.x1, self.grid_prompts, out)
         return metrics
+
+    # ------------------------------------------------------------------ export
+    def meta(self) -> dict[str, Any]:
+        """``dflow_meta.json`` of the tuned policy: the task, path and evaluation sampler it is scored
+        with, the base it started from and the RL method that tuned it."""
+        task, denoiser = self._bound()
+        hp = self.hp
+        training: dict[str, Any] = {
+            "rl": True,
+            "base": getattr(self.builder, "path", None),
+            "rl_steps": self.rl_steps,
+            "global_step": int(self.global_step) if self._trainer is not None else 0,
+            "likelihood": repr(self.update.likelihood),
+            "objective": repr(self.update.objective),
+            "advantage": repr(self.advantage),
+            "kl_beta": self.kl.beta,
+            "lr": hp.lr,
+            **({"exported_from": self.exported_from} if getattr(self, "exported_from", None) else {}),
+        }
+        evaluation = hp.evaluation if hp.evaluation is not None else SamplerConfig(num_steps=25)
+        if not isinstance(evaluation, SamplerConfig):  # a mapping when the hyperparameters came from a config
+            evaluation = SamplerConfig(**dict(evaluation))
+        return model_meta(denoiser, task_description(self._trainer, task), task, self.path, evaluation, training)
+
+    def export_pretrained(self, directory: str | Path) -> Path:
+        """Write the tuned denoiser as a model folder (``save_pretrained`` + ``dflow_meta.json``), which
+        ``PretrainedDenoiser``, ``dflow sample`` and another RL recipe load like a base."""
+        return write_model_folder(self._bound()[1], self.meta(), directory)
 
     # ------------------------------------------------------------------ checkpoint extras
     def on_save_checkpoint(self, checkpoint: dict) -> None:

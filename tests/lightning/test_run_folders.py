@@ -55,3 +55,74 @@ def test_last_without_any_checkpoint_starts_a_new_run(tmp_path, monkeypatch, cap
     cli = fit("1e-3", "--trainer.max_steps=1", "--ckpt_path=last")
     assert cli.trainer.global_step == 1
     assert "no checkpoint in runs/shapes_udm_grpo; starting a new run" in capsys.readouterr().out
+
+
+def test_an_rl_tuned_policy_leaves_its_run(tmp_path, monkeypatch):
+    """dflow export writes the tuned denoiser as a model folder: its weights are the checkpoint's (not
+    the base's), transformers' from_pretrained and PretrainedDenoiser load it, dflow sample reads a run
+    folder directly, and another RL recipe can start from it."""
+    import json
+
+    import torch
+
+    from dflow import cli as dflow_cli
+    from dflow.lightning.builders import PretrainedDenoiser
+    from dflow.models import DFlowTransformer
+    from dflow.paths import LinearScheduler, MixturePath, UniformSource
+    from dflow.tasks import ShapesTask
+
+    monkeypatch.chdir(tmp_path)
+    run = fit("1e-2", "--trainer.max_steps=10")
+    run_dir = Path(run.trainer.log_dir)
+    out = tmp_path / "tuned"
+    assert dflow_cli.main(["export", str(run_dir), str(out)]) == 0
+    meta = json.loads((out / "dflow_meta.json").read_text())
+    assert meta["training"]["rl"] is True and meta["training"]["rl_steps"] == 10
+    assert meta["task"]["init_args"]["height"] == 8 and meta["eval"]["num_steps"] == 20
+    trained = {k.removeprefix("denoiser."): v for k, v in run.model.state_dict().items() if k.startswith("denoiser.")}
+    loaded = DFlowTransformer.from_pretrained(out)  # transformers' own loader
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in trained.items())
+    task, path = ShapesTask(height=8, width=8), MixturePath(UniformSource(7), LinearScheduler())
+    rebuilt = PretrainedDenoiser(str(out)).build(task, path)
+    assert all(torch.equal(rebuilt.state_dict()[k], v) for k, v in trained.items())
+    report = tmp_path / "sample.json"
+    args = ["sample", "--checkpoint", str(run_dir), "--out", str(tmp_path / "g.png"), "--steps", "2", "--prompts", "6"]
+    assert dflow_cli.main([*args, "--json", str(report)]) == 0
+    assert json.loads(report.read_text())["n"] == 6
+    # another run starts from the tuned policy: the recipe's PretrainedDenoiser pointed at the folder
+    start_from = [a for a in TINY if not a.startswith("--model.init_args.denoiser")]
+    again = run_lightning_cli(
+        [
+            "fit",
+            "--config",
+            str(RECIPE),
+            *start_from,
+            "--trainer.max_steps=1",
+            f"--model.init_args.denoiser.init_args.path={out}",
+        ]
+    )
+    assert again.trainer.global_step == 1
+    first = {k: v for k, v in again.model.reference.state_dict().items()}  # the KL reference = the start
+    assert all(torch.equal(first[k], v) for k, v in trained.items())
+
+
+def test_dflow_validate_evaluates_an_rl_checkpoint(tmp_path, monkeypatch):
+    """`dflow validate` on an RL recipe runs the module's evaluation of the checkpoint (it had no
+    validation_step and crashed)."""
+    monkeypatch.chdir(tmp_path)
+    run = fit("1e-2", "--trainer.max_steps=10")
+    ckpt = Path(run.trainer.log_dir) / "checkpoints" / "last.ckpt"
+    cli = run_lightning_cli(
+        [
+            "validate",
+            "--config",
+            str(RECIPE),
+            *TINY,
+            "--model.init_args.lr=1e-2",
+            "--model.init_args.eval_samples_per_category=2",
+            f"--ckpt_path={ckpt}",
+        ]
+    )
+    logged = cli.trainer.callback_metrics
+    assert "eval/acc_overall" in logged and 0.0 <= float(logged["eval/acc_overall"]) <= 1.0
+    assert cli.model.rl_steps == 10  # the checkpoint's policy was evaluated
