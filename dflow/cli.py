@@ -181,7 +181,8 @@ class DFlowCLI(LightningCLI):
         if not any(isinstance(c, GracefulShutdown) for c in [*given, *callbacks]):
             callbacks = [*callbacks, GracefulShutdown()]
         identity = getattr(self, "run_identity", None)
-        if identity is not None and self.subcommand == "fit":  # checkpoints record what they train; a resume of another run is refused
+        if identity is not None and self.subcommand == "fit":
+            # checkpoints record what they train; a resume of another run is refused
             callbacks = [*callbacks, RunIdentity(identity)]
         # atomic saves, and a missing or non-Lightning --ckpt_path named in a ValueError rather than
         # Lightning's KeyError('pytorch-lightning_version'); a recipe that names its own CheckpointIO keeps it
