@@ -533,6 +533,13 @@ CASES: list[Case] = [
         fix="the module must be importable from the working directory or installed",
     ),
     Case(
+        "reward-weights-all-zero",
+        "rewards",
+        lambda tmp: WeightedRewards([nan_reward, scalar_reward], [0.0, 0.0]),
+        r"every reward weight is 0 \(weights=\[0\.0, 0\.0\]\)",
+        fix="give at least one reward a non-zero weight (RL would learn nothing)",
+    ),
+    Case(
         "reward-spec-unknown-task-kind",
         "rewards",
         lambda tmp: RewardSpec(source="task:acc").build(shapes()),
@@ -546,6 +553,13 @@ CASES: list[Case] = [
         lambda tmp: GroupAdvantage()(AdvantageInput(torch.rand(6), group_size=4)),
         r"B=6 .*group_size G=4",
         fix="B = prompts x group_size; keep each prompt's G rollouts together",
+    ),
+    Case(
+        "group-of-one-with-group-advantage",
+        "rl",
+        lambda tmp: rl_module(group_size=1),
+        r"group_size=1 with GroupAdvantage",
+        fix="group-relative advantages need group_size >= 2 (a group of one has no spread)",
     ),
     Case(
         "per-step-advantage-with-final-sample-likelihood",

@@ -31,6 +31,7 @@ from dflow.lightning.reliability import check_state_dict
 from dflow.lightning.rewards import RewardSpec, build_rewards
 from dflow.lightning.rl_state import global_rng_state, restore, set_global_rng_state, snapshot
 from dflow.lightning.schedules import check_schedule, warmup_cosine, with_schedule
+from dflow.lightning.watch import TrainingWatch
 from dflow.paths.base import ProbabilityPath
 from dflow.rl.advantages import AdvantageEstimator, AdvantageInput, GroupAdvantage
 from dflow.rl.aggregation import LossAggregation
@@ -72,6 +73,8 @@ class RLModule(L.LightningModule):
             devices (slower on CPU: batches of ``G``); used to check DDP against one process.
         compile_denoiser: call the denoiser through ``torch.compile`` (weights and checkpoints are
             unchanged; worth it on GPUs for long runs, the first steps pay the compilation).
+        watch: warnings for runs that learn nothing or drift (:class:`~dflow.lightning.watch.TrainingWatch`;
+            each said once per run).
     """
 
     def __init__(
@@ -107,6 +110,7 @@ class RLModule(L.LightningModule):
         seed: int = 0,
         seed_rollouts_per_prompt: bool = False,
         compile_denoiser: bool = False,
+        watch: TrainingWatch | None = None,
     ) -> None:
         super().__init__()
         if group_size < 1:
@@ -126,7 +130,7 @@ class RLModule(L.LightningModule):
             raise ValueError(f"lr must be > 0, got lr={lr}")
         check_schedule(warmup_steps, min_lr_ratio, decay_steps)
         self.save_hyperparameters(
-            ignore=["denoiser", "path", "likelihood", "objective", "advantage", "kl", "aggregation"]
+            ignore=["denoiser", "path", "likelihood", "objective", "advantage", "kl", "aggregation", "watch"]
         )
         self.automatic_optimization = False
         self.builder, self.path = denoiser, path
@@ -141,7 +145,13 @@ class RLModule(L.LightningModule):
         self.rollout_sampler = (rollout or SamplerConfig(num_steps=10)).build(path, record_draws=likelihood.needs_draws)
         self.eval_sampler = (evaluation or SamplerConfig(num_steps=25)).build(path)
         likelihood.validate(self.rollout_sampler)
+        if group_size == 1 and isinstance(self.advantage, GroupAdvantage):
+            raise ValueError(
+                "group_size=1 with GroupAdvantage: a group of one rollout has no spread, so every group-relative "
+                "advantage is 0 and nothing is learned; use group_size >= 2"
+            )
         self.group_size, self.reward_specs = group_size, rewards
+        self.watch = watch if watch is not None else TrainingWatch()
         self.task: Task | None = None
         self.denoiser: torch.nn.Module | None = None
         self.reference: torch.nn.Module | None = None
@@ -302,6 +312,11 @@ class RLModule(L.LightningModule):
         }
         self.log_dict(logs, prog_bar=False, on_step=True, batch_size=len(prompts), sync_dist=True)
         self.log("reward", logs["train/reward"], prog_bar=True, on_step=True, batch_size=len(prompts), sync_dist=True)
+        rollouts = x1.view(-1, G, x1.shape[-1])  # [P, G, L]
+        identical = (rollouts == rollouts[:, :1]).all(dim=2).all(dim=1).float().mean().item()
+        self.watch.check(
+            self.rl_steps + 1, adv.stats["frac_zero_std_groups"], identical, logs["train/entropy"], logs.get("train/kl")
+        )
         self.rl_steps += 1
         if hp.eval_every_n_steps and self.rl_steps % hp.eval_every_n_steps == 0:
             self.run_evaluation()
@@ -324,13 +339,13 @@ class RLModule(L.LightningModule):
         for i, idx in enumerate(schedule):
             out = self.update.loss(self.policy, batch_ready, idx.to(self.device), self.rollout_sampler, self.compute)
             opt.zero_grad(set_to_none=True)
-            fault = None if torch.isfinite(out.loss) else ValueError(f"loss is {out.loss.item()}")
+            fault = None if torch.isfinite(out.loss) else ValueError(f"loss is {out.loss.item()}{_DIVERGED}")
             if fault is None:
                 self.manual_backward(out.loss)
                 params = [p for p in denoiser.parameters() if p.grad is not None]
                 norm = torch.nn.utils.clip_grad_norm_(params, self.hp.max_grad_norm or math.inf)
                 if not torch.isfinite(norm):
-                    fault = ValueError(f"gradient norm is {norm.item()}")
+                    fault = ValueError(f"gradient norm is {norm.item()}{_DIVERGED}")
             if fault is not None:
                 opt.zero_grad(set_to_none=True)
                 if saved is not None and i > 0:
@@ -486,6 +501,12 @@ class RLModule(L.LightningModule):
             self.faults.update(extra["faults"])
             self.eval_history = list(extra["eval_history"])
             self.rl_steps = int(extra["rl_steps"])
+
+
+_DIVERGED = (
+    " (the update diverged: lower model.init_args.lr or max_grad_norm, or check that the reward and the "
+    "denoiser's logits are finite)"
+)
 
 
 def _to(adv, device):

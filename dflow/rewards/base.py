@@ -9,6 +9,7 @@ A reward maps clean samples and their prompts to one number per sample::
 from __future__ import annotations
 
 import importlib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -89,6 +90,14 @@ class WeightedRewards:
         weights = [1.0] * len(rewards) if weights is None else [float(w) for w in weights]
         if len(weights) != len(rewards):
             raise ValueError(f"weights has {len(weights)} entries for {len(rewards)} rewards")
+        bad = [w for w in weights if not math.isfinite(w)]
+        if bad:
+            raise ValueError(f"reward weights must be finite numbers, got weights={weights}")
+        if all(w == 0 for w in weights):
+            raise ValueError(
+                f"every reward weight is 0 (weights={weights}): the total reward is 0 for every sample and RL "
+                "learns nothing; give at least one reward a non-zero weight"
+            )
         names = [reward_name(r) for r in rewards]
         if len(set(names)) != len(names):
             raise ValueError(f"reward names must be distinct, got {names}")
