@@ -30,7 +30,7 @@ from dflow.lightning.builders import PretrainedDenoiser, instantiate, read_meta,
 from dflow.lightning.callbacks import DFlowProgressBar
 from dflow.lightning.evaluation import EVAL_BATCH_SIZE, EVAL_SEED, evaluate, evaluation_prompts
 from dflow.lightning.reliability import AtomicCheckpointIO, GracefulShutdown, load_checkpoint_file
-from dflow.lightning.runs import RunIdentity, find_last, run_identity
+from dflow.lightning.runs import RunIdentity, check_last, find_last, run_identity
 from dflow.paths import LinearScheduler, MaskSource, MixturePath, ProbabilityPath, UniformSource
 from dflow.sampling import SamplerConfig
 from dflow.tasks import Task, get_task
@@ -134,14 +134,25 @@ class DFlowCLI(LightningCLI):
             self.run_identity = run_identity(section.as_dict() if hasattr(section, "as_dict") else dict(section))
         if section.get("ckpt_path") != "last":
             return
-        logger = section.get("trainer", {}).get("logger")
+        trainer = section.get("trainer", {})
+        fixed = _checkpoint_dirpaths(trainer.get("callbacks"))
+        for dirpath in fixed:  # a recipe that gives ModelCheckpoint its own folder resumes from there
+            last = Path(dirpath) / "last.ckpt"
+            if last.is_file():
+                check_last(last, self.run_identity)
+                print(f"--ckpt_path last: resuming {last}", flush=True)
+                section["ckpt_path"] = str(last)
+                return
+        logger = trainer.get("logger")
         init_args = logger.get("init_args") if hasattr(logger, "get") else None
         if not init_args or init_args.get("save_dir") is None:
             return  # no versioned log folder: Lightning's own "last" lookup applies
-        root = Path(str(init_args.get("save_dir"))) / str(init_args.get("name") or "lightning_logs")
+        name = init_args.get("name")
+        root = Path(str(init_args.get("save_dir"))) / str(name) if name else Path(str(init_args.get("save_dir")))
         found = find_last(root, self.run_identity)
         if found is None:
-            print(f"--ckpt_path last: no checkpoint in {root}; starting a new run", flush=True)
+            where = " or ".join([str(root), *fixed])
+            print(f"--ckpt_path last: no checkpoint in {where}; starting a new run", flush=True)
             section["ckpt_path"] = None
             return
         version, path = found
@@ -321,12 +332,12 @@ def sample_main(argv: Sequence[str]) -> int:
         from dflow.lightning.export import export_run
 
         with tempfile.TemporaryDirectory() as tmp:
-            return _sample(opts, export_run(given, Path(tmp) / "model"))
+            return _sample(opts, export_run(given, Path(tmp) / "model"), source=given)
     return _sample(opts, resolve_path(opts.checkpoint))
 
 
-def _sample(opts: argparse.Namespace, directory: Path) -> int:
-    """``dflow sample`` on a model folder."""
+def _sample(opts: argparse.Namespace, directory: Path, source: Path | None = None) -> int:
+    """``dflow sample`` on a model folder (exported from ``source``, a run folder or checkpoint, if given)."""
     meta = read_meta(directory)
     task = load_task(opts.task, meta, parse_task_args(opts.task_args))
     path = default_path(directory, meta, task.vocab_size)
@@ -362,7 +373,9 @@ def _sample(opts: argparse.Namespace, directory: Path) -> int:
     print(f"wrote {out}")
     if opts.json:
         Path(opts.json).write_text(
-            json.dumps({"checkpoint": str(directory), "sampler": dataclasses.asdict(sampler), **result}, indent=2)
+            json.dumps(
+                {"checkpoint": str(source or directory), "sampler": dataclasses.asdict(sampler), **result}, indent=2
+            )
         )
     return 0
 
@@ -413,6 +426,18 @@ USAGE = """usage: dflow {fit,validate,sample,...} ...
   dflow fit --config recipes/<task>/<recipe>.yaml [--section.key=value ...]   train (LightningCLI)
   dflow sample --checkpoint DIR --out grid.png [--steps --guidance --num]    sample a base, print accuracy
 """
+
+
+def _checkpoint_dirpaths(callbacks: Any) -> list[str]:
+    """The ``dirpath`` of every ModelCheckpoint a parsed ``trainer.callbacks`` names explicitly."""
+    items = callbacks if isinstance(callbacks, list) else [callbacks] if callbacks else []
+    out = []
+    for item in items:
+        path = str(item.get("class_path", "")) if hasattr(item, "get") else ""
+        init_args = item.get("init_args") if hasattr(item, "get") else None
+        if path.endswith("ModelCheckpoint") and init_args is not None and init_args.get("dirpath"):
+            out.append(str(init_args.get("dirpath")))
+    return out
 
 
 def _class_name(value: Any) -> str:

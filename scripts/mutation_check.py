@@ -152,6 +152,62 @@ MUTANTS = (
         "ELBO 'uniform' weighting silently ignored by a path",
     ),
     Mutant(
+        "per-token-mask-dropped",
+        "dflow/rl/update.py",
+        "mask = self.likelihood.unit_mask(traj, plan, sampler)",
+        "mask = None",
+        (UPDATE_WIRING,),
+        "per-token units that count a mask source's carry-over tokens",
+    ),
+    Mutant(
+        "per-token-advantages-misplaced",
+        "dflow/rl/likelihood/base.py",
+        "return values.repeat_interleave(traj.x1.shape[1], dim=1) if self.per_token else values",
+        "return values.repeat(1, traj.x1.shape[1]) if self.per_token else values",
+        (UPDATE_WIRING,),
+        "a token given another step's advantage",
+    ),
+    Mutant(
+        "float64-logp-not-rounded",
+        "dflow/rl/update.py",
+        "logp = self.likelihood.log_probs(policy, traj, plan, sampler).float()",
+        "logp = self.likelihood.log_probs(policy, traj, plan, sampler)",
+        (UPDATE_WIRING,),
+        "a float64 policy's first ratio off 1 (old values are float32)",
+    ),
+    Mutant(
+        "mc-distance-transposed",
+        "dflow/paths/metric.py",
+        "closer = D[x_s] < D[x_t]",
+        "closer = D.T[x_s] < D.T[x_t]",
+        ("tests/paths/test_metric_path.py",),
+        "Monte-Carlo draws restricted with the distance read transposed",
+    ),
+    Mutant(
+        "keyed-draws-ignore-position",
+        "dflow/paths/metric.py",
+        "pos = torch.arange(L, device=x_t.device)[:, None] * n + torch.arange(n, device=x_t.device)",
+        "pos = torch.zeros(L, 1, dtype=torch.long, device=x_t.device) + torch.arange(n, device=x_t.device)",
+        ("tests/paths/test_metric_path.py",),
+        "every position of a row drawing the same Monte-Carlo values",
+    ),
+    Mutant(
+        "last-resumes-the-oldest-run",
+        "dflow/lightning/runs.py",
+        "for number, last in sorted(found, reverse=True):",
+        "for number, last in sorted(found):",
+        ("tests/lightning/test_run_folders.py",),
+        "`--ckpt_path last` continuing an older run of the configuration",
+    ),
+    Mutant(
+        "last-resumes-another-configuration",
+        "dflow/lightning/runs.py",
+        "if stored is not None and same_run(stored, identity):",
+        "if True:",
+        ("tests/lightning/test_run_folders.py",),
+        "`--ckpt_path last` continuing another configuration's checkpoint",
+    ),
+    Mutant(
         "sample-has-its-own-seed",
         "dflow/cli.py",
         '"--seed", type=int, default=EVAL_SEED,',
@@ -172,7 +228,7 @@ def run_tests(root: Path, tests: tuple[str, ...]) -> tuple[int, float, str]:
 
 
 def scratch_copy(into: Path) -> Path:
-    for name in ("dflow", "tests"):
+    for name in ("dflow", "tests", "recipes"):  # recipes: tests that run a shipped recipe
         shutil.copytree(ROOT / name, into / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "pyproject.toml", into / "pyproject.toml")
     return into

@@ -21,6 +21,22 @@ from lightning.pytorch.callbacks import Callback
 
 IDENTITY_KEYS = ("model", "data", "seed_everything")
 CHECKPOINT_KEY = "dflow_run"
+# settings that change what is evaluated or reported, not what is trained: a resume may change them
+NOT_TRAINING = (
+    "eval_every_n_steps",
+    "num_eval_prompts",
+    "eval_samples_per_prompt",
+    "eval_samples_per_category",
+    "eval_batch_size",
+    "num_grid_prompts",
+    "evaluation",
+    "watch",
+    "compile_denoiser",
+    "eval_prompts",
+    "eval_batch_size",
+    "val_prompts",
+    "val_batch_size",
+)
 
 
 def run_identity(config: dict[str, Any]) -> dict[str, Any]:
@@ -33,13 +49,25 @@ def identity_sha(identity: dict[str, Any]) -> str:
 
 
 def differences(a: Any, b: Any, prefix: str = "") -> list[str]:
-    """Dotted keys where two identities differ, with both values (``model.init_args.lr: 0.001 != 0.002``)."""
+    """Dotted keys where two identities differ in what is trained, with both values
+    (``model.init_args.lr: 0.001 != 0.002``).
+
+    Only keys both have are compared (an argument added to a class after a checkpoint was written
+    must not make it unresumable), and evaluation / reporting settings (:data:`NOT_TRAINING`) are
+    skipped (a resume may evaluate more often)."""
     if isinstance(a, dict) and isinstance(b, dict):
         out = []
-        for key in sorted(set(a) | set(b)):
-            out += differences(a.get(key), b.get(key), f"{prefix}{key}.")
+        for key in sorted(set(a) & set(b)):
+            if key in NOT_TRAINING:
+                continue
+            out += differences(a[key], b[key], f"{prefix}{key}.")
         return out
     return [] if a == b else [f"{prefix.rstrip('.')}: {a!r} != {b!r}"]
+
+
+def same_run(stored: dict[str, Any] | None, identity: dict[str, Any]) -> bool:
+    """Whether a checkpoint's identity trains what ``identity`` trains (an unrecorded one counts as the same)."""
+    return stored is None or not differences(stored, identity)
 
 
 def read_identity(path: Path) -> dict[str, Any] | None:
@@ -52,6 +80,17 @@ def read_identity(path: Path) -> dict[str, Any] | None:
 def _version_number(folder: Path) -> int | None:
     match = re.fullmatch(r"version_(\d+)", folder.name)
     return int(match.group(1)) if match else None
+
+
+def check_last(path: Path, identity: dict[str, Any]) -> None:
+    """Refuse a ``last.ckpt`` (found where a recipe's ModelCheckpoint writes) of another configuration."""
+    stored = read_identity(path)
+    if not same_run(stored, identity):
+        diff = "; ".join(differences(stored, identity)[:6])
+        raise ValueError(
+            f"--ckpt_path last: {path} belongs to another configuration ({diff}); resume it with its own recipe "
+            "and overrides, or give this run its own ModelCheckpoint dirpath"
+        )
 
 
 def find_last(run_root: Path, identity: dict[str, Any]) -> tuple[int, Path] | None:
@@ -71,11 +110,15 @@ def find_last(run_root: Path, identity: dict[str, Any]) -> tuple[int, Path] | No
     mismatches = []
     for number, last in sorted(found, reverse=True):
         stored = read_identity(last)
-        if stored == identity:
+        if stored is not None and same_run(stored, identity):
             return number, last
         mismatches.append((last, stored))
     newest, stored = mismatches[0]
-    what = "was written before run identities" if stored is None else "; ".join(differences(stored, identity)[:6])
+    what = (
+        "it records no configuration (written before dflow recorded one)"
+        if stored is None
+        else "; ".join(differences(stored, identity)[:6])
+    )
     raise ValueError(
         f"--ckpt_path last: {run_root} holds checkpoints of other configurations only; the newest, {newest}, "
         f"differs: {what}. Resume it with its own recipe and overrides, pass --ckpt_path FILE explicitly "
@@ -99,9 +142,10 @@ class RunIdentity(Callback):
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         record = checkpoint.get(CHECKPOINT_KEY)
-        if not isinstance(record, dict) or record.get("identity") in (None, self.identity):
+        stored = record.get("identity") if isinstance(record, dict) else None
+        if same_run(stored, self.identity):
             return
-        diff = "; ".join(differences(record["identity"], self.identity)[:6])
+        diff = "; ".join(differences(stored, self.identity)[:6])
         raise ValueError(
             f"the checkpoint being resumed belongs to another configuration ({diff}): resume it with its own "
             "recipe and overrides, or start a new run without --ckpt_path"

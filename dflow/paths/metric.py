@@ -197,7 +197,7 @@ class MetricPath(ProbabilityPath):
         n = self.n_mc
         D = self.distance.to(log_p.device)
         stay = x_s == x_t  # [B, L]
-        closer = D.T[x_s] < D.T[x_t]  # [B, L, V(x1)]: d(y, x1) < d(x, x1)
+        closer = D[x_s] < D[x_t]  # [B, L, V(x1)]: d(y, x1) < d(x, x1) (distance[x, x1] = d(x, x1))
         allowed = closer | stay[..., None]
         lp_allowed = log_p.detach().masked_fill(~allowed, float("-inf"))
         log_mass = torch.logsumexp(lp_allowed, dim=-1)  # [B, L] log p(S), detached

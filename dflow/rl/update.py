@@ -178,7 +178,10 @@ class PolicyUpdate:
     def loss(self, policy, batch: PreparedBatch, index: Tensor, sampler: Sampler, compute: Compute) -> LossOutput:
         """Objective (+ KL) on the mini-batch ``index``, aggregated to a scalar."""
         traj, plan = batch.traj.select(index), batch.plan.select(index)
-        logp = self.likelihood.log_probs(policy, traj, plan, sampler)  # [b, U] with grad
+        # float32 like the old and reference values (recorded or recomputed): a float64 policy's units
+        # are rounded the same way, so the first mini-batch's ratio is exactly 1 (the gradient flows
+        # back through the cast)
+        logp = self.likelihood.log_probs(policy, traj, plan, sampler).float()  # [b, U] with grad
         old = logp.detach() if batch.old_logp is None else batch.old_logp[index].to(logp)
         mask = None if batch.mask is None else batch.mask[index]
         out = self.objective(logp, old, batch.advantages[index].to(logp), mask)

@@ -234,6 +234,13 @@ def test_module_generator_is_made_on_the_module_device(tiny_builder, monkeypatch
     assert made == [torch.device("cuda", 0)]
 
 
+def restored_before_draw(state) -> bool:
+    rng = DeviceRNG(seed=99)
+    rng.load_state_dict(state)
+    saved = rng.state_dict()
+    return saved is not None and torch.equal(saved["state"], state["state"])
+
+
 def test_device_rng_state_round_trips_and_refuses_to_carry_a_stream_across_devices():
     rng = DeviceRNG(seed=5)
     gen = rng.on("cpu")
@@ -246,6 +253,7 @@ def test_device_rng_state_round_trips_and_refuses_to_carry_a_stream_across_devic
     legacy = DeviceRNG(seed=99)  # checkpoints before DeviceRNG stored a CPU generator's state tensor
     legacy.load_state_dict(state["state"])
     assert torch.equal(torch.rand(3, generator=legacy.on("cpu")), expected)
+    assert restored_before_draw(state)  # a state restored but not yet drawn from is saved as it was
     moved = DeviceRNG(seed=5)
     moved.load_state_dict({"device": "cuda", "state": torch.zeros(16, dtype=torch.uint8)})
     with pytest.warns(UserWarning, match="moved from cuda to cpu"):

@@ -126,3 +126,36 @@ def test_dflow_validate_evaluates_an_rl_checkpoint(tmp_path, monkeypatch):
     logged = cli.trainer.callback_metrics
     assert "eval/acc_overall" in logged and 0.0 <= float(logged["eval/acc_overall"]) <= 1.0
     assert cli.model.rl_steps == 10  # the checkpoint's policy was evaluated
+
+
+def test_last_takes_the_newest_run_of_the_configuration_and_a_recipe_dirpath(tmp_path, monkeypatch):
+    """Two runs of the same configuration: `last` continues the newer one. A recipe whose
+    ModelCheckpoint has its own dirpath resumes from there (and refuses another configuration's)."""
+    monkeypatch.chdir(tmp_path)
+    fit("1e-3", "--trainer.max_steps=10")
+    fit("1e-3", "--trainer.max_steps=10", "--seed_everything=0")  # the same run again: version_1
+    resumed = fit("1e-3", "--trainer.max_steps=20", "--ckpt_path=last")
+    assert Path(resumed.trainer.log_dir).name == "version_1"
+    dirpath = tmp_path / "mine"
+    callbacks = (
+        "--trainer.callbacks=[{class_path: lightning.pytorch.callbacks.ModelCheckpoint, "
+        f"init_args: {{dirpath: {dirpath}, save_last: true, every_n_train_steps: 10, save_top_k: 0}}}}]"
+    )
+    fit("1e-3", "--trainer.max_steps=10", callbacks, "--trainer.logger.init_args.name=fixed")
+    again = fit(
+        "1e-3", "--trainer.max_steps=20", callbacks, "--trainer.logger.init_args.name=fixed", "--ckpt_path=last"
+    )
+    assert again.trainer.global_step == 20 and again.model.rl_steps == 20  # resumed, not restarted
+    with pytest.raises(ValueError, match=r"mine/last\.ckpt belongs to another configuration.*lr"):
+        fit("5e-3", "--trainer.max_steps=20", callbacks, "--trainer.logger.init_args.name=fixed", "--ckpt_path=last")
+
+
+def test_a_checkpoint_from_before_an_argument_existed_still_resumes():
+    """Identities are compared on the keys both have, and evaluation settings are not compared: a dflow
+    release that adds an argument, or a resume that evaluates more often, is not another run."""
+    from dflow.lightning.runs import differences, same_run
+
+    stored = {"model": {"init_args": {"lr": 0.1, "eval_every_n_steps": 10}}, "seed_everything": 0}
+    now = {"model": {"init_args": {"lr": 0.1, "eval_every_n_steps": 20, "watch": None}}, "seed_everything": 0}
+    assert same_run(stored, now) and differences(stored, now) == []
+    assert not same_run({"model": {"init_args": {"lr": 0.2}}}, now)

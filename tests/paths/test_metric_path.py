@@ -383,3 +383,39 @@ def test_embedding_builds_the_distance() -> None:
 def test_constructor_rejects_bad_arguments(kwargs, match) -> None:
     with pytest.raises(ValueError, match=match):
         MetricPath(**kwargs)
+
+
+def test_monte_carlo_kernel_with_an_asymmetric_distance() -> None:
+    """``distance[x, x1] = d(x, x1)`` need not be symmetric: the draws must be restricted to the x_1 with
+    d(y, x_1) < d(x, x_1), read from the right rows. With the matrix read transposed, moves that only
+    some x_1 explain were estimated at a seventh of their probability."""
+    V, R, n_mc = 5, 10, 200
+    g = torch.Generator().manual_seed(4)
+    d = torch.rand(V, V, generator=g, dtype=F64) + 0.1
+    d.fill_diagonal_(0.0)
+    exact = MetricPath(distance=d)
+    replicas = [MetricPath(distance=d, exact_max_vocab=0, n_mc=n_mc, mc_seed=r) for r in range(R)]
+    logits = torch.randn(1, V, V, generator=g)  # row i of the batch: token position i
+    x_t = torch.arange(V)[None]  # every starting state once
+    t, s = torch.tensor([0.3]), torch.tensor([0.55])
+    kernel = exact.step_kernel(torch.softmax(logits, -1), x_t, t, s)  # [1, V, V]
+    for y in range(V):
+        x_s = torch.full_like(x_t, y)
+        est = torch.stack([mc.step_log_prob(logits, x_t, x_s, t, s).exp() for mc in replicas]).mean(0)
+        torch.testing.assert_close(est, kernel[..., y], rtol=0.25, atol=5e-3)  # the bug was 7x off
+
+
+def test_keyed_draws_differ_across_positions_times_and_seeds() -> None:
+    """The uniforms behind the Monte-Carlo draws are keyed to (transition, position, draw): two
+    positions of one row, the same states at another time, or another mc_seed get other draws."""
+    from dflow.paths.metric import _keyed_uniforms
+
+    x_t = torch.zeros(1, 3, dtype=torch.long)
+    x_s = torch.ones(1, 3, dtype=torch.long)
+    t, s = torch.tensor([0.2]), torch.tensor([0.4])
+    u = _keyed_uniforms(0, x_t, x_s, t, s, 4)  # [1, 3, 4]
+    assert len(set(u.flatten().tolist())) == 12  # positions and draws all differ
+    assert not torch.equal(u, _keyed_uniforms(0, x_t, x_s, t + 0.1, s + 0.1, 4))
+    assert not torch.equal(u, _keyed_uniforms(1, x_t, x_s, t, s, 4))
+    assert torch.equal(u, _keyed_uniforms(0, x_t, x_s, t, s, 4))
+    assert bool(((u > 0) & (u < 1)).all())

@@ -250,3 +250,45 @@ def test_monte_carlo_kernel_through_shuffled_minibatches_has_ratio_one(copy_task
             assert abs(out.stats["ratio_min"] - 1) < 1e-5 and abs(out.stats["ratio_max"] - 1) < 1e-5, out.stats
     assert any(o != tuple(range(4)) and o != tuple(range(4, 8)) for o in orders)  # really shuffled
     assert torch.isfinite(prepared.old_logp).all() and (prepared.old_logp > -60).all()
+
+
+def test_per_token_units_on_a_mask_source_average_only_the_tokens_that_move(copy_task):
+    """TrajectoryLikelihood(per_token=True) on a mask source: a step's carry-over tokens (already
+    revealed at x_{t_k}) are not units. On-policy with per-step advantages A_bk (stepwise credit), the
+    loss is mean_b [ sum_{k, i counted} -A_bk / #counted_b ], each token getting its own step's
+    advantage; counting the carry-over tokens, or giving a token another step's advantage, changes it."""
+    from dflow.paths.sources import MaskSource
+    from dflow.rl import StepwiseGainAdvantage
+
+    path = MixturePath(MaskSource(V))
+    policy, _ = _models(copy_task, path)
+    sampler, traj = _rollout(copy_task, path, policy)
+    est = TrajectoryLikelihood(AllSteps(), per_token=True)
+    step_rewards = torch.rand(B, K + 1, generator=torch.Generator().manual_seed(9))
+    adv = StepwiseGainAdvantage()(AdvantageInput(step_rewards[:, -1], G, step_rewards))  # [B, K]
+    update = PolicyUpdate(est, ClippedSurrogate(0.2))
+    prepared = update.prepare(policy, None, traj, adv, sampler, G, Compute(), torch.Generator().manual_seed(3))
+    counted = torch.stack([traj.state(k) == V for k in range(K)], dim=1)  # [B, K, L] masked at x_{t_k}
+    assert not counted.all() and counted.any()
+    assert torch.equal(prepared.mask, counted.flatten(1))
+    assert torch.equal(prepared.advantages, adv.values.repeat_interleave(L, dim=1))  # token i of step k: A_bk
+    out = update.loss(policy, prepared, torch.arange(B), sampler, Compute())
+    per_token = -adv.values[:, :, None].expand(B, K, L)  # on-policy clipped surrogate: -A per unit
+    want = ((per_token * counted).sum((1, 2)) / counted.sum((1, 2)).clamp_min(1)).mean()
+    torch.testing.assert_close(out.loss.detach(), want, rtol=1e-6, atol=1e-7)
+
+
+def test_a_float64_policy_has_ratio_exactly_one_in_the_first_minibatch(copy_task):
+    """Old values are float32 (recorded or recomputed); the units the loss scores are rounded the same
+    way, so a float64 policy also starts each RL step at ratio exactly 1 (DESIGN section 4)."""
+    path = MixturePath(UniformSource(V))
+    policy, _ = _models(copy_task, path)
+    policy = policy.double()
+    sampler, traj = _rollout(copy_task, path, policy)
+    for est in (TrajectoryLikelihood(AllSteps()), ForwardReconstruction(2, grid_steps=4, max_start=1)):
+        update = PolicyUpdate(est, ClippedSurrogate(0.2), None, None, num_inner_epochs=2, minibatch_size=4)
+        prepared = update.prepare(
+            policy, None, traj, _advantages(), sampler, G, Compute(), torch.Generator().manual_seed(3)
+        )
+        out = update.loss(policy, prepared, torch.arange(4), sampler, Compute())
+        assert out.stats["ratio_min"] == 1.0 == out.stats["ratio_max"], type(est).__name__
