@@ -60,6 +60,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--recipe", default=DEFAULT_RECIPE, help="RL recipe to run (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=None, help="RL steps (default: the recipe's max_steps)")
     parser.add_argument("--out", default="runs/demo", help="folder for the grids and the curve")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="one seed for the run: the global seed, the RL rollouts' generator and the prompt order "
+        "(default: the recipe's, 0)",
+    )
     args, overrides = parser.parse_known_args(list(argv or []))
     from dflow.cli import run_lightning_cli
 
@@ -81,6 +88,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     if args.steps is not None:
         cli_args.append(f"--trainer.max_steps={args.steps}")
+    if args.seed is not None:
+        cli_args += [
+            f"--seed_everything={args.seed}",
+            f"--model.init_args.seed={args.seed}",
+            f"--data.init_args.seed={args.seed}",
+        ]
     cli = run_lightning_cli(cli_args)
     module = cli.model
     if len(module.eval_history) < 2:
