@@ -27,7 +27,29 @@ class DFlowProgressBar(RichProgressBar):
 
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         metrics = super().get_metrics(trainer, pl_module)
-        return {k: v for k, v in metrics.items() if k.startswith(self.keys)}
+        shown = {k: v for k, v in metrics.items() if k.startswith(self.keys)}
+        history = getattr(pl_module, "eval_history", None)  # RLModule evaluates on its own schedule
+        if history:
+            shown["test acc"] = history[-1].get("eval/acc_overall")
+        return shown
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        # dflow's runs end at max_steps; their "epochs" are blocks of the data stream, not passes over
+        # a data set, so Lightning's "Epoch 0/-2" would only mislead
+        return "RL steps" if self.trainer.lightning_module.__class__.__name__ == "RLModule" else "Training"
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        history = getattr(pl_module, "eval_history", None)
+        if trainer.is_global_zero and history and len(history) >= 2:
+            first, last = history[0], history[-1]
+            a, b = first.get("eval/acc_overall"), last.get("eval/acc_overall")
+            if a is not None and b is not None:
+                steps = int(last.get("rl_step", 0))
+                where = trainer.log_dir or trainer.default_root_dir
+                print(
+                    f"strict test accuracy {a:.3f} -> {b:.3f} ({b - a:+.3f}) after {steps} RL steps; metrics in {where}"
+                )
 
 
 class ExportPretrained(Callback):
