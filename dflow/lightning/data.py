@@ -127,6 +127,18 @@ class StreamLoader(DataLoader):
         stream.start = resume["batches"] if resume and resume["epoch"] == stream.epoch else 0
         return super().__iter__()
 
+    # Lightning warns on resume that a loader without ``state_dict`` / ``load_state_dict`` is "not
+    # resumable". This one is: the resume point (epoch and batches the fit loop consumed) lives in the
+    # data module's ``state_dict``, which every checkpoint holds, and reaches the loader as ``resume``.
+    # The loader cannot count it itself: Lightning prefetches one batch ahead of the one it trains on.
+    # So the loader's own state is empty, and declaring it is what tells Lightning the stream resumes.
+    def state_dict(self) -> dict[str, int]:
+        """Empty: the data module's ``state_dict`` holds the resume point (see the comment above)."""
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        """Nothing to restore here; ``_StreamDataModule.load_state_dict`` sets the resume point."""
+
 
 class _StreamDataModule(L.LightningDataModule):
     """Shared resume logic: ``state_dict`` records the epoch and the batches the fit loop consumed."""
