@@ -181,6 +181,18 @@ def scalar_reward(x1, prompts):
     return torch.tensor(0.5)
 
 
+def list_with_none_reward(x1, prompts):
+    return [1.0] + [None] * (len(prompts) - 1)
+
+
+class TargetReward:
+    def __init__(self, target: int) -> None:
+        self.target = target
+
+    def __call__(self, x1, prompts):
+        return (x1 == self.target).float().mean(-1)
+
+
 def failing_reward(x1, prompts):
     raise RuntimeError("verifier crashed")
 
@@ -545,6 +557,27 @@ CASES: list[Case] = [
         lambda tmp: RewardSpec(source="task:acc").build(shapes()),
         r"source='task:acc'",
         fix="`source` is task, task:correct or package.module:callable",
+    ),
+    Case(
+        "reward-class-without-its-arguments",
+        "rewards",
+        lambda tmp: RewardSpec(source=f"{__name__}:TargetReward").build(shapes()),
+        r"building '.*TargetReward' with init_args=\{\} failed .*target",
+        fix="give the class's constructor arguments as `init_args: {target: 3}`",
+    ),
+    Case(
+        "reward-init-args-for-a-function",
+        "rewards",
+        lambda tmp: RewardSpec(source=f"{__name__}:scalar_reward", init_args={"target": 3}).build(shapes()),
+        r"init_args=\{'target': 3\} given for '.*scalar_reward', which is a function",
+        fix="only a class takes init_args; drop them or wrap the function in a class",
+    ),
+    Case(
+        "reward-list-with-a-non-number",
+        "rewards",
+        lambda tmp: WeightedRewards([list_with_none_reward])(x1_of(0, 2), prompts(2)),
+        r"'list_with_none_reward' returned a list whose entry 1 is None",
+        fix="a list reward holds one number per sample (a tensor or array also works)",
     ),
     # ---- RL design space
     Case(

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from dflow.rewards.base import WeightedRewards
 from dflow.sampling import Sampler
 from dflow.tasks.base import Prompt, Task
 
@@ -21,7 +22,9 @@ from dflow.tasks.base import Prompt, Task
 @dataclass
 class EvalResult:
     """Attributes:
-    metrics: ``{"acc/<category>": float, "acc/overall": float, "reward": float}``.
+    metrics: ``{"acc/<category>": float, "acc/overall": float, "reward": float}``, ``reward`` the
+        task's partial-credit reward; with ``rewards`` also ``"reward/<name>"`` per reward term and
+        ``"reward/total"``, the weighted sum RL maximises.
     x1: long ``[N, L]`` the samples, in prompt order.
     """
 
@@ -43,11 +46,13 @@ def evaluate(
     seed: int = EVAL_SEED,
     device: torch.device | str = "cpu",
     samples_per_prompt: int = 1,
+    rewards: WeightedRewards | None = None,
 ) -> EvalResult:
     """Sample each prompt ``samples_per_prompt`` times with ``sampler`` in batches of ``batch_size``,
     from one generator seeded with ``seed`` (the same noise for every model compared; the noise, and
     so the numbers, depend on the batch size too). Several samples per prompt, as GenEval's 4, keep
-    categories with few test prompts from swinging between 0 and 1 (see :func:`evaluation_prompts`)."""
+    categories with few test prompts from swinging between 0 and 1 (see :func:`evaluation_prompts`).
+    ``rewards`` (an RL run's own reward terms) adds their means to the metrics."""
     if samples_per_prompt < 1:
         raise ValueError(f"samples_per_prompt must be >= 1, got samples_per_prompt={samples_per_prompt}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -55,16 +60,22 @@ def evaluate(
     prompts = [p for p in prompts for _ in range(samples_per_prompt)]
     gen = torch.Generator(device=device).manual_seed(seed)
     metric = task.metric()
-    rewards, samples = [], []
+    task_rewards, samples, records = [], [], []
     for start in range(0, len(prompts), batch_size):
         chunk = list(prompts[start : start + batch_size])
         cond = task.encode_prompts(chunk).to(device)
         traj = sampler.rollout(policy, cond, batch_size=len(chunk), seq_len=task.seq_len, generator=gen, device=device)
         metric.update(task.correct(traj.x1.cpu(), chunk), chunk)
-        rewards.append(task.reward(traj.x1.cpu(), chunk))
+        task_rewards.append(task.reward(traj.x1.cpu(), chunk))
+        if rewards is not None:
+            records.append(rewards(traj.x1.cpu(), chunk))
         samples.append(traj.x1.cpu())
     values = {k: float(v) for k, v in metric.compute().items()}
-    values["reward"] = float(torch.cat(rewards).mean())
+    values["reward"] = float(torch.cat(task_rewards).mean())
+    if records:
+        for name in records[0].components:
+            values[f"reward/{name}"] = float(torch.cat([r.components[name] for r in records]).mean())
+        values["reward/total"] = float(torch.cat([r.total for r in records]).mean())
     return EvalResult(metrics=values, x1=torch.cat(samples))
 
 

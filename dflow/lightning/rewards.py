@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import inspect
+from dataclasses import dataclass, field
+from typing import Any
 
 from dflow.rewards.base import TaskReward, WeightedRewards, load_reward
 from dflow.tasks.base import Task
@@ -17,11 +19,15 @@ class RewardSpec:
             correctness) or a dotted path ``"package.module:callable"`` to any ``(x1, prompts) -> [B]``.
         weight: its weight in the total reward.
         name: log name (defaults to the reward's own name).
+        init_args: constructor arguments when ``source`` names a class (``"mymod:LengthReward"``
+            with ``init_args: {target: 12}`` builds ``LengthReward(target=12)``, and the instance is
+            the reward). A class named without ``init_args`` is built with none.
     """
 
     source: str = "task"
     weight: float = 1.0
     name: str | None = None
+    init_args: dict[str, Any] = field(default_factory=dict)
 
     def build(self, task: Task):
         if self.source == "task":
@@ -33,6 +39,21 @@ class RewardSpec:
                 f"RewardSpec: unknown source={self.source!r}; use 'task', 'task:correct' or 'package.module:callable'"
             )
         fn = load_reward(self.source)
+        if inspect.isclass(fn):
+            try:
+                fn = fn(**dict(self.init_args or {}))
+            except Exception as err:
+                raise ValueError(
+                    f"RewardSpec: building {self.source!r} with init_args={dict(self.init_args or {})} failed "
+                    f"({type(err).__name__}: {err}); give the arguments its constructor takes"
+                ) from err
+            if not callable(fn):
+                raise ValueError(f"RewardSpec: {self.source!r} built a {type(fn).__name__}, not a callable reward")
+        elif self.init_args:
+            raise ValueError(
+                f"RewardSpec: init_args={dict(self.init_args)} given for {self.source!r}, which is a function, not a "
+                "class; drop init_args, or name a class whose instances are the reward"
+            )
         if self.name is not None:
             fn = _Named(fn, self.name)
         return fn

@@ -436,6 +436,7 @@ class RLModule(L.LightningModule):
             self.eval_prompts,
             self.hp.eval_batch_size,
             device=self.device,
+            rewards=self.rewards,
         )
         grid = evaluate(self.policy, task, self.eval_sampler, self.grid_prompts, device=self.device)
         denoiser.train(was_training)

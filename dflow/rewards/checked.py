@@ -33,15 +33,25 @@ def _prompt_text(prompts: Sequence[Any], index: int = 0) -> str:
 def check_rewards(values: Any, name: str, prompts: Sequence[Prompt], batch_size: int) -> Tensor:
     """Validate one reward's output and return it as a float32 tensor ``[batch_size]``.
 
-    Raises ``ValueError`` naming the reward ``name`` and a prompt text when ``values`` is not a
-    tensor or numpy array, does not have shape ``[batch_size]``, or holds NaN / inf (the message
+    ``values`` may be a tensor, a numpy array or a list / tuple of numbers (as TRL's reward functions
+    return). Raises ``ValueError`` naming the reward ``name`` and a prompt text when ``values`` is
+    none of these, does not have shape ``[batch_size]``, or holds NaN / inf (the message
     then names the first prompt whose value is not finite).
     """
+    if isinstance(values, (list, tuple)):  # TRL-style reward functions return a list of floats
+        wrong = [(i, v) for i, v in enumerate(values) if not isinstance(v, (int, float, np.number, np.bool_))]
+        if wrong:
+            i, v = wrong[0]
+            raise ValueError(
+                f"reward {name!r} returned a list whose entry {i} is {v!r} ({type(v).__name__}) for prompt "
+                f"{_prompt_text(prompts, i)}; a list reward must hold one number per sample"
+            )
+        values = torch.tensor([float(v) for v in values], dtype=torch.float32)
     if isinstance(values, np.ndarray):
         values = torch.from_numpy(values)
     if not isinstance(values, Tensor):
         raise ValueError(
-            f"reward {name!r} returned a {type(values).__name__}, not a tensor or array "
+            f"reward {name!r} returned a {type(values).__name__}, not a tensor, array or list of numbers "
             f"(first prompt {_prompt_text(prompts)})"
         )
     if tuple(values.shape) != (batch_size,):

@@ -496,7 +496,7 @@ def test_evaluation_at_start_and_end_with_grids_and_logged_metrics(copy_task, ti
 
     assert len(module.eval_history) == 2  # before the first step and after the last (10 > 2 steps)
     for record in module.eval_history:
-        for key in ("eval/acc_overall", "eval/reward", "eval/acc_first_0"):
+        for key in ("eval/acc_overall", "eval/reward", "eval/acc_first_0", "eval/reward_total"):
             assert math.isfinite(record[key]), key
         assert 0.0 <= record["eval/acc_overall"] <= 1.0 and 0.0 <= record["eval/reward"] <= 1.0
     assert module.eval_history[0]["compute/forward"] == 0.0  # the start: nothing trained yet
@@ -579,6 +579,22 @@ def test_evaluation_samples_each_prompt_several_times(tiny_builder):
         assert res.metrics[f"acc/{cat}"] == pytest.approx(sum(values) / len(values))
     with pytest.raises(ValueError, match="samples_per_prompt=0"):
         evaluate(module.policy, task, module.eval_sampler, prompts, samples_per_prompt=0)
+
+    # an RL run's own reward terms are evaluated too, each and weighted (not only the task's reward)
+    from dflow.rewards import TaskReward, WeightedRewards
+
+    def filled(x1, prompts):
+        return (x1 != 0).float().mean(-1)
+
+    terms = WeightedRewards([TaskReward(task), filled], [1.0, 2.0])
+    res2 = evaluate(
+        module.policy, task, module.eval_sampler, prompts, batch_size=4, samples_per_prompt=3, rewards=terms
+    )
+    assert torch.equal(res2.x1, res.x1)  # the same noise: the terms only add metrics
+    assert res2.metrics["reward/shapes_reward"] == pytest.approx(res.metrics["reward"])
+    fill = float((res.x1 != 0).float().mean())
+    assert res2.metrics["reward/filled"] == pytest.approx(fill)
+    assert res2.metrics["reward/total"] == pytest.approx(res.metrics["reward"] + 2.0 * fill)
     with pytest.raises(ValueError, match="eval_samples_per_prompt=0"):
         _module(tiny_builder, UniformSource(task.vocab_size), METHODS["udm_grpo"](), eval_samples_per_prompt=0)
 

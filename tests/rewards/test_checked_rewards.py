@@ -17,9 +17,20 @@ def test_valid_outputs_pass_as_float32():
     assert check_rewards(torch.tensor([True, False]), "r", PROMPTS, 2).tolist() == [1.0, 0.0]
 
 
+def test_lists_of_numbers_are_rewards_as_trl_returns_them():
+    assert check_rewards([1, 0.25], "r", PROMPTS, 2).tolist() == [1.0, 0.25]
+    assert check_rewards((np.float32(0.5), 2), "r", PROMPTS, 2).tolist() == [0.5, 2.0]
+    with pytest.raises(ValueError, match=r"returned shape \(3,\)"):
+        check_rewards([1.0, 0.0, 1.0], "r", PROMPTS, 2)
+
+
 def test_wrong_type_names_reward_and_prompt():
-    with pytest.raises(ValueError, match="reward 'clip' returned a list.*'a red square'"):
-        check_rewards([1.0, 0.0], "clip", PROMPTS, 2)
+    with pytest.raises(ValueError, match="reward 'clip' returned a dict.*'a red square'"):
+        check_rewards({"a": 1.0}, "clip", PROMPTS, 2)
+    with pytest.raises(ValueError, match="reward 'clip' returned a list whose entry 1 is None.*'two rings'"):
+        check_rewards([1.0, None], "clip", PROMPTS, 2)
+    with pytest.raises(ValueError, match="entry 0 is '1'"):
+        check_rewards(["1", 0.0], "clip", PROMPTS, 2)
 
 
 def test_wrong_shape_names_reward_and_prompt():
