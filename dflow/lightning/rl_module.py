@@ -247,6 +247,7 @@ class RLModule(L.LightningModule):
     def training_step(self, batch: Tensor, batch_idx: int) -> None:
         G, hp = self.group_size, self.hp
         task, denoiser = self._bound()
+        self._forget_previous_step_logs()
         denoiser.eval()  # no dropout: the ratio of an unchanged policy must be exactly 1
         times: dict[str, float] = {}
         tic = time.perf_counter()
@@ -381,6 +382,15 @@ class RLModule(L.LightningModule):
         """Reward of the posterior-argmax decode at every step, then the final reward: ``[B, K+1]``."""
         cols = [self.rewards(traj.posterior_argmax[k].long().cpu(), prompts).total for k in range(traj.num_steps)]
         return torch.stack([*cols, final], dim=1)
+
+    def _forget_previous_step_logs(self) -> None:
+        """Each logged row holds what its own RL step logged. Lightning keeps every ``on_step`` value
+        until the epoch ends and writes them all again at each step, so a skipped step's row repeated
+        the last trained step's reward, ratios and KL as if it had trained. Its result collection is
+        not public API; without one (a bare module) there is nothing to forget."""
+        results = getattr(self._trainer, "_results", None) if self._trainer is not None else None
+        if results is not None and hasattr(results, "reset"):
+            results.reset(fx="training_step")
 
     def _fault(self, kind: str, err: Exception) -> None:
         self.faults[kind] += 1

@@ -340,6 +340,28 @@ def test_a_good_step_resets_the_consecutive_fault_count(copy_task, tiny_builder,
     assert _optimizer_steps(trainer) == 2 * 4  # two good RL steps x (2 epochs x 2 mini-batches)
 
 
+def test_skipped_steps_do_not_repeat_an_earlier_steps_metrics(copy_task, tiny_builder, prompt_batches, tmp_path):
+    module = _module(
+        tiny_builder, UniformSource(V), METHODS["udm_grpo"](), on_bad_reward="skip", max_consecutive_faults=2
+    )
+    module.attach_task(copy_task)
+    module.rewards = WeightedRewards([BadReward("nan", bad_calls={2, 4})])  # steps 0, 2 train; 1, 3 are skipped
+    trainer = _trainer(tmp_path, logger=CSVLogger(tmp_path, name="rl"))
+    trainer.fit(module, datamodule=prompt_batches(copy_task, num_batches=4, prompts_per_step=2))
+    with open(tmp_path / "rl" / "version_0" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    by_step: dict[int, dict[str, str]] = {}
+    for row in rows:
+        by_step.setdefault(int(row["step"]), {}).update({k: v for k, v in row.items() if v != ""})
+    trained = {s for s, r in by_step.items() if "train/reward" in r}
+    assert trained == {0, 2}, sorted(by_step)
+    for step in (1, 3):
+        row = by_step.get(step, {})
+        assert "faults/bad_reward" in row, (step, row)
+        stale = sorted(k for k in row if k.startswith(("train/", "adv/", "reward")))
+        assert not stale, f"skipped step {step} repeats {stale}"
+
+
 # ---------------------------------------------------------------- non-finite losses and gradients
 
 
