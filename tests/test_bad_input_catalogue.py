@@ -35,6 +35,7 @@ import torch
 from dflow.cli import main as dflow_main
 from dflow.cli import run_lightning_cli
 from dflow.lightning import (
+    HFMaskedLM,
     PretrainedDenoiser,
     PretrainModule,
     PromptDataModule,
@@ -60,7 +61,7 @@ from dflow.rl import (
     TrajectoryLikelihood,
 )
 from dflow.sampling import Sampler, SamplerConfig
-from dflow.tasks import ShapesTask, get_task
+from dflow.tasks import ShapesTask, TextTask, get_task
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # tiny tensors: a second thread only contends
 
@@ -191,6 +192,15 @@ class TargetReward:
 
     def __call__(self, x1, prompts):
         return (x1 == self.target).float().mean(-1)
+
+
+def bare_bert_folder(tmp: Path) -> Path:
+    """A tiny random BERT saved without its tokenizer."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    config = BertConfig(vocab_size=16, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16)
+    BertForMaskedLM(config).save_pretrained(tmp / "bert")
+    return tmp / "bert"
 
 
 def failing_reward(x1, prompts):
@@ -443,6 +453,15 @@ CASES: list[Case] = [
         lambda tmp: PretrainedDenoiser(save_base(tmp / "base_u")).build(shapes(), MixturePath(MaskSource(7))),
         r"mask_id=7 .*mask_id=None",
         fix="a mask-source path needs a base trained with a mask source (recipes/*/pretrain_mask.yaml)",
+    ),
+    Case(
+        "hf-masked-lm-folder-without-tokenizer",
+        "models",
+        lambda tmp: HFMaskedLM(path=str(bare_bert_folder(tmp))).build(
+            TextTask(), MixturePath(MaskSource(TextTask().vocab_size))
+        ),
+        r"holds no tokenizer .*tokenizer: task",
+        fix="save the model's tokenizer beside it, or `tokenizer: task` for a model trained on the task's ids",
     ),
     # ---- tasks
     Case(

@@ -142,23 +142,35 @@ class HFMaskedLM(DenoiserBuilder):
     """A ``transformers`` masked LM over the task's tokenizer (the text task), via
     :class:`~dflow.models.HFMaskedLMDenoiser`.
 
-    Data value ``v`` is ``task.data_token_ids[v]``, the mask state is ``tokenizer.mask_token_id``,
-    prompt id 0 is the tokenizer's pad id.
+    With ``config``, a fresh model takes the task's tokenizer as its own: data value ``v`` is
+    ``task.data_token_ids[v]``, the mask state is ``tokenizer.mask_token_id``, prompt id 0 the pad id.
+
+    With ``path``, the model was trained with its own tokenizer, whose ids differ from the task's
+    (RoBERTa's padding id 1 is the text task's ``[MASK]``). By default the folder's tokenizer is
+    loaded and every task token is translated to the model's id for the same token text (special
+    tokens by role: pad to pad, mask to mask, ...); a task token the model's tokenizer does not hold
+    as one token is refused by name. ``tokenizer="task"`` skips the translation, for a model trained
+    on the task's own ids (then the folder may hold no tokenizer).
 
     Args:
         config: a fresh, randomly initialised model: a dict with ``"model_type"`` (e.g. ``"bert"``)
             and its sizes; ``vocab_size`` defaults to the tokenizer's, ``max_position_embeddings``
             to ``prompt_len + seq_len``.
         path: a local directory with a saved masked LM (exactly one of ``config`` and ``path``).
+        tokenizer: with ``path``: ``"model"`` (default, the folder's tokenizer, as above) or
+            ``"task"`` (the task's ids unchanged).
     """
 
-    def __init__(self, config: dict[str, Any] | None = None, path: str | None = None) -> None:
+    def __init__(self, config: dict[str, Any] | None = None, path: str | None = None, tokenizer: str = "model") -> None:
         if (config is None) == (path is None):
             raise ValueError(f"HFMaskedLM: give exactly one of config and path, got config={config!r}, path={path!r}")
         if config is not None and "model_type" not in config:
             raise ValueError(f"HFMaskedLM: config needs a 'model_type' key (e.g. 'bert'), got keys {sorted(config)}")
+        if tokenizer not in ("model", "task"):
+            raise ValueError(f"HFMaskedLM: tokenizer must be 'model' or 'task', got tokenizer={tokenizer!r}")
         self.config = dict(config) if config is not None else None
         self.path = path
+        self.tokenizer = tokenizer
 
     def build(self, task: Task, path: ProbabilityPath) -> nn.Module:
         check_task_path(task, path)
@@ -180,6 +192,15 @@ class HFMaskedLM(DenoiserBuilder):
         else:
             assert self.path is not None  # __init__ takes exactly one of config and path
             model = resolve_path(self.path)
+            if self.tokenizer == "model":
+                table = translate_token_ids(tokenizer, load_model_tokenizer(model), where=str(model))
+                return HFMaskedLMDenoiser(
+                    model,
+                    data_token_ids=[table[i] for i in data_ids],
+                    mask_token_id=table[tokenizer.mask_token_id],
+                    prompt_len=task.prompt_len,
+                    prompt_token_ids=table,
+                )
         return HFMaskedLMDenoiser(
             model,
             data_token_ids=list(data_ids),
@@ -187,6 +208,60 @@ class HFMaskedLM(DenoiserBuilder):
             prompt_len=task.prompt_len,
             pad_token_id=tokenizer.pad_token_id or None,  # 0 (BERT-style) needs no translation
         )
+
+
+def load_model_tokenizer(directory: Path) -> Any:
+    """The tokenizer saved beside a masked LM; ``ValueError`` with the fix when there is none."""
+    from transformers import AutoTokenizer
+
+    fix = (
+        "save the model's tokenizer beside it (tokenizer.save_pretrained), or set tokenizer: task if the model "
+        "was trained on the task's own token ids"
+    )
+    # AutoTokenizer may build an empty tokenizer from config.json alone: ask for the tokenizer's own files
+    files = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "tokenizer.model", "spiece.model")
+    if not any((Path(directory) / name).is_file() for name in files):
+        raise ValueError(f"HFMaskedLM: {str(directory)!r} holds no tokenizer (none of {', '.join(files)}); {fix}")
+    try:
+        return AutoTokenizer.from_pretrained(directory, local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"HFMaskedLM: the tokenizer in {str(directory)!r} does not load ({type(err).__name__}: {err}); {fix}"
+        ) from err
+
+
+SPECIAL_ROLES = ("pad_token", "mask_token", "unk_token", "sep_token", "cls_token", "bos_token", "eos_token")
+
+
+def translate_token_ids(task_tokenizer: Any, model_tokenizer: Any, where: str = "model") -> list[int]:
+    """Entry ``i``: the model tokenizer's id for the task tokenizer's token ``i``.
+
+    A special token maps to the model's token of the same role (pad to pad, mask to mask, ...);
+    any other token to the model's single id for its text (tried as is, then after a space, as a
+    BPE tokenizer writes a word inside a sentence). ``ValueError`` naming the token otherwise."""
+    roles = {getattr(task_tokenizer, role): role for role in SPECIAL_ROLES if getattr(task_tokenizer, role, None)}
+    table = []
+    for i, token in enumerate(task_tokenizer.convert_ids_to_tokens(list(range(len(task_tokenizer))))):
+        if token in roles:
+            model_id = getattr(model_tokenizer, roles[token] + "_id", None)
+            if model_id is None:
+                raise ValueError(
+                    f"HFMaskedLM: the task's {roles[token]} {token!r} has no counterpart in the tokenizer of {where} "
+                    f"(its {roles[token]} is None); use a model whose tokenizer has one"
+                )
+            table.append(int(model_id))
+            continue
+        for text in (token, " " + token):
+            ids = model_tokenizer(text, add_special_tokens=False)["input_ids"]
+            if len(ids) == 1 and ids[0] != model_tokenizer.unk_token_id:  # an unknown word is not a translation
+                table.append(int(ids[0]))
+                break
+        else:
+            raise ValueError(
+                f"HFMaskedLM: the task's token {token!r} (id {i}) is not one token of the tokenizer of {where} "
+                f"(it encodes to {ids}); use a model whose tokenizer holds it, or tokenizer: task"
+            )
+    return table
 
 
 class PretrainedDenoiser(DenoiserBuilder):
@@ -216,7 +291,7 @@ class PretrainedDenoiser(DenoiserBuilder):
     @staticmethod
     def _build_hf(directory: Path, meta: dict[str, Any], task: Task, path: ProbabilityPath) -> nn.Module:
         adapter = meta.get("hf_adapter", {})
-        data_ids = list(getattr(task, "data_token_ids", []) or [])
+        data_ids = list(getattr(task, "data_token_ids", []) or [])  # the task's ids (the model's may differ)
         if adapter.get("data_token_ids") != data_ids:
             raise ValueError(
                 f"model data_token_ids={adapter.get('data_token_ids')} (from {directory}) do not match "
@@ -229,10 +304,11 @@ class PretrainedDenoiser(DenoiserBuilder):
             )
         return HFMaskedLMDenoiser(
             directory,
-            data_token_ids=data_ids,
+            data_token_ids=adapter.get("model_data_token_ids", data_ids),
             mask_token_id=adapter["mask_token_id"],
             prompt_len=adapter["prompt_len"],
             pad_token_id=adapter.get("pad_token_id"),
+            prompt_token_ids=adapter.get("prompt_token_ids"),
         )
 
 

@@ -54,10 +54,12 @@ def model_meta(
     }
     if isinstance(denoiser, HFMaskedLMDenoiser):
         meta["hf_adapter"] = {
-            "data_token_ids": denoiser.data_token_ids.tolist(),
+            "data_token_ids": list(getattr(task, "data_token_ids", None) or denoiser.data_token_ids.tolist()),
+            "model_data_token_ids": denoiser.data_token_ids.tolist(),
             "mask_token_id": int(denoiser.state_to_token[-1]),
             "prompt_len": denoiser.prompt_len,
             "pad_token_id": denoiser.pad_token_id,
+            "prompt_token_ids": None if denoiser.prompt_token_ids is None else denoiser.prompt_token_ids.tolist(),
         }
     return meta
 

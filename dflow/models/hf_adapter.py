@@ -46,10 +46,15 @@ class HFMaskedLMDenoiser(nn.Module):
         pad_token_id: tokenizer id that dflow's prompt id ``0`` (pad / null) stands for. ``None``
             (default) passes prompt ids unchanged, right when the tokenizer pads with 0 (BERT);
             otherwise every 0 in ``cond`` is replaced by it (so id 0 cannot be a real prompt token).
+        prompt_token_ids: a table from the task's prompt ids to the model's token ids (entry ``i``
+            is the model id of the task's token ``i``), for a model whose own tokenizer numbers
+            tokens differently from the task's; ``cond`` then holds task ids, and ``pad_token_id``
+            is not used. ``None`` (default): ``cond`` already holds model ids.
     """
 
     data_token_ids: Tensor  # buffers (register_buffer in __init__)
     state_to_token: Tensor
+    prompt_token_ids: Tensor | None
 
     def __init__(
         self,
@@ -58,6 +63,7 @@ class HFMaskedLMDenoiser(nn.Module):
         mask_token_id: int,
         prompt_len: int = 0,
         pad_token_id: int | None = None,
+        prompt_token_ids: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         self.mlm = self._build_mlm(model)
@@ -83,6 +89,17 @@ class HFMaskedLMDenoiser(nn.Module):
             isinstance(pad_token_id, bool) or not isinstance(pad_token_id, int) or not 0 <= pad_token_id < model_vocab
         ):
             raise ValueError(f"pad_token_id must be None or in [0, {model_vocab}), got {pad_token_id!r}")
+        if prompt_token_ids is not None:
+            table = list(prompt_token_ids)
+            wrong = [i for i in table if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < model_vocab]
+            if not table or wrong:
+                raise ValueError(
+                    f"prompt_token_ids must be a non-empty list of model ids in [0, {model_vocab}), "
+                    f"got {wrong or table}"
+                )
+            self.register_buffer("prompt_token_ids", torch.tensor(table, dtype=torch.long), persistent=False)
+        else:
+            self.prompt_token_ids = None
         self.prompt_len = prompt_len
         self.pad_token_id = pad_token_id
         self.model_vocab_size = model_vocab
@@ -129,7 +146,9 @@ class HFMaskedLMDenoiser(nn.Module):
         if self.prompt_len > 0:
             prompt = x_t.new_zeros(batch, self.prompt_len) if cond is None else cond  # [B, Lc]
             prompt = prompt.to(device=input_ids.device, dtype=torch.long)
-            if self.pad_token_id is not None:
+            if self.prompt_token_ids is not None:
+                prompt = self.prompt_token_ids[prompt]  # task ids -> the model's own ids
+            elif self.pad_token_id is not None:
                 prompt = prompt.masked_fill(prompt == 0, self.pad_token_id)
             input_ids = torch.cat([prompt, input_ids], dim=1)  # [B, Lc + L]
         output = self.mlm(input_ids=input_ids, attention_mask=torch.ones_like(input_ids))
@@ -166,10 +185,9 @@ class HFMaskedLMDenoiser(nn.Module):
                 raise ValueError(f"cond must be an integer tensor of tokenizer ids, got {cond.dtype}")
             if cond.numel() > 0:
                 low, high = torch.aminmax(cond)
-                if low.item() < 0 or high.item() >= self.model_vocab_size:
-                    raise ValueError(
-                        f"cond ids must be in [0, {self.model_vocab_size}), got min {low.item()} and max {high.item()}"
-                    )
+                limit = self.model_vocab_size if self.prompt_token_ids is None else self.prompt_token_ids.numel()
+                if low.item() < 0 or high.item() >= limit:
+                    raise ValueError(f"cond ids must be in [0, {limit}), got min {low.item()} and max {high.item()}")
         return batch, length
 
     def save_pretrained(self, path: str | os.PathLike) -> None:

@@ -126,3 +126,96 @@ def test_describe_and_instantiate_round_trip_a_path():
     assert describe(MixturePath(UniformSource(3), LinearScheduler()))["init_args"]["source"]["init_args"] == {
         "vocab_size": 3
     }
+
+
+def save_roberta_with_its_tokenizer(directory, extra_tokens=("1", "2", "3", "4", "_", "|")) -> None:
+    """A tiny random RoBERTa and a word-level tokenizer numbered as RoBERTa numbers its specials
+    (``<s>`` 0, ``<pad>`` 1, ``</s>`` 2, ``<unk>`` 3, ``<mask>`` last): its padding id is the text
+    task's ``[MASK]`` id, the collision that once fed every masked cell the padding embedding."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, RobertaConfig, RobertaForMaskedLM
+
+    vocab = {tok: i for i, tok in enumerate(("<s>", "<pad>", "</s>", "<unk>", "hello", *extra_tokens, "<mask>"))}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        bos_token="<s>",
+        cls_token="<s>",
+        eos_token="</s>",
+        sep_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        mask_token="<mask>",
+    )
+    torch.manual_seed(0)
+    config = RobertaConfig(
+        vocab_size=len(vocab),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+        pad_token_id=1,
+    )
+    RobertaForMaskedLM(config).save_pretrained(directory)
+    tok.save_pretrained(directory)
+
+
+def test_hf_masked_lm_from_a_folder_speaks_the_models_own_token_ids(tmp_path):
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    from dflow.lightning.export import model_meta, write_model_folder
+    from dflow.sampling import SamplerConfig
+
+    task = TextTask()
+    path = MixturePath(MaskSource(task.vocab_size))
+    save_roberta_with_its_tokenizer(tmp_path / "roberta")
+    model_tok = AutoTokenizer.from_pretrained(tmp_path / "roberta")
+    assert task.tokenizer.mask_token_id == model_tok.pad_token_id == 1  # the collision
+
+    model = HFMaskedLM(path=str(tmp_path / "roberta")).build(task, path)
+    digits = [model_tok.convert_tokens_to_ids(d) for d in ("1", "2", "3", "4")]
+    assert model.data_token_ids.tolist() == digits
+    assert int(model.state_to_token[-1]) == model_tok.mask_token_id
+    table = model.prompt_token_ids.tolist()
+    assert table[task.tokenizer.pad_token_id] == model_tok.pad_token_id
+    assert table[task.tokenizer.convert_tokens_to_ids("|")] == model_tok.convert_tokens_to_ids("|")
+
+    # the logits are the model's own, on the text as its tokenizer writes it
+    batch = task.sample_data(2, torch.Generator().manual_seed(0), split="test")
+    x_t = path.sample_xt(batch.x1, torch.full((2,), 0.5), torch.Generator().manual_seed(1))
+    t = torch.full((2,), 0.5)
+    mlm = AutoModelForMaskedLM.from_pretrained(tmp_path / "roberta").eval()
+    model.eval()
+    words = [task.tokenizer.convert_ids_to_tokens(row.tolist()) for row in batch.cond]
+    by_hand = {"[PAD]": model_tok.pad_token}
+    prompt_ids = torch.tensor([model_tok.convert_tokens_to_ids([by_hand.get(w, w) for w in row]) for row in words])
+    cells = torch.tensor(digits + [model_tok.mask_token_id])[x_t]
+    expected = mlm(input_ids=torch.cat([prompt_ids, cells], 1)).logits[:, task.prompt_len :, digits]
+    assert (x_t == task.vocab_size).any()  # some cells are masked: the mask id matters
+    torch.testing.assert_close(model(x_t, t, batch.cond), expected)
+
+    # exported and rebuilt from dflow_meta.json, the translation travels with the folder
+    meta = model_meta(model, describe(task), task, path, SamplerConfig(), {"rl": False})
+    write_model_folder(model, meta, tmp_path / "export")
+    again = PretrainedDenoiser(str(tmp_path / "export")).build(task, path).eval()
+    torch.testing.assert_close(again(x_t, t, batch.cond), expected)
+
+
+def test_hf_masked_lm_folder_tokenizer_errors_name_the_fix(tmp_path):
+    task = TextTask()
+    path = MixturePath(MaskSource(task.vocab_size))
+    save_roberta_with_its_tokenizer(tmp_path / "no_bar", extra_tokens=("1", "2", "3", "4", "_"))
+    with pytest.raises(ValueError, match=r"token '\|' \(id 6\) is not one token of the tokenizer of .*no_bar"):
+        HFMaskedLM(path=str(tmp_path / "no_bar")).build(task, path)
+    save_roberta_with_its_tokenizer(tmp_path / "bare")
+    for name in os.listdir(tmp_path / "bare"):
+        if "token" in name or name == "vocab.json":
+            os.remove(tmp_path / "bare" / name)
+    with pytest.raises(ValueError, match="holds no tokenizer.*tokenizer.save_pretrained.*tokenizer: task"):
+        HFMaskedLM(path=str(tmp_path / "bare")).build(task, path)
+    # tokenizer: task takes the folder's model on the task's ids, as before
+    assert HFMaskedLM(path=str(tmp_path / "bare"), tokenizer="task").build(task, path).prompt_token_ids is None
+    with pytest.raises(ValueError, match="tokenizer must be 'model' or 'task'"):
+        HFMaskedLM(path="x", tokenizer="bert")
