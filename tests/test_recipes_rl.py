@@ -171,3 +171,32 @@ def test_recipes_named_for_a_paper_run_its_settings(name):
             f"{name}: model.init_args.{key} = {_get(model, key)!r}, the paper's is {want!r}"
         )
     assert "balance" not in config["data"]["init_args"], f"{name}: the paper's prompt stream is not balanced"
+
+
+def test_a_metric_path_is_configured_from_yaml(tmp_path, monkeypatch):
+    """The README's metric-induced path from a recipe: the embedding is a file named in YAML."""
+    import torch
+
+    monkeypatch.chdir(tmp_path)
+    palette = torch.tensor([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [1, 0, 1], [0, 1, 1.0]])
+    torch.save(palette, tmp_path / "palette.pt")
+    path = "{class_path: dflow.paths.MetricPath, init_args: {embedding: palette.pt, power: 2.0}}"
+    cli = run_lightning_cli(
+        [
+            "fit",
+            "--config",
+            str(ROOT / "recipes" / "shapes" / "udm_grpo.yaml"),
+            *TINY,
+            f"--model.init_args.path={path}",
+            "--trainer.max_steps=1",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.enable_model_summary=false",
+            "--model.init_args.eval_every_n_steps=0",
+            "--data.init_args.prompts_per_step=2",
+            "--model.init_args.rollout.num_steps=4",
+        ]
+    )
+    from dflow.paths import MetricPath
+
+    assert isinstance(cli.model.path, MetricPath) and cli.model.path.distance[1, 2].item() == pytest.approx(2.0)
+    assert cli.trainer.global_step == 1

@@ -22,6 +22,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from dflow.models import DFlowConfig, DFlowTransformer, HFMaskedLMDenoiser
@@ -355,6 +356,8 @@ def describe(obj: Any) -> Any:
         return obj
     if isinstance(obj, (list, tuple)):
         return [describe(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()  # only small ones get here (_describable)
     cls = type(obj)
     init_args: dict[str, Any] = {}
     missing: list[str] = []
@@ -377,8 +380,13 @@ def _describable(value: Any) -> bool:
         return True
     if isinstance(value, (list, tuple)):
         return all(_describable(v) for v in value)
-    # library objects (sources, schedulers) are described recursively; tensors and the like are not
+    if isinstance(value, torch.Tensor):  # a metric path's distances: recorded while they stay small
+        return value.numel() <= MAX_RECORDED_TENSOR
+    # library objects (sources, schedulers) are described recursively; other objects are not
     return type(value).__module__.startswith("dflow.")
+
+
+MAX_RECORDED_TENSOR = 65_536  # a [256, 256] distance matrix; larger ones are listed under not_recorded
 
 
 def instantiate(description: Any) -> Any:

@@ -24,12 +24,48 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from dflow.paths.base import ProbabilityPath, StepSample
 from dflow.paths.sources import Source, UniformSource
+
+
+def _matrix(name: str, value: Tensor | list[list[float]] | str | os.PathLike | None) -> Tensor | None:
+    """``value`` as a float64 tensor: as given, from nested lists, or loaded from a ``.pt`` / ``.npy``
+    file; ``ValueError`` naming the field, the file and the fix otherwise."""
+    if value is None or isinstance(value, Tensor):
+        return value
+    if isinstance(value, (str, os.PathLike)):
+        file = Path(value)
+        if not file.is_file():
+            raise ValueError(
+                f"MetricPath: {name}={str(value)!r} is not a file; give a .pt (torch.save of a tensor) or .npy "
+                "file, a tensor, or nested lists of numbers"
+            )
+        try:
+            if file.suffix == ".npy":
+                import numpy as np
+
+                loaded: object = torch.from_numpy(np.load(file, allow_pickle=False))
+            elif file.suffix in (".pt", ".pth"):
+                loaded = torch.load(file, map_location="cpu", weights_only=True)
+            else:
+                raise ValueError(f"unknown suffix {file.suffix!r} (use .pt, .pth or .npy)")
+        except Exception as err:
+            raise ValueError(
+                f"MetricPath: {name}={str(value)!r} could not be read ({type(err).__name__}: {err})"
+            ) from err
+        if not isinstance(loaded, Tensor):
+            raise ValueError(f"MetricPath: {name}={str(value)!r} holds a {type(loaded).__name__}, not a tensor")
+        return loaded.to(torch.float64)
+    try:
+        return torch.as_tensor(value, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"MetricPath: {name} must be a [rows, columns] matrix of numbers ({err})") from err
 
 
 class MetricPath(ProbabilityPath):
@@ -41,12 +77,20 @@ class MetricPath(ProbabilityPath):
             ``normalize``; FUDOKI uses normalised codebook embeddings and ``power=4``).
         c, a: ``beta_t = c (t / (1 - t))**a`` (FUDOKI defaults 3 and 0.9).
         n_mc: posterior draws of the Monte-Carlo kernel estimate (used when ``V > exact_max_vocab``).
+
+    ``distance`` and ``embedding`` may each be a tensor, nested lists of numbers, or the path of a
+    file holding the matrix (``.pt`` / ``.pth``: a tensor saved with ``torch.save``; ``.npy``: a
+    numpy array), so a recipe can give them in YAML::
+
+        path:
+          class_path: dflow.paths.MetricPath
+          init_args: {embedding: assets/palette_embedding.pt, normalize: true, power: 4}
     """
 
     def __init__(
         self,
-        distance: Tensor | None = None,
-        embedding: Tensor | None = None,
+        distance: Tensor | list[list[float]] | str | None = None,
+        embedding: Tensor | list[list[float]] | str | None = None,
         c: float = 3.0,
         a: float = 0.9,
         power: float = 1.0,
@@ -58,6 +102,7 @@ class MetricPath(ProbabilityPath):
     ) -> None:
         if (distance is None) == (embedding is None):
             raise ValueError("MetricPath: give exactly one of distance=[V, V] or embedding=[V, D]")
+        distance, embedding = _matrix("distance", distance), _matrix("embedding", embedding)
         if distance is None:
             emb = torch.as_tensor(embedding, dtype=torch.float64)
             if emb.dim() != 2:

@@ -419,3 +419,31 @@ def test_keyed_draws_differ_across_positions_times_and_seeds() -> None:
     assert not torch.equal(u, _keyed_uniforms(1, x_t, x_s, t, s, 4))
     assert torch.equal(u, _keyed_uniforms(0, x_t, x_s, t, s, 4))
     assert bool(((u > 0) & (u < 1)).all())
+
+
+def test_matrices_come_from_lists_and_files_as_yaml_gives_them(tmp_path) -> None:
+    """A recipe cannot hold a tensor: lists, a .pt and a .npy file build the same path; bad files are named."""
+    import numpy as np
+
+    from dflow.lightning.builders import describe, instantiate
+
+    emb = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
+    reference = MetricPath(embedding=emb, power=2.0)
+    torch.save(emb, tmp_path / "emb.pt")
+    np.save(tmp_path / "emb.npy", emb.numpy())
+    for given_as in (emb.tolist(), str(tmp_path / "emb.pt"), str(tmp_path / "emb.npy")):
+        assert torch.equal(MetricPath(embedding=given_as, power=2.0).distance, reference.distance)
+    assert torch.equal(MetricPath(distance=reference.distance.tolist()).distance, reference.distance)
+    # an exported model folder records the distances (small V), so the path is rebuilt exactly
+    again = instantiate(describe(reference))
+    assert torch.equal(again.distance, reference.distance) and (again.c, again.a) == (reference.c, reference.a)
+    with pytest.raises(ValueError, match=r"embedding='.*nope.pt' is not a file"):
+        MetricPath(embedding=str(tmp_path / "nope.pt"))
+    (tmp_path / "emb.txt").write_text("0 1")
+    with pytest.raises(ValueError, match=r"embedding='.*emb.txt' could not be read .*unknown suffix '.txt'"):
+        MetricPath(embedding=str(tmp_path / "emb.txt"))
+    torch.save({"w": emb}, tmp_path / "dict.pt")
+    with pytest.raises(ValueError, match=r"distance='.*dict.pt' holds a dict, not a tensor"):
+        MetricPath(distance=str(tmp_path / "dict.pt"))
+    with pytest.raises(ValueError, match=r"embedding must be a \[rows, columns\] matrix"):
+        MetricPath(embedding=[[0.0, 1.0], ["a", 2.0]])
