@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from dflow.lightning.builders import DenoiserBuilder, check_task_path
 from dflow.lightning.data import derive_seed
 from dflow.lightning.export import model_meta, task_description, write_model_folder
+from dflow.lightning.loggers import log_image
 from dflow.lightning.losses import CrossEntropyLoss, PretrainLoss
 from dflow.lightning.schedules import check_schedule, warmup_cosine, with_schedule
 from dflow.paths import ProbabilityPath
@@ -242,7 +243,8 @@ class PretrainModule(L.LightningModule):
         if grid and self.grid_samples > 0 and self.global_rank == 0 and not self.trainer.sanity_checking:
             x1 = torch.cat([x for x, _ in grid])[: self.grid_samples]
             prompts = [p for _, ps in grid for p in ps][: self.grid_samples]
-            task.render(x1, prompts, Path(self.sample_dir()) / f"step_{self.global_step:06d}.png")
+            png = task.render(x1, prompts, Path(self.sample_dir()) / f"step_{self.global_step:06d}.png")
+            log_image(self.loggers, "samples/val", png, self.global_step)
 
     def sample_dir(self) -> str:
         """``<log_dir>/samples`` (the logger's version folder, else the trainer's root dir)."""

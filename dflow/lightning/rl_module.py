@@ -27,6 +27,7 @@ from torch import Tensor
 from dflow.lightning.builders import DenoiserBuilder
 from dflow.lightning.evaluation import evaluate, evaluation_prompts, spread_prompts, write_grid
 from dflow.lightning.export import model_meta, task_description, write_model_folder
+from dflow.lightning.loggers import log_image
 from dflow.lightning.reliability import check_state_dict
 from dflow.lightning.rewards import RewardSpec, build_rewards
 from dflow.lightning.rl_state import global_rng_state, restore, set_global_rng_state, snapshot
@@ -460,6 +461,7 @@ class RLModule(L.LightningModule):
                 logger.log_metrics(metrics, step=self.global_step)
             out = Path(log_dir or ".") / "samples" / f"rl_step_{self.rl_steps:05d}.png"
             write_grid(task, grid.x1, self.grid_prompts, out)
+            log_image(self.loggers, "samples/eval", out, self.global_step)
         return metrics
 
     # ------------------------------------------------------------------ export
