@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from sampler_speed import rollout_without_recording  # noqa: E402
 
-from dflow.cli import cli_settings  # noqa: E402
+from dflow.lightning.cli import cli_settings  # noqa: E402
 from dflow.sampling import Sampler  # noqa: E402
 
 DOC = ROOT / "docs" / "benchmarks.md"

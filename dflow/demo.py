@@ -68,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "(default: the recipe's, 0)",
     )
     args, overrides = parser.parse_known_args(list(argv or []))
-    from dflow.cli import run_lightning_cli
+    from dflow.lightning.cli import run_lightning_cli
 
     console = Console()
     recipe = Path(args.recipe)

@@ -209,7 +209,7 @@ MUTANTS = (
     ),
     Mutant(
         "sample-has-its-own-seed",
-        "dflow/cli.py",
+        "dflow/cli/sample.py",
         '"--seed", type=int, default=EVAL_SEED,',
         '"--seed", type=int, default=0,',
         (RL_WIRING,),

@@ -200,3 +200,37 @@ def test_a_metric_path_is_configured_from_yaml(tmp_path, monkeypatch):
 
     assert isinstance(cli.model.path, MetricPath) and cli.model.path.distance[1, 2].item() == pytest.approx(2.0)
     assert cli.trainer.global_step == 1
+
+
+class InkReward:
+    """A reward class with a constructor argument, named from YAML with ``arguments``."""
+
+    def __init__(self, colour: int) -> None:
+        self.colour = colour
+        self.name = f"ink_{colour}"
+
+    def __call__(self, x1, prompts):
+        return [float((row == self.colour).float().mean()) for row in x1]
+
+
+def test_reward_classes_take_arguments_from_yaml(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rewards = '[{source: task}, {source: "test_recipes_rl:InkReward", weight: 0.5, arguments: {colour: 2}}]'
+    cli = run_lightning_cli(
+        [
+            "fit",
+            "--config",
+            str(ROOT / "recipes" / "shapes" / "udm_grpo.yaml"),
+            *TINY,
+            f"--model.init_args.rewards={rewards}",
+            "--trainer.max_steps=1",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.enable_model_summary=false",
+            "--model.init_args.eval_every_n_steps=0",
+            "--data.init_args.prompts_per_step=2",
+            "--model.init_args.rollout.num_steps=4",
+        ]
+    )
+    built = cli.model.rewards.rewards[1].reward
+    assert isinstance(built, InkReward) and built.colour == 2 and cli.model.rewards.weights == [1.0, 0.5]
+    assert "reward/ink_2" in cli.trainer.callback_metrics

@@ -21,7 +21,7 @@ from dflow.ablate.budget import ComputeBudget
 from dflow.ablate.files import json_bytes, write_atomic
 from dflow.ablate.record import TRAIN_KEYS, RunRecorder
 from dflow.ablate.spec import Budget
-from dflow.cli import cli_settings
+from dflow.lightning.cli import cli_settings
 
 RUN_FILE = "run.json"
 RESULT_FILE = "result.json"

@@ -1,7 +1,7 @@
 """Check a whole grid before anything runs: every run's config parses, every override names a real
 field, every module keeps compute accounting, and the runs are comparable.
 
-Configs are parsed with the same LightningCLI parser as ``dflow fit`` (``dflow.cli.DFlowCLI``, its
+Configs are parsed with the same LightningCLI parser as ``dflow fit`` (``dflow.lightning.cli.DFlowCLI``, its
 trainer defaults and omegaconf mode) but nothing is instantiated: no model, no task, no trainer.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 from jsonargparse import Namespace
 
 from dflow.ablate.spec import SEED_AXIS, SEED_KEYS, GridSpec, Run, encode_value, nearest
-from dflow.cli import cli_settings
+from dflow.lightning.cli import cli_settings
 
 # Settings that decide what a run is measured on. Runs of one grid must agree on them, unless the
 # grid varies one of them on purpose (as an axis or an override): then the CSV records the choice.

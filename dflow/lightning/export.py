@@ -99,7 +99,7 @@ def find_run(source: str | Path) -> tuple[Path, Path]:
 def export_run(source: str | Path, out: str | Path) -> Path:
     """``dflow export``: rebuild a run's module from its ``config.yaml``, load the checkpoint's weights
     and write the trained denoiser as a model folder (``PretrainModule`` or ``RLModule`` runs)."""
-    from dflow.cli import cli_settings  # the CLI builds runs; this module sits below it
+    from dflow.lightning.cli import cli_settings
     from dflow.lightning.reliability import load_checkpoint_file
 
     ckpt_path, config_path = find_run(source)

@@ -19,15 +19,16 @@ class RewardSpec:
             correctness) or a dotted path ``"package.module:callable"`` to any ``(x1, prompts) -> [B]``.
         weight: its weight in the total reward.
         name: log name (defaults to the reward's own name).
-        init_args: constructor arguments when ``source`` names a class (``"mymod:LengthReward"``
-            with ``init_args: {target: 12}`` builds ``LengthReward(target=12)``, and the instance is
-            the reward). A class named without ``init_args`` is built with none.
+        arguments: constructor arguments when ``source`` names a class (``"mymod:LengthReward"``
+            with ``arguments: {target: 12}`` builds ``LengthReward(target=12)``, and the instance is
+            the reward). A class named without ``arguments`` is built with none. (Not ``init_args``:
+            the recipe parser reads that key as a class's own arguments.)
     """
 
     source: str = "task"
     weight: float = 1.0
     name: str | None = None
-    init_args: dict[str, Any] = field(default_factory=dict)
+    arguments: dict[str, Any] = field(default_factory=dict)
 
     def build(self, task: Task):
         if self.source == "task":
@@ -41,18 +42,18 @@ class RewardSpec:
         fn = load_reward(self.source)
         if inspect.isclass(fn):
             try:
-                fn = fn(**dict(self.init_args or {}))
+                fn = fn(**dict(self.arguments or {}))
             except Exception as err:
                 raise ValueError(
-                    f"RewardSpec: building {self.source!r} with init_args={dict(self.init_args or {})} failed "
+                    f"RewardSpec: building {self.source!r} with arguments={dict(self.arguments or {})} failed "
                     f"({type(err).__name__}: {err}); give the arguments its constructor takes"
                 ) from err
             if not callable(fn):
                 raise ValueError(f"RewardSpec: {self.source!r} built a {type(fn).__name__}, not a callable reward")
-        elif self.init_args:
+        elif self.arguments:
             raise ValueError(
-                f"RewardSpec: init_args={dict(self.init_args)} given for {self.source!r}, which is a function, not a "
-                "class; drop init_args, or name a class whose instances are the reward"
+                f"RewardSpec: arguments={dict(self.arguments)} given for {self.source!r}, which is a function, not a "
+                "class; drop arguments, or name a class whose instances are the reward"
             )
         if self.name is not None:
             fn = _Named(fn, self.name)

@@ -176,7 +176,7 @@ def test_rl_checkpoint_loads_with_weights_only(tmp_path):
     """LightningCLI reads an explicit ``--ckpt_path`` with ``torch.load(weights_only=True)`` before
     the trainer exists; numpy arrays in the saved RNG state and dflow's config records in the
     hyperparameters once made every such resume fail. dflow's CLI allows its own classes only."""
-    from dflow.cli import _dflow_globals
+    from dflow.lightning.cli import _dflow_globals
 
     run(tmp_path / "a", 1)
     path = tmp_path / "a" / "ckpt" / "last.ckpt"

@@ -95,7 +95,7 @@ def test_load_reward_errors_name_the_path(path, message):
 
 
 class LengthReward:
-    """A reward class with a constructor argument, as a recipe would name it with init_args."""
+    """A reward class with a constructor argument, as a recipe would name it with arguments."""
 
     def __init__(self, target: int, scale: float = 1.0) -> None:
         self.target, self.scale = target, scale
@@ -109,17 +109,17 @@ def plain_reward(x1, prompts):
     return torch.zeros(len(prompts))
 
 
-def test_reward_spec_builds_classes_with_init_args(glyphs):
+def test_reward_spec_builds_classes_with_arguments(glyphs):
     from dflow.lightning.rewards import RewardSpec, build_rewards
 
-    spec = RewardSpec(source=f"{__name__}:LengthReward", init_args={"target": 2, "scale": 3.0})
+    spec = RewardSpec(source=f"{__name__}:LengthReward", arguments={"target": 2, "scale": 3.0})
     reward = spec.build(glyphs)
     assert isinstance(reward, LengthReward) and (reward.target, reward.scale) == (2, 3.0)
     x1 = torch.tensor([[1, 1, 0], [1, 0, 0]])
     prompts = [Prompt("AB", "len3", "AB")] * 2
     record = build_rewards([spec], glyphs)(x1, prompts)
     assert record.total.tolist() == [3.0, 0.0] and list(record.components) == ["length_2"]
-    with pytest.raises(ValueError, match=r"LengthReward.*init_args=\{\}.*failed.*target"):
+    with pytest.raises(ValueError, match=r"LengthReward.*arguments=\{\}.*failed.*target"):
         RewardSpec(source=f"{__name__}:LengthReward").build(glyphs)
-    with pytest.raises(ValueError, match=r"init_args=\{'target': 2\} given for .*plain_reward.*function"):
-        RewardSpec(source=f"{__name__}:plain_reward", init_args={"target": 2}).build(glyphs)
+    with pytest.raises(ValueError, match=r"arguments=\{'target': 2\} given for .*plain_reward.*function"):
+        RewardSpec(source=f"{__name__}:plain_reward", arguments={"target": 2}).build(glyphs)

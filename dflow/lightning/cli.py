@@ -1,23 +1,17 @@
-"""The ``dflow`` console script (also ``python -m dflow.cli``).
+"""``dflow fit`` / ``dflow validate``: the LightningCLI that runs recipes.
 
-- ``dflow fit --config recipes/<task>/<recipe>.yaml [--key=value ...]``: LightningCLI (also
-  ``validate``); recipes name the model and data modules by ``class_path``, overrides use
-  omegaconf interpolation. Defaults: CSV logs under ``runs/``, a rich progress bar, seed 0.
-- ``dflow sample --checkpoint DIR --out grid.png``: sample a base model for a task's prompts,
-  write a PNG grid and print strict accuracy per category.
-- More subcommands register in :data:`SUBCOMMANDS` (dispatched before LightningCLI).
+:class:`DFlowCLI` adds what every run needs (a run that owns its checkpoint folder, ``--ckpt_path
+last`` resolved inside it, atomic checkpoints, graceful shutdown, the rich progress bar, refusal of
+Lightning options that would do nothing); :func:`cli_settings` is the one place that says how it is
+built, for the ``dflow`` command, ``dflow ablate``'s parser and workers, and the benchmarks.
+This module sits in the Lightning layer: the ``dflow`` command (:mod:`dflow.cli`), ``dflow demo``
+and ``dflow ablate`` import it, and it imports none of them.
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import json
-import os
-import sys
-import tempfile
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +20,9 @@ from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch.callbacks import Callback, ProgressBar
 from lightning.pytorch.cli import LightningCLI
 
-from dflow.lightning.builders import PretrainedDenoiser, instantiate, read_meta, resolve_path
 from dflow.lightning.callbacks import DFlowProgressBar
-from dflow.lightning.evaluation import EVAL_BATCH_SIZE, EVAL_SEED, evaluate, evaluation_prompts
 from dflow.lightning.reliability import AtomicCheckpointIO, GracefulShutdown, load_checkpoint_file
 from dflow.lightning.runs import RunIdentity, check_last, find_last, run_identity
-from dflow.paths import LinearScheduler, MaskSource, MixturePath, ProbabilityPath, UniformSource
-from dflow.sampling import SamplerConfig
-from dflow.tasks import Task, get_task
 
 TRAINER_DEFAULTS: dict[str, Any] = {
     "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs"}},
@@ -223,211 +212,6 @@ def run_lightning_cli(args: Sequence[str] | None = None) -> DFlowCLI:
     return cli_class(**kwargs, args=None if args is None else list(args))
 
 
-# ---------------------------------------------------------------------------- dflow sample
-def default_path(directory: Path, meta: dict[str, Any], vocab_size: int) -> ProbabilityPath:
-    """The path the base was trained with (from its meta), else mask/uniform from its config."""
-    if "path" in meta:
-        return instantiate(meta["path"])
-    config = json.loads((directory / "config.json").read_text()) if (directory / "config.json").is_file() else {}
-    source = MaskSource(vocab_size) if config.get("mask_id") is not None else UniformSource(vocab_size)
-    return MixturePath(source, LinearScheduler())
-
-
-def load_task(name: str | None, meta: dict[str, Any], task_args: dict[str, Any] | None) -> Task:
-    """``get_task(name, **task_args)``; the name and arguments default to the base's meta."""
-    recorded = meta.get("task", {}) if isinstance(meta.get("task"), dict) else {}
-    name = name or meta.get("task_name")
-    if name is None:
-        raise ValueError("task=None: pass --task NAME (the checkpoint has no dflow_meta.json naming its task)")
-    if task_args is None:
-        task_args = recorded.get("init_args", {}) if name == meta.get("task_name") else {}
-    return get_task(name, **task_args)
-
-
-@torch.no_grad()
-def evaluate_base(
-    checkpoint: str,
-    task: Task,
-    path: ProbabilityPath,
-    sampler: SamplerConfig,
-    split: str = "test",
-    num_prompts: int | None = None,
-    samples_per_prompt: int = 1,
-    batch_size: int = EVAL_BATCH_SIZE,
-    seed: int = EVAL_SEED,
-    device: str = "cpu",
-    samples_per_category: int | None = None,
-) -> tuple[dict[str, float], torch.Tensor, list[Any]]:
-    """Score a base on ``split`` with the same functions as RL evaluation
-    (:func:`~dflow.lightning.evaluation.evaluation_prompts` and :func:`~dflow.lightning.evaluation.evaluate`):
-    the same prompts, sampler, batch size and seed give the same numbers as an RL run's step-0
-    evaluation. Returns ``({"acc/<category>", "acc/overall", "reward", "n"}, x1, prompts)``."""
-    denoiser = PretrainedDenoiser(checkpoint).build(task, path).to(device).eval()
-    prompts = evaluation_prompts(task.prompts(split), num_prompts, samples_per_prompt, samples_per_category)
-    res = evaluate(denoiser, task, sampler.build(path), prompts, batch_size, seed, device)
-    return {**res.metrics, "n": len(prompts)}, res.x1, prompts
-
-
-def parse_task_args(text: str | None) -> dict[str, Any] | None:
-    """``--task-args`` as a dict; ``ValueError`` quoting the flag and its value when it is not a JSON object."""
-    if not text:
-        return None
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"--task-args {text!r} is not valid JSON ({err}); write e.g. '{{\"height\": 8}}'") from err
-    if not isinstance(value, dict):
-        raise ValueError(f"--task-args {text!r} must be a JSON object of task arguments, got a {type(value).__name__}")
-    return value
-
-
-def sample_main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="dflow sample",
-        description="Sample a pretrained base for a task's prompts, write a PNG grid, print strict accuracy.",
-    )
-    parser.add_argument(
-        "--checkpoint",
-        required=True,
-        help="a model folder (e.g. dflow/assets/shapes_uniform, or what dflow export wrote), a run folder "
-        "(runs/<name>/version_<n>) or a checkpoint of it (a pretraining or an RL run)",
-    )
-    parser.add_argument("--task", default=None, help="task name (default: the one in the base's dflow_meta.json)")
-    parser.add_argument("--task-args", default=None, help="JSON keyword arguments of the task, e.g. '{\"height\": 12}'")
-    parser.add_argument("--out", default="samples.png", help="PNG grid to write")
-    parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: the base's eval setting)")
-    parser.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the base's eval setting)")
-    parser.add_argument("--time-grid", default=None, help="uniform | shifted | cosine")
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--num", type=int, default=32, help="samples shown in the PNG grid")
-    parser.add_argument("--split", default="test", help="prompt split evaluated")
-    parser.add_argument(
-        "--prompts", type=int, default=None, help="prompts evaluated (taken round-robin over categories; default all)"
-    )
-    parser.add_argument("--samples-per-prompt", type=int, default=1)
-    parser.add_argument(
-        "--samples-per-category",
-        type=int,
-        default=None,
-        help="instead, exactly this many samples per category (RL recipes: eval_samples_per_category)",
-    )
-    parser.add_argument(
-        "--batch-size",
-        type=int,
-        default=EVAL_BATCH_SIZE,
-        help="samples per batch (the noise depends on it; RL recipes: eval_batch_size)",
-    )
-    parser.add_argument(
-        "--seed", type=int, default=EVAL_SEED, help="evaluation noise seed (RL evaluations use %(default)s)"
-    )
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--json", default=None, help="also write the accuracies to this JSON file")
-    opts = parser.parse_args(list(argv))
-
-    given = Path(opts.checkpoint)
-    if given.is_file() or (
-        given.is_dir() and (given / "config.yaml").is_file() and not (given / "config.json").is_file()
-    ):
-        # a run folder or a training checkpoint (an RL-tuned policy, a pretraining run): export it first
-        from dflow.lightning.export import export_run
-
-        with tempfile.TemporaryDirectory() as tmp:
-            return _sample(opts, export_run(given, Path(tmp) / "model"), source=given)
-    return _sample(opts, resolve_path(opts.checkpoint))
-
-
-def _sample(opts: argparse.Namespace, directory: Path, source: Path | None = None) -> int:
-    """``dflow sample`` on a model folder (exported from ``source``, a run folder or checkpoint, if given)."""
-    meta = read_meta(directory)
-    task = load_task(opts.task, meta, parse_task_args(opts.task_args))
-    path = default_path(directory, meta, task.vocab_size)
-    recorded = meta.get("eval", {})
-    sampler = SamplerConfig(
-        num_steps=opts.steps if opts.steps is not None else recorded.get("num_steps", 20),
-        guidance_scale=opts.guidance if opts.guidance is not None else recorded.get("guidance_scale", 2.0),
-        time_grid=opts.time_grid or recorded.get("time_grid", "uniform"),
-        temperature=opts.temperature,
-    )
-    result, x1, prompts = evaluate_base(
-        str(directory),
-        task,
-        path,
-        sampler,
-        opts.split,
-        opts.prompts,
-        opts.samples_per_prompt,
-        opts.batch_size,
-        opts.seed,
-        opts.device,
-        opts.samples_per_category,
-    )
-    out = task.render(x1[: opts.num], prompts[: opts.num], opts.out)
-    print(
-        f"{task.name} {opts.split}: {result['n']} samples, steps={sampler.num_steps}, "
-        f"guidance={sampler.guidance_scale}, grid={sampler.time_grid}"
-    )
-    for key, value in result.items():
-        if key.startswith("acc/"):
-            print(f"  {key:<24} {value:.3f}")
-    print(f"  {'reward (mean)':<24} {result['reward']:.3f}")
-    print(f"wrote {out}")
-    if opts.json:
-        Path(opts.json).write_text(
-            json.dumps(
-                {"checkpoint": str(source or directory), "sampler": dataclasses.asdict(sampler), **result}, indent=2
-            )
-        )
-    return 0
-
-
-# ---------------------------------------------------------------------------- subcommands
-# Subcommands dispatched before LightningCLI: name -> function(argv after the name) -> exit code.
-# >>> The lead engineer registers `dflow demo` and `dflow ablate` here (e.g. SUBCOMMANDS["demo"] = demo_main).
-def export_main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="dflow export",
-        description="Write a run's trained denoiser (PretrainModule or RLModule) as a model folder that "
-        "dflow sample, a recipe's PretrainedDenoiser and transformers' from_pretrained load.",
-    )
-    parser.add_argument(
-        "source", help="a run folder (runs/<name>/version_<n>: its checkpoints/last.ckpt) or a checkpoint"
-    )
-    parser.add_argument("out", help="the model folder to write (created; its files are overwritten)")
-    opts = parser.parse_args(list(argv))
-    from dflow.lightning.export import export_run
-
-    out = export_run(opts.source, opts.out)
-    print(f"exported {opts.source} to {out}")
-    return 0
-
-
-def demo_main(argv: Sequence[str]) -> int:
-    from dflow.demo import main as demo
-
-    return demo(argv)
-
-
-def ablate_main(argv: Sequence[str]) -> int:
-    from dflow.ablate.cli import main as ablate
-
-    return ablate(list(argv))
-
-
-SUBCOMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
-    "sample": sample_main,
-    "export": export_main,
-    "demo": demo_main,
-    "ablate": ablate_main,
-}
-# <<< end of the subcommand registry
-
-USAGE = """usage: dflow {fit,validate,sample,...} ...
-
-  dflow fit --config recipes/<task>/<recipe>.yaml [--section.key=value ...]   train (LightningCLI)
-  dflow sample --checkpoint DIR --out grid.png [--steps --guidance --num]    sample a base, print accuracy
-"""
-
-
 def _checkpoint_dirpaths(callbacks: Any) -> list[str]:
     """The ``dirpath`` of every ModelCheckpoint a parsed ``trainer.callbacks`` names explicitly."""
     items = callbacks if isinstance(callbacks, list) else [callbacks] if callbacks else []
@@ -445,26 +229,3 @@ def _class_name(value: Any) -> str:
     if hasattr(value, "get") and value.get("class_path"):
         return str(value.get("class_path"))
     return str(value)
-
-
-def main(args: Sequence[str] | None = None) -> int:
-    """Entry point of the ``dflow`` console script; ``args`` defaults to ``sys.argv[1:]``.
-
-    The working directory goes first on ``sys.path`` (as ``python -m`` would put it), so a recipe's
-    ``class_path`` or a reward's ``source`` can name the user's own module next to the recipe
-    (``mymodule.MyReward``); a console script otherwise sees only installed packages."""
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    argv = list(sys.argv[1:] if args is None else args)
-    if argv and argv[0] in SUBCOMMANDS:
-        return SUBCOMMANDS[argv[0]](argv[1:])
-    if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE + "  " + ", ".join(f"dflow {name}" for name in SUBCOMMANDS) + " (see `dflow <name> --help`)\n")
-        if not argv:
-            return 2
-    run_lightning_cli(None if args is None else argv)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,7 @@
+"""``python -m dflow.cli``: the ``dflow`` command."""
+
+import sys
+
+from dflow.cli import main
+
+sys.exit(main())
