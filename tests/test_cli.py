@@ -115,3 +115,34 @@ def test_lightning_optimizer_flags_are_refused_with_the_way_to_set_the_optimiser
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ValueError, match=r"not supported.*model.init_args.lr.*warmup_steps"):
         cli.run_lightning_cli(["fit", "--config", str(recipe), *flag.split(), "--trainer.max_steps=1"])
+
+
+def test_a_run_prints_no_boilerplate(tmp_path, monkeypatch, capfd):
+    """No cloud-logger advertisement, no per-load progress bar, no warning about dflow's own use of
+    LightningCLI's args: what a run prints is about the run."""
+    import warnings
+    from pathlib import Path
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "shapes" / "demo.yaml"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["dflow", "demo"])  # as `dflow demo` calls LightningCLI
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cli.run_lightning_cli(
+            [
+                "fit",
+                "--config",
+                str(recipe),
+                "--trainer.max_steps=1",
+                "--trainer.enable_progress_bar=false",
+                "--model.init_args.eval_every_n_steps=0",
+                "--data.init_args.prompts_per_step=2",
+                "--model.init_args.rollout.num_steps=2",
+            ]
+        )
+    printed = capfd.readouterr()
+    text = printed.out + printed.err
+    assert "Trainable params" in text  # the run did print (the model summary)
+    for boilerplate in ("litlogger", "Loading weights"):
+        assert boilerplate not in text
+    assert not [w for w in caught if "args parameter is intended" in str(w.message)]

@@ -10,6 +10,7 @@ and ``dflow ablate`` import it, and it imports none of them.
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -73,7 +74,29 @@ QUIET_WARNINGS = (
     r"Found \d+ module\(s\) in eval mode",
     r"Your `IterableDataset` has `__len__` defined",
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+    r"LightningCLI's args parameter is intended to run from within Python",  # dflow demo passes its own args
 )
+# Lines Lightning prints on every run that say nothing about it (an advertisement for a cloud logger).
+QUIET_INFO = ("try installing [litlogger]",)
+
+
+class _QuietInfo(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(text in message for text in QUIET_INFO)
+
+
+def quiet_boilerplate() -> None:
+    """Silence :data:`QUIET_WARNINGS`, :data:`QUIET_INFO` and transformers' per-load progress bar
+    ("Loading weights") for this process; a recipe's own messages and real warnings still print."""
+    for message in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _QuietInfo) for f in logger.filters):
+        logger.addFilter(_QuietInfo())
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
 
 class DFlowCLI(LightningCLI):
@@ -82,11 +105,10 @@ class DFlowCLI(LightningCLI):
     :class:`~dflow.lightning.reliability.AtomicCheckpointIO` unless it names a CheckpointIO, and
     :class:`~dflow.lightning.reliability.GracefulShutdown` (SIGTERM / Ctrl-C save ``last.ckpt``). Only ``fit`` and
     ``validate``: the modules define no test or predict step, and each subcommand parser costs
-    about a second to build. Building one silences :data:`QUIET_WARNINGS` for the process."""
+    about a second to build. Building one silences the boilerplate of :func:`quiet_boilerplate` for the process."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        for message in QUIET_WARNINGS:
-            warnings.filterwarnings("ignore", message=message)
+        quiet_boilerplate()
         super().__init__(*args, **kwargs)
 
     @staticmethod
