@@ -146,6 +146,14 @@ class LikelihoodEstimator(ABC):
         return f"{type(self).__name__}({args})"
 
 
+def forward_states(path: ProbabilityPath, x1: Tensor, times: Tensor, generator, dtype: torch.dtype) -> Tensor:
+    """``[U, B, L]`` states ``xtilde ~ q_t(. | x_1)`` re-noised by the pretraining forward process at
+    ``times`` ``[B, U]`` (one draw per unit, in unit order from ``generator``), stored as ``dtype``:
+    the scored states of every forward-process estimator (UDM-GRPO, the ELBO, intermediate actions
+    on forward states)."""
+    return torch.stack([path.sample_xt(x1, times[:, u], generator) for u in range(times.shape[1])]).to(dtype)
+
+
 def token_scores(logits: Tensor, target: Tensor) -> Tensor:
     """``log softmax(logits)[target]`` per token: logits ``[B, L, V]``, target long ``[B, L]`` -> ``[B, L]``."""
     return torch.log_softmax(logits, dim=-1).gather(-1, target[..., None]).squeeze(-1)

@@ -7,7 +7,14 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from dflow.rl.likelihood.base import LikelihoodEstimator, UnitPlan, counted_tokens, stack_masks, token_scores
+from dflow.rl.likelihood.base import (
+    LikelihoodEstimator,
+    UnitPlan,
+    counted_tokens,
+    forward_states,
+    stack_masks,
+    token_scores,
+)
 from dflow.rng import draw_device
 from dflow.sampling import Sampler
 from dflow.sampling.grids import time_grid
@@ -69,8 +76,7 @@ class ForwardReconstruction(LikelihoodEstimator):
             states = torch.stack([traj.states[idx[:, u], rows] for u in range(U)])  # [U, B, L]
             return UnitPlan(times=times, states=states)
         times = _grid(sampler, self.grid_steps).to(dev)[idx]  # [B, U]
-        states = torch.stack([sampler.path.sample_xt(traj.x1, times[:, u], generator) for u in range(U)])
-        return UnitPlan(times=times, states=states.to(traj.states.dtype))
+        return UnitPlan(times=times, states=forward_states(sampler.path, traj.x1, times, generator, traj.states.dtype))
 
     def token_log_probs(self, policy, traj, plan, sampler) -> Tensor:
         out = []
@@ -134,8 +140,8 @@ class ELBOLikelihood(LikelihoodEstimator):
         noise = torch.rand(B, self.grid_steps, generator=generator, device=draw_device(generator, dev))
         pick = noise.to(dev).argsort(dim=1)[:, :U].sort(dim=1).values  # [B, U] distinct grid indices
         times = grid[:-1][pick]  # [B, U]
-        states = torch.stack([sampler.path.sample_xt(traj.x1, times[:, u], generator) for u in range(U)])
-        return UnitPlan(times=times, states=states.to(traj.states.dtype), weights=weight[pick])
+        states = forward_states(sampler.path, traj.x1, times, generator, traj.states.dtype)
+        return UnitPlan(times=times, states=states, weights=weight[pick])
 
     def token_log_probs(self, policy, traj, plan, sampler) -> Tensor:
         out = []

@@ -7,7 +7,14 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from dflow.rl.likelihood.base import LikelihoodEstimator, UnitPlan, counted_tokens, stack_masks, token_scores
+from dflow.rl.likelihood.base import (
+    LikelihoodEstimator,
+    UnitPlan,
+    counted_tokens,
+    forward_states,
+    stack_masks,
+    token_scores,
+)
 from dflow.rl.likelihood.steps import AllSteps, StepSelection
 from dflow.sampling import Sampler, Trajectory
 
@@ -83,9 +90,8 @@ class IntermediateActionLikelihood(LikelihoodEstimator):
         steps = self.steps.select(traj.num_steps, generator)
         if self.states == "backward":
             return UnitPlan(steps=steps)
-        B = traj.batch_size
-        noised = [sampler.path.sample_xt(traj.x1, traj.times[k].expand(B), generator) for k in steps]
-        return UnitPlan(steps=steps, states=torch.stack(noised).to(traj.states.dtype))
+        times = traj.times[torch.as_tensor(steps, device=traj.times.device)].expand(traj.batch_size, -1)  # [B, U]
+        return UnitPlan(steps=steps, states=forward_states(sampler.path, traj.x1, times, generator, traj.states.dtype))
 
     def _state(self, traj: Trajectory, plan: UnitPlan, u: int) -> Tensor:
         if plan.states is not None:
