@@ -208,6 +208,14 @@ MUTANTS = (
         "`--ckpt_path last` continuing another configuration's checkpoint",
     ),
     Mutant(
+        "skipped-step-rows-repeat",
+        "dflow/lightning/rl_module.py",
+        "        self._forget_previous_step_logs()\n",
+        "",
+        ("tests/lightning/test_rl_module.py::test_skipped_steps_do_not_repeat_an_earlier_steps_metrics",),
+        "a skipped step's logged row repeating the last trained step's reward and ratios",
+    ),
+    Mutant(
         "sample-has-its-own-seed",
         "dflow/cli/sample.py",
         '"--seed", type=int, default=EVAL_SEED,',
