@@ -31,6 +31,11 @@ class RewardSpec:
     arguments: dict[str, Any] = field(default_factory=dict)
 
     def build(self, task: Task):
+        if self.arguments and self.source.startswith("task"):
+            raise ValueError(
+                f"RewardSpec: arguments={dict(self.arguments)} given for source={self.source!r}; the task's reward "
+                "takes none (configure the task instead), so drop arguments"
+            )
         if self.source == "task":
             return TaskReward(task, "reward", self.name)
         if self.source == "task:correct":

@@ -123,3 +123,5 @@ def test_reward_spec_builds_classes_with_arguments(glyphs):
         RewardSpec(source=f"{__name__}:LengthReward").build(glyphs)
     with pytest.raises(ValueError, match=r"arguments=\{'target': 2\} given for .*plain_reward.*function"):
         RewardSpec(source=f"{__name__}:plain_reward", arguments={"target": 2}).build(glyphs)
+    with pytest.raises(ValueError, match=r"arguments=\{'target': 2\} given for source='task'"):
+        RewardSpec(source="task", arguments={"target": 2}).build(glyphs)
