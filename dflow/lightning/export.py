@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -100,12 +101,24 @@ def export_run(source: str | Path, out: str | Path) -> Path:
     """``dflow export``: rebuild a run's module from its ``config.yaml``, load the checkpoint's weights
     and write the trained denoiser as a model folder (``PretrainModule`` or ``RLModule`` runs)."""
     from dflow.lightning.cli import cli_settings
-    from dflow.lightning.reliability import load_checkpoint_file
 
     ckpt_path, config_path = find_run(source)
     config = yaml.safe_load(config_path.read_text())
     kept = {k: config[k] for k in ("seed_everything", "model", "data") if k in config}
     cli_class, kwargs = cli_settings()
+    # the Trainer built to parse the run's config would print its device lines ("GPU available: ...")
+    quiet = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
+    try:
+        cli = _parse_run(cli_class, kwargs, kept)
+    finally:
+        quiet.setLevel(level)
+    return _export_module(cli, config_path, ckpt_path, out)
+
+
+def _parse_run(cli_class: Any, kwargs: dict[str, Any], kept: dict[str, Any]) -> Any:
+    """The run's model and data modules, built by the same LightningCLI that trained them (no run)."""
     with tempfile.TemporaryDirectory() as tmp:
         recipe = Path(tmp) / "config.yaml"
         recipe.write_text(yaml.safe_dump(kept))
@@ -121,6 +134,12 @@ def export_run(source: str | Path, out: str | Path) -> Path:
                 f"--trainer.default_root_dir={tmp}",
             ],
         )
+    return cli
+
+
+def _export_module(cli: Any, config_path: Path, ckpt_path: Path, out: str | Path) -> Path:
+    from dflow.lightning.reliability import load_checkpoint_file
+
     module, data = cli.model, cli.datamodule
     attach = getattr(module, "attach_task", None) or getattr(module, "bind", None)
     if attach is None or not hasattr(module, "export_pretrained"):
