@@ -1,4 +1,4 @@
-"""``dflow demo``: RL fine-tune the embedded shapes base (160 steps, about an hour on 2 cores); before vs after.
+"""``dflow demo``: RL fine-tune the embedded shapes base (160 steps, about 35 min on 2 cores); before vs after.
 
 Runs ``dflow fit`` on ``recipes/shapes/demo.yaml`` (overridable), then prints strict test accuracy
 per category before and after, and writes ``before.png`` / ``after.png`` sample grids (the same test
