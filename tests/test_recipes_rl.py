@@ -173,21 +173,15 @@ def test_recipes_named_for_a_paper_run_its_settings(name):
     assert "balance" not in config["data"]["init_args"], f"{name}: the paper's prompt stream is not balanced"
 
 
-def test_a_metric_path_is_configured_from_yaml(tmp_path, monkeypatch):
-    """The README's metric-induced path from a recipe: the embedding is a file named in YAML."""
-    import torch
-
-    monkeypatch.chdir(tmp_path)
-    palette = torch.tensor([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [1, 0, 1], [0, 1, 1.0]])
-    torch.save(palette, tmp_path / "palette.pt")
-    path = "{class_path: dflow.paths.MetricPath, init_args: {embedding: palette.pt, power: 2.0}}"
-    cli = run_lightning_cli(
+def one_udm_step(*overrides: str):
+    """One RL step of the shapes UDM-GRPO recipe on a tiny denoiser, with ``overrides``."""
+    return run_lightning_cli(
         [
             "fit",
             "--config",
             str(ROOT / "recipes" / "shapes" / "udm_grpo.yaml"),
             *TINY,
-            f"--model.init_args.path={path}",
+            *overrides,
             "--trainer.max_steps=1",
             "--trainer.enable_progress_bar=false",
             "--trainer.enable_model_summary=false",
@@ -196,6 +190,17 @@ def test_a_metric_path_is_configured_from_yaml(tmp_path, monkeypatch):
             "--model.init_args.rollout.num_steps=4",
         ]
     )
+
+
+def test_a_metric_path_is_configured_from_yaml(tmp_path, monkeypatch):
+    """The README's metric-induced path from a recipe: the embedding is a file named in YAML."""
+    import torch
+
+    monkeypatch.chdir(tmp_path)
+    palette = torch.tensor([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [1, 0, 1], [0, 1, 1.0]])
+    torch.save(palette, tmp_path / "palette.pt")
+    path = "{class_path: dflow.paths.MetricPath, init_args: {embedding: palette.pt, power: 2.0}}"
+    cli = one_udm_step(f"--model.init_args.path={path}")
     from dflow.paths import MetricPath
 
     assert isinstance(cli.model.path, MetricPath) and cli.model.path.distance[1, 2].item() == pytest.approx(2.0)
@@ -216,21 +221,7 @@ class InkReward:
 def test_reward_classes_take_arguments_from_yaml(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     rewards = '[{source: task}, {source: "test_recipes_rl:InkReward", weight: 0.5, arguments: {colour: 2}}]'
-    cli = run_lightning_cli(
-        [
-            "fit",
-            "--config",
-            str(ROOT / "recipes" / "shapes" / "udm_grpo.yaml"),
-            *TINY,
-            f"--model.init_args.rewards={rewards}",
-            "--trainer.max_steps=1",
-            "--trainer.enable_progress_bar=false",
-            "--trainer.enable_model_summary=false",
-            "--model.init_args.eval_every_n_steps=0",
-            "--data.init_args.prompts_per_step=2",
-            "--model.init_args.rollout.num_steps=4",
-        ]
-    )
+    cli = one_udm_step(f"--model.init_args.rewards={rewards}")
     built = cli.model.rewards.rewards[1].reward
     assert isinstance(built, InkReward) and built.colour == 2 and cli.model.rewards.weights == [1.0, 0.5]
     assert "reward/ink_2" in cli.trainer.callback_metrics
