@@ -97,7 +97,12 @@ def _get(config: dict, dotted: str):
 
 UDM = {
     "likelihood.class_path": "dflow.rl.ForwardReconstruction",
-    "likelihood.init_args": {"num_timesteps": 3, "grid_steps": 10, "max_start": 2, "states": "forward"},
+    "likelihood.init_args": {
+        "num_timesteps": 3,
+        "grid_steps": 10,
+        "max_start": 2,
+        "states": {"class_path": "dflow.rl.ForwardStates"},
+    },
     "objective.init_args.eps_low": 1e-4,
     "kl.init_args": {"beta": 0.05, "estimator": "k3"},
     "advantage.init_args": {"scale": "group", "clip": 5.0, "eps": 1e-4},
@@ -145,7 +150,7 @@ PAPER_PRESETS = {
     "text/elbo_epg": {**ELBO, "objective.class_path": "dflow.rl.EPG"},
     "shapes/naive_grpo": {
         "likelihood.class_path": "dflow.rl.IntermediateActionLikelihood",
-        "likelihood.init_args.states": "backward",
+        "likelihood.init_args.states": {"class_path": "dflow.rl.BackwardStates"},
         "objective.init_args.eps_low": 1e-4,
         "advantage.init_args": {"scale": "group", "clip": 5.0, "eps": 1e-4},
         "rollout.num_steps": 10,

@@ -32,6 +32,7 @@ from dflow.rl import (
     PAR,
     PEPG,
     AllButLast,
+    BackwardStates,
     ClippedSurrogate,
     ELBOLikelihood,
     ForwardReconstruction,
@@ -82,7 +83,7 @@ METHODS = {
     "elbo_par": lambda: _elbo(PAR()),
     "elbo_grpo": lambda: _elbo(ClippedSurrogate(1e-3)),
     "naive_grpo": lambda: dict(
-        likelihood=IntermediateActionLikelihood(states="backward"),
+        likelihood=IntermediateActionLikelihood(states=BackwardStates()),
         objective=ClippedSurrogate(1e-4),
         advantage=GroupAdvantage(),
     ),

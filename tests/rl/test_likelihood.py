@@ -19,16 +19,19 @@ from dflow.paths.sources import MaskSource, MixtureSource, UniformSource
 from dflow.rl import (
     AllButLast,
     AllSteps,
+    BackwardStates,
     ClippedSurrogate,
     Compute,
     ELBOLikelihood,
     ForwardReconstruction,
+    ForwardStates,
     GroupAdvantage,
     IntermediateActionLikelihood,
     KLPenalty,
     MeanFieldLikelihood,
     PolicyUpdate,
     RandomSteps,
+    ScoredStates,
     StepWindow,
     TrajectoryLikelihood,
     UnitPlan,
@@ -55,11 +58,11 @@ ESTIMATORS = {
         2,
     ),
     "trajectory_random": (lambda: TrajectoryLikelihood(RandomSteps(m=2)), 2),
-    "intermediate_backward": (lambda: IntermediateActionLikelihood(states="backward"), K),
-    "intermediate_forward": (lambda: IntermediateActionLikelihood(states="forward"), K),
+    "intermediate_backward": (lambda: IntermediateActionLikelihood(states=BackwardStates()), K),
+    "intermediate_forward": (lambda: IntermediateActionLikelihood(states=ForwardStates()), K),
     "reconstruction_forward": (lambda: ForwardReconstruction(2, grid_steps=4, max_start=1), 2),
     "reconstruction_backward": (
-        lambda: ForwardReconstruction(2, grid_steps=4, max_start=1, states="backward"),
+        lambda: ForwardReconstruction(2, grid_steps=4, max_start=1, states=BackwardStates()),
         2,
     ),
     "elbo_exact": (lambda: ELBOLikelihood(3, grid_steps=4, weighting="exact"), 3),
@@ -377,7 +380,7 @@ def test_reconstruction_mask_source_leaves_carry_over_tokens_out(copy_task, tiny
 
 
 def test_reconstruction_backward_states_are_the_stored_rollout_states(copy_task, tiny_builder):
-    est = ForwardReconstruction(2, grid_steps=4, max_start=1, states="backward")
+    est = ForwardReconstruction(2, grid_steps=4, max_start=1, states=BackwardStates())
     _, sampler, traj = _rollout(copy_task, tiny_builder, MaskSource(V), est)
     plan = est.plan(traj, sampler, torch.Generator().manual_seed(0))
     for b in range(B):
@@ -388,12 +391,49 @@ def test_reconstruction_backward_states_are_the_stored_rollout_states(copy_task,
             assert torch.equal(plan.states[u, b], traj.states[start + u, b])
 
 
+class _ConstantStates(ScoredStates):
+    """A user's own choice of scored states: every unit scores at the all-zero state."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, ...]] = []
+
+    def states(self, traj, sampler, idx, times, generator):
+        self.calls.append(tuple(idx.shape))
+        return torch.zeros((idx.shape[1], *traj.x1.shape), dtype=traj.states.dtype)
+
+
+@pytest.mark.parametrize("final_sample", [True, False])
+def test_a_user_scored_states_class_drives_both_estimators(final_sample, copy_task, tiny_builder):
+    custom = _ConstantStates()
+    est = (
+        ForwardReconstruction(2, grid_steps=4, max_start=1, states=custom)
+        if final_sample
+        else IntermediateActionLikelihood(StepWindow(2, 0, 1), states=custom)
+    )
+    policy, sampler, traj = _rollout(copy_task, tiny_builder, UniformSource(V), est)
+    plan = est.plan(traj, sampler, torch.Generator().manual_seed(0))
+    assert custom.calls == [(B, 2)]  # grid indices per sample and unit
+    units = est.log_probs(policy, traj, plan, sampler).detach()  # [B, 2]
+    zeros = torch.zeros_like(traj.x1)
+    for u in range(2):
+        t = plan.times[:, u] if final_sample else traj.times[plan.steps[u]].expand(B)
+        target = traj.x1 if final_sample else traj.draws[plan.steps[u]].long()
+        with torch.no_grad():
+            lp = torch.log_softmax(policy(zeros, t, traj.cond), -1).gather(-1, target[..., None]).squeeze(-1)
+        torch.testing.assert_close(units[:, u], lp.mean(-1), rtol=0, atol=1e-5)
+
+
 def test_reconstruction_rejects_impossible_configs():
     with pytest.raises(ValueError, match="num_timesteps"):
         ForwardReconstruction(num_timesteps=3, grid_steps=4, max_start=2)
-    with pytest.raises(ValueError, match="states"):
+    with pytest.raises(TypeError, match="ScoredStates"):
         ForwardReconstruction(states="sideways")
-    backward = ForwardReconstruction(3, grid_steps=10, max_start=2, states="backward")
+    # the strings of earlier versions get a message with the new form
+    with pytest.raises(TypeError, match=r"states=BackwardStates\(\)"):
+        ForwardReconstruction(states="backward")
+    with pytest.raises(TypeError, match="dflow.rl.ForwardStates"):
+        IntermediateActionLikelihood(states="forward")
+    backward = ForwardReconstruction(3, grid_steps=10, max_start=2, states=BackwardStates())
     with pytest.raises(ValueError, match="num_steps"):
         backward.validate(Sampler(MixturePath(UniformSource(V)), num_steps=4))
 
@@ -456,7 +496,7 @@ def test_intermediate_action_requires_recorded_draws():
 @pytest.mark.parametrize("states", ["backward", "forward"])
 @pytest.mark.parametrize("source_name", ["mask", "uniform"])
 def test_intermediate_action_scores_the_posterior_draws(states, source_name, copy_task, tiny_builder):
-    est = IntermediateActionLikelihood(states=states)
+    est = IntermediateActionLikelihood(states=BackwardStates() if states == "backward" else ForwardStates())
     policy, sampler, traj = _rollout(copy_task, tiny_builder, SOURCES[source_name](), est, 2.0, 0.7)
     plan = est.plan(traj, sampler, torch.Generator().manual_seed(0))
     units = est.log_probs(policy, traj, plan, sampler).detach()  # [B, K]
@@ -528,12 +568,19 @@ def test_random_steps_are_distinct_sorted_and_cover_every_step():
 
 # ---------------------------------------------------------------- UDM-GRPO 2x2 by configuration
 
+WINDOW = StepWindow(3, 0, 1)
 UDM_2X2 = {
     # (scored states, action): the paper's fix is forward + final sample
     "forward_states_final_sample": lambda: ForwardReconstruction(3, grid_steps=10, max_start=1),
-    "backward_states_final_sample": lambda: ForwardReconstruction(3, grid_steps=4, max_start=1, states="backward"),
-    "forward_states_intermediate_action": lambda: IntermediateActionLikelihood(StepWindow(3, 0, 1), states="forward"),
-    "backward_states_intermediate_action": lambda: IntermediateActionLikelihood(StepWindow(3, 0, 1), states="backward"),
+    "backward_states_final_sample": lambda: ForwardReconstruction(
+        3, grid_steps=4, max_start=1, states=BackwardStates()
+    ),
+    "forward_states_intermediate_action": lambda: IntermediateActionLikelihood(
+        StepWindow(3, 0, 1), states=ForwardStates()
+    ),
+    "backward_states_intermediate_action": lambda: IntermediateActionLikelihood(
+        StepWindow(3, 0, 1), states=BackwardStates()
+    ),
 }
 
 

@@ -3,17 +3,21 @@
 from dflow.rl.likelihood.base import LikelihoodEstimator, UnitPlan, token_scores
 from dflow.rl.likelihood.final_sample import ELBOLikelihood, ForwardReconstruction, MeanFieldLikelihood
 from dflow.rl.likelihood.per_step import IntermediateActionLikelihood, TrajectoryLikelihood
+from dflow.rl.likelihood.states import BackwardStates, ForwardStates, ScoredStates
 from dflow.rl.likelihood.steps import AllButLast, AllSteps, RandomSteps, StepSelection, StepWindow
 
 __all__ = [
     "AllButLast",
     "AllSteps",
+    "BackwardStates",
     "ELBOLikelihood",
     "ForwardReconstruction",
+    "ForwardStates",
     "IntermediateActionLikelihood",
     "LikelihoodEstimator",
     "MeanFieldLikelihood",
     "RandomSteps",
+    "ScoredStates",
     "StepSelection",
     "StepWindow",
     "TrajectoryLikelihood",

@@ -15,6 +15,7 @@ from dflow.rl.likelihood.base import (
     stack_masks,
     token_scores,
 )
+from dflow.rl.likelihood.states import ForwardStates, ScoredStates, check_states
 from dflow.rng import draw_device
 from dflow.sampling import Sampler
 from dflow.sampling.grids import time_grid
@@ -28,11 +29,11 @@ def _grid(sampler: Sampler, grid_steps: int) -> Tensor:
 class ForwardReconstruction(LikelihoodEstimator):
     """UDM-GRPO: unit ``j`` = ``mean_i log p_theta(x_1^i | xtilde_{t_j}, c)``.
 
-    ``states="forward"``: ``xtilde ~ q(. | x_1)`` re-noised with the pretraining forward process at
-    ``num_timesteps`` consecutive times of a ``grid_steps`` grid starting at a random index in
+    ``states=ForwardStates()``: ``xtilde ~ q(. | x_1)`` re-noised with the pretraining forward process
+    at ``num_timesteps`` consecutive times of a ``grid_steps`` grid starting at a random index in
     ``[0, max_start]`` per sample (the paper's "3 of 10 from a random start in {0, 1, 2}": early,
-    high-entropy times). ``states="backward"``: the stored rollout states at those step indices of
-    the rollout grid (the other column of the paper's 2x2 ablation). CFG-free scoring by default.
+    high-entropy times). ``states=BackwardStates()``: the stored rollout states at those step indices
+    of the rollout grid (the other column of the paper's 2x2 ablation). CFG-free scoring by default.
     Carry-over positions of a mask source are left out of the mean. ``per_token``: one unit per
     token and time (see :class:`~dflow.rl.likelihood.base.LikelihoodEstimator`).
     """
@@ -42,13 +43,12 @@ class ForwardReconstruction(LikelihoodEstimator):
         num_timesteps: int = 3,
         grid_steps: int = 10,
         max_start: int = 2,
-        states: Literal["forward", "backward"] = "forward",
+        states: ScoredStates | None = None,
         token_mean: bool = True,
         use_guidance: bool = False,
         per_token: bool = False,
     ) -> None:
-        if states not in ("forward", "backward"):
-            raise ValueError(f"ForwardReconstruction: states must be 'forward' or 'backward', got {states!r}")
+        states = check_states("ForwardReconstruction", states if states is not None else ForwardStates())
         if num_timesteps < 1 or max_start < 0 or num_timesteps + max_start > grid_steps:
             raise ValueError(
                 f"ForwardReconstruction: need 1 <= num_timesteps and num_timesteps + max_start <= grid_steps, "
@@ -59,9 +59,9 @@ class ForwardReconstruction(LikelihoodEstimator):
 
     def validate(self, sampler: Sampler) -> None:
         super().validate(sampler)
-        if self.states == "backward" and sampler.num_steps < self.num_timesteps + self.max_start:
+        if self.states.on_rollout_grid and sampler.num_steps < self.num_timesteps + self.max_start:
             raise ValueError(
-                f"ForwardReconstruction(states='backward') needs rollout num_steps >= num_timesteps + max_start = "
+                f"ForwardReconstruction(states={self.states!r}) needs rollout num_steps >= num_timesteps + max_start = "
                 f"{self.num_timesteps + self.max_start}, got num_steps={sampler.num_steps}"
             )
 
@@ -70,13 +70,9 @@ class ForwardReconstruction(LikelihoodEstimator):
         dev = traj.x1.device
         start = torch.randint(0, self.max_start + 1, (B, 1), generator=generator, device=draw_device(generator, dev))
         idx = start.to(dev) + torch.arange(U, device=dev)  # [B, U] grid indices
-        if self.states == "backward":
-            times = traj.times[idx]  # [B, U]
-            rows = torch.arange(B, device=dev)
-            states = torch.stack([traj.states[idx[:, u], rows] for u in range(U)])  # [U, B, L]
-            return UnitPlan(times=times, states=states)
-        times = _grid(sampler, self.grid_steps).to(dev)[idx]  # [B, U]
-        return UnitPlan(times=times, states=forward_states(sampler.path, traj.x1, times, generator, traj.states.dtype))
+        grid = traj.times if self.states.on_rollout_grid else _grid(sampler, self.grid_steps).to(dev)
+        times = grid[idx]  # [B, U]
+        return UnitPlan(times=times, states=self.states.states(traj, sampler, idx, times, generator))
 
     def token_log_probs(self, policy, traj, plan, sampler) -> Tensor:
         out = []

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from torch import Tensor
 
@@ -11,10 +9,10 @@ from dflow.rl.likelihood.base import (
     LikelihoodEstimator,
     UnitPlan,
     counted_tokens,
-    forward_states,
     stack_masks,
     token_scores,
 )
+from dflow.rl.likelihood.states import BackwardStates, ScoredStates, check_states
 from dflow.rl.likelihood.steps import AllSteps, StepSelection
 from dflow.sampling import Sampler, Trajectory
 
@@ -63,8 +61,8 @@ class IntermediateActionLikelihood(LikelihoodEstimator):
     """Naive GRPO on uniform diffusion: unit ``k`` = ``log p_theta(xhat_1^k | state_k)``, the posterior
     draw taken at step ``k`` scored as the action.
 
-    ``states="backward"`` scores it at the stored rollout state ``x_{t_k}`` (the naive baseline);
-    ``"forward"`` at ``xtilde ~ q(. | x_1)`` re-noised to ``t_k`` (a cell of UDM-GRPO's 2x2 ablation).
+    ``states=BackwardStates()`` scores it at the stored rollout state ``x_{t_k}`` (the naive baseline);
+    ``ForwardStates()`` at ``xtilde ~ q(. | x_1)`` re-noised to ``t_k`` (a cell of UDM-GRPO's 2x2 ablation).
     The score uses the sampler's guided, tempered posterior, i.e. the distribution the draw came from.
     Tokens that are certainly clean at the scored state (a mask source's revealed tokens, whose draw
     the kernel discards) are not counted.
@@ -76,28 +74,23 @@ class IntermediateActionLikelihood(LikelihoodEstimator):
     def __init__(
         self,
         steps: StepSelection | None = None,
-        states: Literal["backward", "forward"] = "backward",
+        states: ScoredStates | None = None,
         token_mean: bool = True,
         per_token: bool = False,
     ) -> None:
-        if states not in ("backward", "forward"):
-            raise ValueError(f"IntermediateActionLikelihood: states must be 'backward' or 'forward', got {states!r}")
         self.steps = steps if steps is not None else AllSteps()
-        self.states = states
+        self.states = check_states("IntermediateActionLikelihood", states if states is not None else BackwardStates())
         self.token_mean, self.per_token = token_mean, per_token
 
     def plan(self, traj, sampler, generator=None) -> UnitPlan:
         steps = self.steps.select(traj.num_steps, generator)
-        if self.states == "backward":
-            return UnitPlan(steps=steps)
-        times = traj.times[torch.as_tensor(steps, device=traj.times.device)].expand(traj.batch_size, -1)  # [B, U]
-        return UnitPlan(steps=steps, states=forward_states(sampler.path, traj.x1, times, generator, traj.states.dtype))
+        idx = torch.as_tensor(steps, device=traj.times.device).expand(traj.batch_size, -1)  # [B, U]
+        return UnitPlan(steps=steps, states=self.states.states(traj, sampler, idx, traj.times[idx], generator))
 
-    def _state(self, traj: Trajectory, plan: UnitPlan, u: int) -> Tensor:
-        if plan.states is not None:
-            return plan.states[u].long()
-        assert plan.steps is not None  # a per-step plan names its steps
-        return traj.state(plan.steps[u])
+    @staticmethod
+    def _state(traj: Trajectory, plan: UnitPlan, u: int) -> Tensor:
+        assert plan.states is not None  # every plan of this estimator carries its scored states
+        return plan.states[u].long()
 
     def token_log_probs(self, policy, traj, plan, sampler) -> Tensor:
         out = []
