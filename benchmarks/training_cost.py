@@ -73,7 +73,7 @@ def build(recipe: Path, extra: list[str]):
         "--config",
         str(recipe),
         f"--model.init_args.denoiser.init_args.path={BASE}",
-        "--model.init_args.eval_every_n_steps=0",
+        "--model.init_args.evaluation.every_n_steps=0",
         "--trainer.logger=false",
         "--trainer.enable_checkpointing=false",
         "--trainer.callbacks=[]",
@@ -116,8 +116,8 @@ def memory_child(method: str, samples: int) -> dict[str, float]:
     # one update over all rollouts: a recipe's mini-batches would cap the memory of larger batches
     extra = [
         f"--data.init_args.prompts_per_step={samples // group}",
-        f"--model.init_args.group_size={group}",
-        "--model.init_args.minibatch_size=null",
+        f"--model.init_args.rollout.group_size={group}",
+        "--model.init_args.optim.minibatch_size=null",
         "--trainer.max_steps=1",
     ]
     cli = build(recipe, extra)

@@ -97,7 +97,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     cli = run_lightning_cli(cli_args)
     module = cli.model
     if len(module.eval_history) < 2:
-        raise ValueError("dflow demo: the recipe must evaluate before and after training (eval_every_n_steps > 0)")
+        raise ValueError(
+            "dflow demo: the recipe must evaluate before and after training (evaluation.every_n_steps > 0)"
+        )
     before, after = module.eval_history[0], module.eval_history[-1]
     table = Table(title=f"strict accuracy on the test split ({len(module.eval_prompts)} samples)")
     for col in ("", "before", f"after {after['rl_step']} RL steps", "change"):

@@ -27,6 +27,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from dflow.lightning import EvalConfig, OptimConfig, RolloutConfig
 from dflow.lightning.builders import PretrainedDenoiser, TransformerDenoiser
 from dflow.lightning.evaluation import evaluate, evaluation_prompts
 from dflow.lightning.rl_module import RLModule
@@ -128,13 +129,9 @@ def rl_check(name: str, device: torch.device) -> dict:
         TransformerDenoiser(hidden_size=16, num_layers=1, num_heads=2),
         path,
         **parts,
-        rollout=SamplerConfig(num_steps=4),
-        evaluation=SamplerConfig(num_steps=4),
-        group_size=4,
-        num_inner_epochs=2,
-        minibatch_size=4,
-        lr=1e-3,
-        eval_every_n_steps=0,
+        rollout=RolloutConfig(num_steps=4, group_size=4),
+        optim=OptimConfig(lr=1e-3, num_inner_epochs=2, minibatch_size=4),
+        evaluation=EvalConfig(num_steps=4, every_n_steps=0),
     )
     ratios: list[tuple[float, float]] = []
     loss = module.update.loss

@@ -136,3 +136,25 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def rl_settings(**flat) -> dict:
+    """``RLModule`` keyword arguments from the flat names the tests' helpers take (``group_size=4``,
+    ``lr=1e-2``, ``eval_every_n_steps=0``), grouped into its records: a helper's defaults and a
+    test's overrides then merge field by field. A ``rollout=`` / ``evaluation=`` sampler config is
+    merged with the other fields of its record; every other argument passes through."""
+    from dataclasses import asdict, is_dataclass
+
+    from dflow.lightning.rl_config import MOVED
+
+    groups: dict[str, dict] = {"rollout": {}, "optim": {}, "evaluation": {}, "faults": {}}
+    out = {}
+    for key, value in flat.items():
+        if key in ("rollout", "evaluation") and is_dataclass(value):
+            groups[key].update(asdict(value))
+        elif key in MOVED:
+            record, field = MOVED[key].split(".")
+            groups[record][field] = value
+        else:
+            out[key] = value
+    return {**out, **{k: v for k, v in groups.items() if v}}

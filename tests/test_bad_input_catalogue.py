@@ -31,6 +31,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+import yaml
 
 from dflow.cli import main as dflow_main
 from dflow.cli import run_lightning_cli
@@ -62,6 +63,7 @@ from dflow.rl import (
 )
 from dflow.sampling import Sampler, SamplerConfig
 from dflow.tasks import ShapesTask, TextTask, get_task
+from tests.conftest import rl_settings
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # tiny tensors: a second thread only contends
 
@@ -105,6 +107,15 @@ def uniform7() -> MixturePath:
     return MixturePath(UniformSource(7))
 
 
+def _flat_recipe(tmp: Path) -> Path:
+    """An RL recipe written with a flat key of earlier versions (``eval_every_n_steps``)."""
+    config = yaml.safe_load(RL_RECIPE.read_text())
+    config["model"]["init_args"]["eval_every_n_steps"] = 10
+    out = tmp / "flat.yaml"
+    out.write_text(yaml.safe_dump(config))
+    return out
+
+
 def rl_module(**overrides) -> RLModule:
     """A valid tiny RLModule with ``overrides`` applied (only the overridden argument is bad)."""
     args = dict(
@@ -118,7 +129,7 @@ def rl_module(**overrides) -> RLModule:
         eval_every_n_steps=0,
     )
     args.update(overrides)
-    return RLModule(**args)
+    return RLModule(**rl_settings(**args))
 
 
 def one_rl_step(module: RLModule, root: Path) -> None:
@@ -732,8 +743,8 @@ CASES: list[Case] = [
     Case(
         "recipe-override-wrong-type",
         "recipes",
-        lambda tmp: cli("fit", "--config", str(RL_RECIPE), "--model.init_args.group_size=eight"),
-        r'"group_size":\s+Expected a <class \'int\'>\. Got value: eight',
+        lambda tmp: cli("fit", "--config", str(RL_RECIPE), "--model.init_args.rollout.group_size=eight"),
+        r'"rollout\.group_size":\s+Expected a <class \'int\'>\. Got value: eight',
         error=SystemExit,
         fix="give a value of the annotated type",
     ),
@@ -748,9 +759,23 @@ CASES: list[Case] = [
         "recipe-cli-optimizer",
         "recipes",
         lambda tmp: cli("fit", "--config", str(RL_RECIPE), "--optimizer=torch.optim.SGD"),
-        r"--optimizer='torch\.optim\.SGD' is not supported.*model\.init_args\.lr",
-        fix="dflow's modules build AdamW and its schedule: set model.init_args.lr / weight_decay / warmup_steps / "
-        "min_lr_ratio / decay_steps",
+        r"--optimizer='torch\.optim\.SGD' is not supported.*model\.init_args\.optim\.lr",
+        fix="dflow's modules build AdamW and its schedule: set RLModule's model.init_args.optim.lr / weight_decay / "
+        "warmup_steps / min_lr_ratio / decay_steps (PretrainModule: model.init_args.lr, ...)",
+    ),
+    Case(
+        "recipe-flat-rl-setting",
+        "recipes",
+        lambda tmp: cli("fit", "--config", str(RL_RECIPE), "--model.init_args.group_size=4"),
+        r"group_size -> rollout\.group_size \(in the command line\)",
+        fix="RLModule's settings are in blocks: --model.init_args.rollout.group_size=4 (optim.lr, evaluation.*, ...)",
+    ),
+    Case(
+        "recipe-file-flat-rl-setting",
+        "recipes",
+        lambda tmp: cli("fit", "--config", str(_flat_recipe(tmp))),
+        r"eval_every_n_steps -> evaluation\.every_n_steps \(in .*flat\.yaml\)",
+        fix="move the key into its block: evaluation: {every_n_steps: 10}",
     ),
     Case(
         "recipe-cli-lr-scheduler",
@@ -763,7 +788,7 @@ CASES: list[Case] = [
             "--lr_scheduler.gamma=0.9",
         ),
         r"--lr_scheduler='torch\.optim\.lr_scheduler\.ExponentialLR' is not supported",
-        fix="the schedule is the module's: model.init_args.warmup_steps / min_lr_ratio / decay_steps",
+        fix="the schedule is the module's: model.init_args.optim.warmup_steps / min_lr_ratio / decay_steps",
     ),
     Case(
         "recipe-source-vocab-differs-from-task",

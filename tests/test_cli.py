@@ -113,7 +113,7 @@ def test_lightning_optimizer_flags_are_refused_with_the_way_to_set_the_optimiser
 
     recipe = Path(__file__).resolve().parents[1] / "recipes" / "shapes" / "udm_grpo.yaml"
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ValueError, match=r"not supported.*model.init_args.lr.*warmup_steps"):
+    with pytest.raises(ValueError, match=r"not supported.*model.init_args.optim.lr.*warmup_steps"):
         cli.run_lightning_cli(["fit", "--config", str(recipe), *flag.split(), "--trainer.max_steps=1"])
 
 
@@ -135,7 +135,7 @@ def test_a_run_prints_no_boilerplate(tmp_path, monkeypatch, capfd):
                 str(recipe),
                 "--trainer.max_steps=1",
                 "--trainer.enable_progress_bar=false",
-                "--model.init_args.eval_every_n_steps=0",
+                "--model.init_args.evaluation.every_n_steps=0",
                 "--data.init_args.prompts_per_step=2",
                 "--model.init_args.rollout.num_steps=2",
             ]

@@ -55,7 +55,7 @@ def test_rl_recipe_runs_one_step(recipe, tmp_path, monkeypatch):
     assert header.startswith("#") and "Command:" in header and "Hardware:" in header and "Expected:" in header
     config = yaml.safe_load(text)
     assert config["model"]["class_path"] == "dflow.lightning.RLModule"
-    group = config["model"]["init_args"]["group_size"]
+    group = config["model"]["init_args"]["rollout"]["group_size"]
     monkeypatch.chdir(tmp_path)
     cli = run_lightning_cli(
         [
@@ -66,10 +66,10 @@ def test_rl_recipe_runs_one_step(recipe, tmp_path, monkeypatch):
             "--trainer.max_steps=1",
             "--trainer.enable_progress_bar=false",
             "--trainer.enable_model_summary=false",
-            "--model.init_args.eval_every_n_steps=0",
+            "--model.init_args.evaluation.every_n_steps=0",
             "--data.init_args.prompts_per_step=2",
-            "--model.init_args.minibatch_size="
-            + (str(group) if config["model"]["init_args"].get("minibatch_size") else "null"),
+            "--model.init_args.optim.minibatch_size="
+            + (str(group) if config["model"]["init_args"].get("optim", {}).get("minibatch_size") else "null"),
             "--model.init_args.rollout.num_steps=" + str(min(config["model"]["init_args"]["rollout"]["num_steps"], 8)),
         ]
     )
@@ -108,8 +108,8 @@ UDM = {
     "advantage.init_args": {"scale": "group", "clip": 5.0, "eps": 1e-4},
     "rollout.num_steps": 10,
     "rollout.guidance_scale": 1.0,
-    "num_inner_epochs": None,
-    "minibatch_size": None,
+    "optim.num_inner_epochs": None,
+    "optim.minibatch_size": None,
 }
 ELBO = {
     "likelihood.class_path": "dflow.rl.ELBOLikelihood",
@@ -117,7 +117,7 @@ ELBO = {
     "advantage.init_args": {"scale": "none", "coef": 0.1, "clip": None},
     "rollout.num_steps": 10,
     "kl": None,
-    "num_inner_epochs": None,
+    "optim.num_inner_epochs": None,
 }
 D1 = {
     "likelihood.class_path": "dflow.rl.MeanFieldLikelihood",
@@ -125,7 +125,7 @@ D1 = {
     "objective.init_args.eps_low": 0.5,
     "kl.init_args": {"beta": 0.04, "estimator": "k3"},
     "advantage.init_args": {"scale": "group", "clip": 5.0, "eps": 1e-4},
-    "num_inner_epochs": 12,
+    "optim.num_inner_epochs": 12,
 }
 # DESIGN.md's preset table: a recipe named for a paper runs the paper's settings (model.init_args keys)
 PAPER_PRESETS = {
@@ -139,7 +139,7 @@ PAPER_PRESETS = {
         "kl": None,
         "advantage.init_args.scale": "batch",
         "rollout.num_steps": 8,
-        "group_size": 24,
+        "rollout.group_size": 24,
     },
     "shapes/elbo_epg": {**ELBO, "objective.class_path": "dflow.rl.EPG"},
     "shapes/elbo_pepg": {**ELBO, "objective.class_path": "dflow.rl.PEPG"},
@@ -190,7 +190,7 @@ def one_udm_step(*overrides: str):
             "--trainer.max_steps=1",
             "--trainer.enable_progress_bar=false",
             "--trainer.enable_model_summary=false",
-            "--model.init_args.eval_every_n_steps=0",
+            "--model.init_args.evaluation.every_n_steps=0",
             "--data.init_args.prompts_per_step=2",
             "--model.init_args.rollout.num_steps=4",
         ]

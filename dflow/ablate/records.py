@@ -45,7 +45,7 @@ class Budget:
         value: stop a run at the end of the first step whose cumulative count reaches this.
         eval_every: also evaluate each time the count crosses a multiple of this (same unit), so
             methods with different costs per step are evaluated at the same compute points.
-            ``None``: only the recipe's ``eval_every_n_steps`` schedule, plus the final evaluation.
+            ``None``: only the recipe's ``evaluation.every_n_steps`` schedule, plus the final evaluation.
     """
 
     unit: str

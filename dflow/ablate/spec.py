@@ -68,7 +68,7 @@ def _overrides(raw: Any, where: str) -> dict[str, Any]:
     out = {}
     for key, value in raw.items():
         if not isinstance(key, str) or not key or key.startswith("-"):
-            raise ValueError(f"{where}: override key {key!r} must be a dotted key such as 'model.init_args.lr'")
+            raise ValueError(f"{where}: override key {key!r} must be a dotted key such as 'model.init_args.optim.lr'")
         if key == SEED_AXIS:
             raise ValueError(
                 f"{where}: 'seed' is a grid axis (grid: {{seed: [0, 1]}}); to pin one seed use seed_everything"

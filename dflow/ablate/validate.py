@@ -27,8 +27,8 @@ SHARED_FIELDS = (
     "data.init_args.seed",  # the prompt order: same prompts for every run
     "data.init_args.split",
     "model.init_args.evaluation",  # the evaluation sampler
-    "model.init_args.num_eval_prompts",  # the evaluation prompts ...
-    "model.init_args.eval_batch_size",  # ... and their noise (one seeded generator over the batches)
+    "model.init_args.evaluation.num_prompts",  # the evaluation prompts ...
+    "model.init_args.evaluation.batch_size",  # ... and their noise (one seeded generator over the batches)
 )
 
 

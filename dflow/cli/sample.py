@@ -105,13 +105,13 @@ def sample_main(argv: Sequence[str]) -> int:
         "--samples-per-category",
         type=int,
         default=None,
-        help="instead, exactly this many samples per category (RL recipes: eval_samples_per_category)",
+        help="instead, exactly this many samples per category (RL recipes: evaluation.samples_per_category)",
     )
     parser.add_argument(
         "--batch-size",
         type=int,
         default=EVAL_BATCH_SIZE,
-        help="samples per batch (the noise depends on it; RL recipes: eval_batch_size)",
+        help="samples per batch (the noise depends on it; RL recipes: evaluation.batch_size)",
     )
     parser.add_argument(
         "--seed", type=int, default=EVAL_SEED, help="evaluation noise seed (RL evaluations use %(default)s)"

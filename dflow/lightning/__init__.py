@@ -17,12 +17,17 @@ from dflow.lightning.losses import CrossEntropyLoss, GeneralizedKLLoss, Pretrain
 from dflow.lightning.pretrain import PretrainModule
 from dflow.lightning.reliability import AtomicCheckpointIO, GracefulShutdown
 from dflow.lightning.rewards import RewardSpec
+from dflow.lightning.rl_config import EvalConfig, FaultPolicy, OptimConfig, RolloutConfig
 from dflow.lightning.rl_module import RLModule
 
 __all__ = [
     "AtomicCheckpointIO",
     "GracefulShutdown",
     "RLModule",
+    "EvalConfig",
+    "FaultPolicy",
+    "OptimConfig",
+    "RolloutConfig",
     "ResumableCSVLogger",
     "RewardSpec",
     "CrossEntropyLoss",

@@ -16,11 +16,10 @@ import copy
 import math
 import time
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any
 
 import lightning as L
 import torch
-from lightning.fabric.utilities.data import AttributeDict
 from lightning.pytorch.core.optimizer import LightningOptimizer
 from torch import Tensor
 
@@ -30,8 +29,16 @@ from dflow.lightning.export import model_meta, task_description, write_model_fol
 from dflow.lightning.loggers import log_image
 from dflow.lightning.reliability import check_state_dict
 from dflow.lightning.rewards import RewardSpec, build_rewards
+from dflow.lightning.rl_config import (
+    EvalConfig,
+    FaultPolicy,
+    OptimConfig,
+    RolloutConfig,
+    as_record,
+    check_removed_arguments,
+)
 from dflow.lightning.rl_state import global_rng_state, restore, set_global_rng_state, snapshot
-from dflow.lightning.schedules import check_schedule, warmup_cosine, with_schedule
+from dflow.lightning.schedules import warmup_cosine, with_schedule
 from dflow.lightning.watch import TrainingWatch
 from dflow.paths.base import ProbabilityPath
 from dflow.rl.advantages import AdvantageEstimator, AdvantageInput, GroupAdvantage
@@ -41,7 +48,7 @@ from dflow.rl.likelihood.base import LikelihoodEstimator
 from dflow.rl.objectives import Objective
 from dflow.rl.update import Compute, PolicyUpdate
 from dflow.rng import DeviceRNG
-from dflow.sampling import SamplerConfig, Trajectory
+from dflow.sampling import Trajectory
 from dflow.tasks import Task
 
 
@@ -52,26 +59,15 @@ class RLModule(L.LightningModule):
         denoiser: a builder (``dflow.lightning.builders.PretrainedDenoiser(path=...)`` for a base model).
         path: the probability path the base was trained on.
         likelihood / objective / advantage / kl / aggregation: the swappable parts (``dflow.rl``).
-        rollout / evaluation: sampler settings for training rollouts and for evaluation.
-        group_size: ``G`` rollouts per prompt (a group never splits across devices or mini-batches).
-        num_inner_epochs / minibatch_size: passes over the batch and samples per optimiser step
-            (None = the whole batch: strictly on-policy, one step per rollout batch).
-        lr / weight_decay: AdamW's.
-        warmup_steps / min_lr_ratio / decay_steps: optional schedule over RL steps: linear warm-up to
-            ``lr``, then a half cosine down to ``min_lr_ratio * lr`` at ``decay_steps`` (default
-            ``trainer.max_steps``). The defaults (0, 1.0) keep ``lr`` constant; logged as ``train/lr``.
+        rollout: the rollout sampler and ``group_size`` (:class:`~dflow.lightning.rl_config.RolloutConfig`).
+        optim: AdamW, the learning-rate schedule, clipping and the inner loop
+            (:class:`~dflow.lightning.rl_config.OptimConfig`).
+        evaluation: the evaluation sampler, its prompts and cadence
+            (:class:`~dflow.lightning.rl_config.EvalConfig`).
         rewards: reward terms and weights (default: the task's partial-credit reward).
-        on_bad_reward: ``"skip"`` the step (and count it) or ``"stop"`` the run when a reward raises or
-            returns NaN / inf / a wrong shape.
-        max_consecutive_faults: stop after this many skipped steps in a row.
-        eval_samples_per_prompt: samples per test prompt at evaluation (GenEval draws 4; the small
-            categories of the shapes test split have 1-6 prompts, so 1 sample is a coin flip).
-        eval_samples_per_category: instead, exactly this many samples in every category (its test
-            prompts cycled): equal precision per category for the category mean.
+        faults: what a step with a bad reward or gradient does (:class:`~dflow.lightning.rl_config.FaultPolicy`).
         reference_from_initial: the KL reference is a frozen copy of the initial policy.
-        seed_rollouts_per_prompt: roll out each prompt's group with its own generator seeded by
-            ``(seed, step, prompt index)``, so results do not depend on how prompts are split over
-            devices (slower on CPU: batches of ``G``); used to check DDP against one process.
+        seed: seeds the RL generator (rollouts, unit plans, mini-batch orders).
         compile_denoiser: call the denoiser through ``torch.compile`` (weights and checkpoints are
             unchanged; worth it on GPUs for long runs, the first steps pay the compilation).
         watch: warnings for runs that learn nothing or drift (:class:`~dflow.lightning.watch.TrainingWatch`;
@@ -87,71 +83,51 @@ class RLModule(L.LightningModule):
         advantage: AdvantageEstimator | None = None,
         kl: KLPenalty | None = None,
         aggregation: LossAggregation | None = None,
-        rollout: SamplerConfig | None = None,
-        evaluation: SamplerConfig | None = None,
-        group_size: int = 8,
-        num_inner_epochs: int = 1,
-        minibatch_size: int | None = None,
-        lr: float = 1e-5,
-        weight_decay: float = 0.0,
-        warmup_steps: int = 0,
-        min_lr_ratio: float = 1.0,
-        decay_steps: int | None = None,
-        max_grad_norm: float | None = 1.0,
+        rollout: RolloutConfig = RolloutConfig(),
+        optim: OptimConfig = OptimConfig(),
+        evaluation: EvalConfig = EvalConfig(),
         rewards: list[RewardSpec] | None = None,
-        on_bad_reward: Literal["skip", "stop"] = "stop",
-        max_consecutive_faults: int = 5,
+        faults: FaultPolicy = FaultPolicy(),
         reference_from_initial: bool = True,
-        eval_every_n_steps: int = 10,
-        num_eval_prompts: int | None = None,
-        eval_samples_per_prompt: int = 4,
-        eval_samples_per_category: int | None = None,
-        eval_batch_size: int = 64,
-        num_grid_prompts: int = 16,
         seed: int = 0,
-        seed_rollouts_per_prompt: bool = False,
         compile_denoiser: bool = False,
         watch: TrainingWatch | None = None,
+        **removed: Any,
     ) -> None:
         super().__init__()
-        if group_size < 1:
-            raise ValueError(f"group_size must be >= 1, got group_size={group_size}")
-        if on_bad_reward not in ("skip", "stop"):
-            raise ValueError(f"on_bad_reward must be 'skip' or 'stop', got on_bad_reward={on_bad_reward!r}")
-        if eval_samples_per_category is not None and eval_samples_per_category < 1:
-            raise ValueError(
-                "eval_samples_per_category must be >= 1 or null, "
-                f"got eval_samples_per_category={eval_samples_per_category}"
-            )
-        if eval_samples_per_prompt < 1:
-            raise ValueError(
-                f"eval_samples_per_prompt must be >= 1, got eval_samples_per_prompt={eval_samples_per_prompt}"
-            )
-        if not lr > 0:
-            raise ValueError(f"lr must be > 0, got lr={lr}")
-        check_schedule(warmup_steps, min_lr_ratio, decay_steps)
+        check_removed_arguments(removed)
+        # the records replace the arguments before save_hyperparameters reads them from this frame,
+        # so the hyperparameters (and hparams.yaml) hold every field, defaults included
+        rollout = self.rollout_config = as_record(RolloutConfig, rollout, "rollout")
+        optim = self.optim = as_record(OptimConfig, optim, "optim")
+        evaluation = self.eval_config = as_record(EvalConfig, evaluation, "evaluation")
+        faults = self.fault_policy = as_record(FaultPolicy, faults, "faults")
         self.save_hyperparameters(
-            ignore=["denoiser", "path", "likelihood", "objective", "advantage", "kl", "aggregation", "watch"]
+            ignore=["denoiser", "path", "likelihood", "objective", "advantage", "kl", "aggregation", "watch", "removed"]
         )
         self.automatic_optimization = False
         self.builder, self.path = denoiser, path
         self.advantage = advantage if advantage is not None else GroupAdvantage()
         self.kl = kl if kl is not None else KLPenalty(beta=0.0)
-        self.update = PolicyUpdate(likelihood, objective, self.kl, aggregation, num_inner_epochs, minibatch_size)
+        self.update = PolicyUpdate(
+            likelihood, objective, self.kl, aggregation, self.optim.num_inner_epochs, self.optim.minibatch_size
+        )
         self.update.check_advantages(self.advantage.per_step)
         if self.kl.enabled and not reference_from_initial:
             raise ValueError(
                 f"kl.beta={self.kl.beta} > 0 needs a reference model: set reference_from_initial: true or beta: 0"
             )
-        self.rollout_sampler = (rollout or SamplerConfig(num_steps=10)).build(path, record_draws=likelihood.needs_draws)
-        self.eval_sampler = (evaluation or SamplerConfig(num_steps=25)).build(path)
+        self.rollout_sampler = self.rollout_config.build(path, record_draws=likelihood.needs_draws)
+        self.eval_sampler = self.eval_config.build(path)
         likelihood.validate(self.rollout_sampler)
+        group_size = self.rollout_config.group_size
         if group_size == 1 and isinstance(self.advantage, GroupAdvantage):
             raise ValueError(
-                "group_size=1 with GroupAdvantage: a group of one rollout has no spread, so every group-relative "
-                "advantage is 0 and nothing is learned; use group_size >= 2"
+                "rollout.group_size=1 with GroupAdvantage: a group of one rollout has no spread, so every "
+                "group-relative advantage is 0 and nothing is learned; use rollout.group_size >= 2"
             )
-        self.group_size, self.reward_specs = group_size, rewards
+        self.group_size, self.reward_specs, self.seed = group_size, rewards, seed
+        self.compile_denoiser = compile_denoiser
         self.watch = watch if watch is not None else TrainingWatch()
         self.task: Task | None = None
         self.denoiser: torch.nn.Module | None = None
@@ -163,12 +139,6 @@ class RLModule(L.LightningModule):
         # module's device (a CPU generator cannot draw CUDA tensors): see `generator`
         self.rng = DeviceRNG(seed)
         self.rl_steps = 0  # rollout batches trained on (== global_step unless steps were skipped)
-
-    @property
-    def hp(self) -> AttributeDict:
-        """``hparams`` with attribute access (``save_hyperparameters`` stores an AttributeDict; Lightning
-        types the property as a plain mutable mapping)."""
-        return cast(AttributeDict, self.hparams)
 
     def _bound(self) -> tuple[Task, torch.nn.Module]:
         """The task and denoiser ``attach_task`` set (``RuntimeError`` before it)."""
@@ -200,22 +170,19 @@ class RLModule(L.LightningModule):
         self.task = task
         self.rewards = build_rewards(self.reward_specs, task)
         self.train_prompts = task.prompts(split)
-        test = task.prompts("test")
-        hp = self.hp
-        self.eval_prompts = evaluation_prompts(
-            test, hp.num_eval_prompts, hp.eval_samples_per_prompt, hp.eval_samples_per_category
-        )
-        self.grid_prompts = spread_prompts(test, hp.num_grid_prompts)
+        test, ev = task.prompts("test"), self.eval_config
+        self.eval_prompts = evaluation_prompts(test, ev.num_prompts, ev.samples_per_prompt, ev.samples_per_category)
+        self.grid_prompts = spread_prompts(test, ev.num_grid_prompts)
         self.denoiser = self.builder.build(task, self.path)
         # kept outside nn.Module's registry: the compiled wrapper must not add a second copy of the
         # weights to state_dict (checkpoints stay loadable with or without compilation)
-        compiled = torch.compile(self.denoiser, dynamic=True) if hp.compile_denoiser else None
+        compiled = torch.compile(self.denoiser, dynamic=True) if self.compile_denoiser else None
         object.__setattr__(self, "_compiled", compiled)
         if self.kl.enabled:
             self.reference = copy.deepcopy(self.denoiser).eval().requires_grad_(False)
 
     def configure_optimizers(self):
-        hp = self.hp
+        hp = self.optim
         params = [p for p in self._bound()[1].parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
         if hp.warmup_steps == 0 and hp.min_lr_ratio == 1.0:
@@ -226,7 +193,7 @@ class RLModule(L.LightningModule):
             if max_steps is None or max_steps < 1:
                 raise ValueError(
                     f"min_lr_ratio={hp.min_lr_ratio} / warmup_steps={hp.warmup_steps} need a length: set "
-                    f"decay_steps or trainer.max_steps (got max_steps={max_steps})"
+                    f"optim.decay_steps or trainer.max_steps (got max_steps={max_steps})"
                 )
             total = max_steps
         return with_schedule(optimizer, warmup_cosine(hp.warmup_steps, total, hp.min_lr_ratio))
@@ -246,7 +213,7 @@ class RLModule(L.LightningModule):
 
     # ------------------------------------------------------------------ one RL step
     def training_step(self, batch: Tensor, batch_idx: int) -> None:
-        G, hp = self.group_size, self.hp
+        G = self.group_size
         task, denoiser = self._bound()
         self._forget_previous_step_logs()
         denoiser.eval()  # no dropout: the ratio of an unchanged policy must be exactly 1
@@ -320,7 +287,8 @@ class RLModule(L.LightningModule):
             self.rl_steps + 1, adv.stats["frac_zero_std_groups"], identical, logs["train/entropy"], logs.get("train/kl")
         )
         self.rl_steps += 1
-        if hp.eval_every_n_steps and self.rl_steps % hp.eval_every_n_steps == 0:
+        every = self.eval_config.every_n_steps
+        if every and self.rl_steps % every == 0:
             self.run_evaluation()
 
     def _optimise(self, opt, batch_ready, batch_size: int):
@@ -345,7 +313,7 @@ class RLModule(L.LightningModule):
             if fault is None:
                 self.manual_backward(out.loss)
                 params = [p for p in denoiser.parameters() if p.grad is not None]
-                norm = torch.nn.utils.clip_grad_norm_(params, self.hp.max_grad_norm or math.inf)
+                norm = torch.nn.utils.clip_grad_norm_(params, self.optim.max_grad_norm or math.inf)
                 if not torch.isfinite(norm):
                     fault = ValueError(f"gradient norm is {norm.item()}{_DIVERGED}")
             if fault is not None:
@@ -363,14 +331,14 @@ class RLModule(L.LightningModule):
 
     def _rollout(self, prompt_ids: list[int], cond: Tensor):
         G, L = self.group_size, self._bound()[0].seq_len
-        if not self.hp.seed_rollouts_per_prompt:
+        if not self.rollout_config.seed_per_prompt:
             return self.rollout_sampler.rollout(
                 self.policy, cond, batch_size=cond.shape[0], seq_len=L, generator=self.generator, device=self.device
             )
         parts = []
         for j, pid in enumerate(prompt_ids):
             gen = torch.Generator(device=self.device).manual_seed(
-                (self.hp.seed * 1_000_003 + self.rl_steps) * 1_000_003 + pid
+                (self.seed * 1_000_003 + self.rl_steps) * 1_000_003 + pid
             )
             parts.append(
                 self.rollout_sampler.rollout(
@@ -397,8 +365,8 @@ class RLModule(L.LightningModule):
         self.faults[kind] += 1
         self.faults["consecutive"] += 1
         self.log_dict({f"faults/{kind}": float(self.faults[kind])}, on_step=True, batch_size=1)
-        stop = kind == "bad_reward" and self.hp.on_bad_reward == "stop"
-        if stop or self.faults["consecutive"] >= self.hp.max_consecutive_faults:
+        stop = kind == "bad_reward" and self.fault_policy.on_bad_reward == "stop"
+        if stop or self.faults["consecutive"] >= self.fault_policy.max_consecutive:
             raise ValueError(
                 f"RL step {self.global_step} stopped after {self.faults['consecutive']} faulty step(s) in a row "
                 f"({kind}): {err}"
@@ -416,11 +384,13 @@ class RLModule(L.LightningModule):
 
     # ------------------------------------------------------------------ evaluation and grids
     def on_train_start(self) -> None:
-        if self.hp.eval_every_n_steps and not self.eval_history:
+        if self.eval_config.every_n_steps and not self.eval_history:
             self.run_evaluation()
 
     def on_train_end(self) -> None:
-        if self.hp.eval_every_n_steps and (not self.eval_history or self.eval_history[-1]["rl_step"] != self.rl_steps):
+        if self.eval_config.every_n_steps and (
+            not self.eval_history or self.eval_history[-1]["rl_step"] != self.rl_steps
+        ):
             self.run_evaluation()
 
     # ``dflow validate --config <RL recipe> --ckpt_path <checkpoint>``: the module's own evaluation (the
@@ -431,7 +401,7 @@ class RLModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking or self.trainer.state.fn != "validate":
-            return  # fit evaluates on its own schedule (eval_every_n_steps)
+            return  # fit evaluates on its own schedule (evaluation.every_n_steps)
         metrics = self.run_evaluation()
         self.log_dict({k: v for k, v in metrics.items() if k.startswith("eval/")}, batch_size=1)
 
@@ -445,7 +415,7 @@ class RLModule(L.LightningModule):
             task,
             self.eval_sampler,
             self.eval_prompts,
-            self.hp.eval_batch_size,
+            self.eval_config.batch_size,
             device=self.device,
             rewards=self.rewards,
         )
@@ -469,7 +439,6 @@ class RLModule(L.LightningModule):
         """``dflow_meta.json`` of the tuned policy: the task, path and evaluation sampler it is scored
         with, the base it started from and the RL method that tuned it."""
         task, denoiser = self._bound()
-        hp = self.hp
         training: dict[str, Any] = {
             "rl": True,
             "base": getattr(self.builder, "path", None),
@@ -479,12 +448,10 @@ class RLModule(L.LightningModule):
             "objective": repr(self.update.objective),
             "advantage": repr(self.advantage),
             "kl_beta": self.kl.beta,
-            "lr": hp.lr,
+            "lr": self.optim.lr,
             **({"exported_from": self.exported_from} if getattr(self, "exported_from", None) else {}),
         }
-        evaluation = hp.evaluation if hp.evaluation is not None else SamplerConfig(num_steps=25)
-        if not isinstance(evaluation, SamplerConfig):  # a mapping when the hyperparameters came from a config
-            evaluation = SamplerConfig(**dict(evaluation))
+        evaluation = self.eval_config.sampler()
         return model_meta(denoiser, task_description(self._trainer, task), task, self.path, evaluation, training)
 
     def export_pretrained(self, directory: str | Path) -> Path:
@@ -517,7 +484,7 @@ class RLModule(L.LightningModule):
 
 
 _DIVERGED = (
-    " (the update diverged: lower model.init_args.lr or max_grad_norm, or check that the reward and the "
+    " (the update diverged: lower model.init_args.optim.lr or optim.max_grad_norm, or check that the reward and the "
     "denoiser's logits are finite)"
 )
 

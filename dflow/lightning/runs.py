@@ -23,13 +23,14 @@ IDENTITY_KEYS = ("model", "data", "seed_everything")
 CHECKPOINT_KEY = "dflow_run"
 # settings that change what is evaluated or reported, not what is trained: a resume may change them
 NOT_TRAINING = (
+    "evaluation",  # RLModule's evaluation block (EvalConfig)
+    # PretrainModule's evaluation settings, and RLModule's flat names before the blocks (older checkpoints)
     "eval_every_n_steps",
     "num_eval_prompts",
     "eval_samples_per_prompt",
     "eval_samples_per_category",
     "eval_batch_size",
     "num_grid_prompts",
-    "evaluation",
     "watch",
     "compile_denoiser",
     "eval_prompts",
@@ -50,7 +51,7 @@ def identity_sha(identity: dict[str, Any]) -> str:
 
 def differences(a: Any, b: Any, prefix: str = "") -> list[str]:
     """Dotted keys where two identities differ in what is trained, with both values
-    (``model.init_args.lr: 0.001 != 0.002``).
+    (``model.init_args.optim.lr: 0.001 != 0.002``).
 
     Only keys both have are compared (an argument added to a class after a checkpoint was written
     must not make it unresumable), and evaluation / reporting settings (:data:`NOT_TRAINING`) are

@@ -117,7 +117,7 @@ def test_no_second_evaluation_when_the_module_already_evaluated_at_the_end():
     class EvalsItself(CountingModule):
         def training_step(self, batch, batch_idx):
             super().training_step(batch, batch_idx)
-            self.run_evaluation()  # like an RLModule with eval_every_n_steps: 1
+            self.run_evaluation()  # like an RLModule with evaluation.every_n_steps: 1
 
     module = EvalsItself()
     _fit(module, ComputeBudget("fwd_equiv", 20))

@@ -182,7 +182,7 @@ def test_cli_dry_run_lists_runs_and_rejects_bad_input(grid_file, tmp_path, capsy
     assert main([str(grid_file), "--dry-run", "--trainer.max_stepz=3"]) == 2
     assert "override 'trainer.max_stepz' names no field" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        main([str(grid_file), "--model.init_args.lr=1"])  # only trainer settings pass through
+        main([str(grid_file), "--model.init_args.optim.lr=1"])  # only trainer settings pass through
     assert "only trainer settings pass through" in capsys.readouterr().err
 
 

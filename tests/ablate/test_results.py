@@ -158,7 +158,7 @@ def test_runs_are_labelled_by_the_recipe_they_ran(tmp_path, recipes):
             "name": "labels",
             "methods": {
                 "udm": str(recipes["udm"]),
-                "udm_fast": {"recipe": str(recipes["udm"]), "overrides": {"model.init_args.lr": 0.1}},
+                "udm_fast": {"recipe": str(recipes["udm"]), "overrides": {"model.init_args.optim.lr": 0.1}},
                 "elbo_renamed": str(recipes["elbo"]),
             },
             "budget": {"unit": "fwd_equiv", "value": 40},

@@ -42,7 +42,7 @@ def test_run_ids_are_stable_and_change_with_what_is_run(recipes):
     again = [r.run_id for r in parse_grid(_grid(recipes, grid={"seed": [0, 1]})).runs()]
     assert first == again
     assert first[0].startswith("udm-") and first[2].startswith("elbo-")
-    changed = parse_grid(_grid(recipes, grid={"seed": [0, 1]}, overrides={"model.init_args.lr": 1e-4})).runs()
+    changed = parse_grid(_grid(recipes, grid={"seed": [0, 1]}, overrides={"model.init_args.optim.lr": 1e-4})).runs()
     assert not {r.run_id for r in changed} & set(first)
     # adding a seed keeps the ids of the runs that were already there (so a grid can grow and resume)
     grown = [r.run_id for r in parse_grid(_grid(recipes, grid={"seed": [0, 1, 2]})).runs()]
@@ -96,8 +96,8 @@ def test_grid_file_is_read_with_omegaconf_interpolation(tmp_path, recipes):
         ({"budget": None}, "no budget"),
         ({"grid": {"seed": 0}}, "grid axis 'seed' must be a non-empty list"),
         (
-            {"grid": {"model.init_args.lr": []}},
-            "grid axis 'model.init_args.lr' must be a non-empty list",
+            {"grid": {"model.init_args.optim.lr": []}},
+            "grid axis 'model.init_args.optim.lr' must be a non-empty list",
         ),
         ({"grid": {"seed": [0, 0]}}, "same run twice"),
         ({"grid": {"seed": [0.5]}}, "'seed' must list ints"),

@@ -35,7 +35,7 @@ def test_plan_parses_every_run(recipes, config_parser):
     ("where", "key", "nearest"),
     [
         ("grid", "model.init_args.rollout.num_stepz", "model.init_args.rollout.num_steps"),
-        ("overrides", "model.init_args.lrr", "model.init_args.lr"),
+        ("overrides", "model.init_args.optim.lrr", "model.init_args.optim.lr"),
         ("overrides", "trainer.max_stepz", "trainer.max_steps"),
         (
             "overrides",

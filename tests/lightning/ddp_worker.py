@@ -11,13 +11,13 @@ import sys
 import lightning as L
 import torch
 
+from dflow.lightning import EvalConfig, OptimConfig, RolloutConfig
 from dflow.lightning.builders import TransformerDenoiser
 from dflow.lightning.data import PromptDataModule
 from dflow.lightning.rewards import RewardSpec
 from dflow.lightning.rl_module import RLModule
 from dflow.paths import MixturePath, UniformSource
 from dflow.rl import AllSteps, ClippedSurrogate, GroupAdvantage, TrajectoryLikelihood
-from dflow.sampling import SamplerConfig
 from dflow.tasks import get_task
 
 GLOBAL_PROMPTS = 4  # prompts per RL step over all ranks
@@ -47,15 +47,11 @@ def main(devices: int, out: str) -> None:
         TrajectoryLikelihood(AllSteps(), token_mean=True),
         ClippedSurrogate(0.2),
         GroupAdvantage(),
-        rollout=SamplerConfig(num_steps=3),
-        evaluation=SamplerConfig(num_steps=3),
-        group_size=GROUP,
-        lr=1e-2,
-        eval_every_n_steps=2,  # evaluation under DDP (log_dir is a collective call on every rank)
-        num_eval_prompts=4,
-        num_grid_prompts=2,
+        rollout=RolloutConfig(num_steps=3, group_size=GROUP, seed_per_prompt=True),
+        optim=OptimConfig(lr=1e-2),
+        # evaluation under DDP (log_dir is a collective call on every rank)
+        evaluation=EvalConfig(num_steps=3, every_n_steps=2, num_prompts=4, num_grid_prompts=2),
         rewards=[RewardSpec(source="ddp_worker:red_pixels")],
-        seed_rollouts_per_prompt=True,
     )
     data = PromptDataModule(get_task("shapes"), prompts_per_step=GLOBAL_PROMPTS // devices, seed=0)
     record = RecordGroups()

@@ -6,13 +6,13 @@ import lightning as L
 import pytest
 import torch
 
+from dflow.lightning import EvalConfig, OptimConfig, RolloutConfig
 from dflow.lightning.builders import TransformerDenoiser
 from dflow.lightning.data import PromptDataModule
 from dflow.lightning.rewards import RewardSpec
 from dflow.lightning.rl_module import RLModule
 from dflow.paths import MixturePath, UniformSource
 from dflow.rl import AllSteps, ClippedSurrogate, GroupAdvantage, TrajectoryLikelihood
-from dflow.sampling import SamplerConfig
 from dflow.tasks import get_task
 
 
@@ -28,12 +28,9 @@ def fit(tmp_path, precision: str = "32-true", compile_denoiser: bool = False) ->
         TrajectoryLikelihood(AllSteps()),
         ClippedSurrogate(0.2),
         GroupAdvantage(),
-        rollout=SamplerConfig(num_steps=3),
-        evaluation=SamplerConfig(num_steps=3),
-        group_size=2,
-        num_inner_epochs=2,
-        lr=1e-2,
-        eval_every_n_steps=0,
+        rollout=RolloutConfig(num_steps=3, group_size=2),
+        optim=OptimConfig(lr=1e-2, num_inner_epochs=2),
+        evaluation=EvalConfig(num_steps=3, every_n_steps=0),
         rewards=[RewardSpec(source="test_precision_compile:red_pixels")],
         compile_denoiser=compile_denoiser,
     )

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import lightning as L
 
+from dflow.lightning import EvalConfig, RolloutConfig
 from dflow.lightning.callbacks import DFlowProgressBar
 from dflow.lightning.rl_module import RLModule
 from dflow.paths import MixturePath
 from dflow.paths.sources import UniformSource
 from dflow.rl import ClippedSurrogate, ForwardReconstruction
-from dflow.sampling import SamplerConfig
 
 
 def test_rl_bar_shows_test_accuracy_and_the_run_ends_with_a_summary(
@@ -21,12 +21,8 @@ def test_rl_bar_shows_test_accuracy_and_the_run_ends_with_a_summary(
         MixturePath(UniformSource(3)),
         ForwardReconstruction(2, 4, 1),
         ClippedSurrogate(0.2),
-        rollout=SamplerConfig(num_steps=2),
-        evaluation=SamplerConfig(num_steps=2),
-        group_size=2,
-        eval_every_n_steps=1,
-        eval_samples_per_prompt=1,
-        num_eval_prompts=3,
+        rollout=RolloutConfig(num_steps=2, group_size=2),
+        evaluation=EvalConfig(num_steps=2, every_n_steps=1, samples_per_prompt=1, num_prompts=3),
     )
     bar = DFlowProgressBar()
     trainer = L.Trainer(

@@ -13,6 +13,7 @@ import lightning as L
 import pytest
 import torch
 
+from dflow.lightning import EvalConfig, OptimConfig, RolloutConfig
 from dflow.lightning.builders import TransformerDenoiser
 from dflow.lightning.data import PromptDataModule
 from dflow.lightning.loggers import ResumableCSVLogger
@@ -22,7 +23,6 @@ from dflow.lightning.rl_module import RLModule
 from dflow.lightning.rl_state import set_global_rng_state
 from dflow.paths import MixturePath, UniformSource
 from dflow.rl import ClippedSurrogate, ForwardReconstruction, GroupAdvantage, KLPenalty
-from dflow.sampling import SamplerConfig
 from dflow.tasks import get_task
 
 
@@ -40,13 +40,9 @@ def make_module(seed: int = 0) -> RLModule:
         ClippedSurrogate(0.2),
         GroupAdvantage(),
         KLPenalty(0.05),
-        rollout=SamplerConfig(num_steps=3),
-        evaluation=SamplerConfig(num_steps=3),
-        group_size=2,
-        num_inner_epochs=2,
-        minibatch_size=2,
-        lr=1e-2,
-        eval_every_n_steps=0,
+        rollout=RolloutConfig(num_steps=3, group_size=2),
+        optim=OptimConfig(lr=1e-2, num_inner_epochs=2, minibatch_size=2),
+        evaluation=EvalConfig(num_steps=3, every_n_steps=0),
         rewards=[RewardSpec(source="test_resume:red_pixels")],
         seed=seed,
     )

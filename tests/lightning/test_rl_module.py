@@ -22,6 +22,7 @@ from lightning.pytorch.loggers import CSVLogger
 from PIL import Image
 from torch import nn
 
+from dflow.lightning import EvalConfig, FaultPolicy, OptimConfig, RolloutConfig
 from dflow.lightning.rewards import RewardSpec
 from dflow.lightning.rl_module import RLModule
 from dflow.paths import MixturePath
@@ -45,6 +46,7 @@ from dflow.rl import (
     TrajectoryLikelihood,
 )
 from dflow.sampling import SamplerConfig
+from tests.conftest import rl_settings
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -112,7 +114,7 @@ def _module(builder, source, parts, **overrides) -> RLModule:
         eval_every_n_steps=0,
     )
     kwargs.update(overrides)
-    return RLModule(builder, MixturePath(source), **parts, **kwargs)
+    return RLModule(builder, MixturePath(source), **parts, **rl_settings(**kwargs))
 
 
 def _trainer(tmp_path, logger=False, callbacks=None) -> L.Trainer:
@@ -618,7 +620,7 @@ def test_evaluation_samples_each_prompt_several_times(tiny_builder):
     fill = float((res.x1 != 0).float().mean())
     assert res2.metrics["reward/filled"] == pytest.approx(fill)
     assert res2.metrics["reward/total"] == pytest.approx(res.metrics["reward"] + 2.0 * fill)
-    with pytest.raises(ValueError, match="eval_samples_per_prompt=0"):
+    with pytest.raises(ValueError, match="evaluation.samples_per_prompt must be an int >= 1, got samples_per_prompt=0"):
         _module(tiny_builder, UniformSource(task.vocab_size), METHODS["udm_grpo"](), eval_samples_per_prompt=0)
 
 
@@ -701,3 +703,49 @@ def test_lr_schedule_needs_a_length(copy_task, tiny_builder, prompt_batches, tmp
     module = _module(tiny_builder, UniformSource(V), METHODS["udm_grpo"](), min_lr_ratio=0.5)
     with pytest.raises(ValueError, match="decay_steps or trainer.max_steps"):
         _trainer(tmp_path).fit(module, datamodule=prompt_batches(copy_task, num_batches=1, prompts_per_step=P))
+
+
+# ---------------------------------------------------------------- settings records
+
+
+def test_settings_are_grouped_in_typed_records(tiny_builder):
+    module = _module(tiny_builder, UniformSource(V), METHODS["udm_grpo"](), lr=3e-3, eval_batch_size=5)
+    assert isinstance(module.rollout_config, RolloutConfig) and module.group_size == G
+    assert isinstance(module.optim, OptimConfig) and module.optim.lr == 3e-3
+    assert isinstance(module.eval_config, EvalConfig) and module.eval_config.batch_size == 5
+    assert isinstance(module.fault_policy, FaultPolicy) and module.fault_policy.on_bad_reward == "stop"
+    # a mapping (a config, a checkpoint's hyperparameters) becomes its record; the hparams keep the blocks
+    again = RLModule(tiny_builder, MixturePath(UniformSource(V)), **METHODS["udm_grpo"](), optim={"lr": 2e-3})
+    assert again.optim == OptimConfig(lr=2e-3) and again.hparams["optim"] == OptimConfig(lr=2e-3)
+    assert again.eval_config.num_steps == 25 and again.rollout_config.num_steps == 10  # the defaults
+
+
+def test_flat_arguments_of_earlier_versions_say_where_they_moved(tiny_builder):
+    parts = METHODS["udm_grpo"]()
+    with pytest.raises(TypeError, match=r"lr -> optim\.lr; max_consecutive_faults -> faults\.max_consecutive"):
+        RLModule(tiny_builder, MixturePath(UniformSource(V)), **parts, lr=1e-3, max_consecutive_faults=2)
+    with pytest.raises(TypeError, match=r"colour \(no such argument\)"):
+        RLModule(tiny_builder, MixturePath(UniformSource(V)), **parts, colour=3)
+    with pytest.raises(ValueError, match=r"optim: unknown field\(s\) \['lrr'\]"):
+        RLModule(tiny_builder, MixturePath(UniformSource(V)), **parts, optim={"lrr": 1e-3})
+
+
+@pytest.mark.parametrize(
+    ("record", "kwargs", "message"),
+    [
+        (RolloutConfig, {"group_size": 0}, r"rollout\.group_size must be an int >= 1, got group_size=0"),
+        (OptimConfig, {"lr": 0.0}, r"optim\.lr must be > 0, got lr=0\.0"),
+        (OptimConfig, {"max_grad_norm": -1.0}, r"optim\.max_grad_norm must be > 0 or null"),
+        (OptimConfig, {"num_inner_epochs": 0}, r"optim\.num_inner_epochs must be an int >= 1"),
+        (OptimConfig, {"minibatch_size": 0}, r"optim\.minibatch_size must be an int >= 1"),
+        (EvalConfig, {"every_n_steps": -1}, r"evaluation\.every_n_steps must be an int >= 0, got every_n_steps=-1"),
+        (EvalConfig, {"samples_per_prompt": 0}, r"evaluation\.samples_per_prompt must be an int >= 1"),
+        (EvalConfig, {"samples_per_category": 0}, r"evaluation\.samples_per_category must be an int >= 1 or null"),
+        (EvalConfig, {"batch_size": 0}, r"evaluation\.batch_size must be an int >= 1"),
+        (FaultPolicy, {"on_bad_reward": "ignore"}, r"faults\.on_bad_reward must be 'skip' or 'stop'"),
+        (FaultPolicy, {"max_consecutive": 0}, r"faults\.max_consecutive must be an int >= 1"),
+    ],
+)
+def test_records_name_the_field_of_a_bad_value(record, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        record(**kwargs)

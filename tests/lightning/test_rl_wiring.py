@@ -15,6 +15,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from dflow import cli
+from dflow.lightning import EvalConfig, RolloutConfig
 from dflow.lightning.builders import PretrainedDenoiser
 from dflow.lightning.rl_module import RLModule
 from dflow.paths import MaskSource, MixturePath
@@ -31,6 +32,7 @@ from dflow.rl import (
 from dflow.rng import DeviceRNG
 from dflow.sampling import SamplerConfig, Trajectory
 from dflow.tasks import ShapesTask
+from tests.conftest import rl_settings
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -49,7 +51,8 @@ def _module(builder, parts, source=None, **overrides) -> RLModule:
         eval_every_n_steps=0,
     )
     kwargs.update(overrides)
-    return RLModule(builder, MixturePath(source if source is not None else UniformSource(V)), **parts, **kwargs)
+    path = MixturePath(source if source is not None else UniformSource(V))
+    return RLModule(builder, path, **parts, **rl_settings(**kwargs))
 
 
 def _trainer(tmp_path, **kwargs) -> L.Trainer:
@@ -271,12 +274,8 @@ def test_rl_evaluation_and_dflow_sample_give_the_same_numbers(tmp_path, prompt_b
         PretrainedDenoiser(folder),
         MixturePath(UniformSource(7)),
         **UDM(),
-        rollout=SamplerConfig(num_steps=2),
-        evaluation=SamplerConfig(num_steps=4),
-        group_size=2,
-        eval_every_n_steps=100,
-        eval_samples_per_category=3,
-        eval_batch_size=7,
+        rollout=RolloutConfig(num_steps=2, group_size=2),
+        evaluation=EvalConfig(num_steps=4, every_n_steps=100, samples_per_category=3, batch_size=7),
     )
     module.attach_task(task)
     _trainer(tmp_path, max_steps=1).fit(module, datamodule=prompt_batches(task, num_batches=1, prompts_per_step=1))

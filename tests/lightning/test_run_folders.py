@@ -18,7 +18,7 @@ TINY = [
     "--model.init_args.denoiser.init_args.hidden_size=16",
     "--model.init_args.denoiser.init_args.num_layers=1",
     "--model.init_args.denoiser.init_args.num_heads=2",
-    "--model.init_args.eval_every_n_steps=0",
+    "--model.init_args.evaluation.every_n_steps=0",
     "--data.init_args.prompts_per_step=1",
     "--model.init_args.rollout.num_steps=2",
     "--data.init_args.task.init_args.height=8",
@@ -30,7 +30,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def fit(lr: str, *extra: str):
-    return run_lightning_cli(["fit", "--config", str(RECIPE), *TINY, f"--model.init_args.lr={lr}", *extra])
+    return run_lightning_cli(["fit", "--config", str(RECIPE), *TINY, f"--model.init_args.optim.lr={lr}", *extra])
 
 
 def test_last_resumes_its_own_configuration_in_its_own_folder(tmp_path, monkeypatch):
@@ -43,10 +43,10 @@ def test_last_resumes_its_own_configuration_in_its_own_folder(tmp_path, monkeypa
     resumed = fit("1e-3", "--trainer.max_steps=20", "--ckpt_path=last")
     assert Path(resumed.trainer.log_dir).name == "version_0"  # a's folder, not b's newer one
     assert resumed.trainer.global_step == 20 and resumed.model.rl_steps == 20
-    with pytest.raises(ValueError, match=r"other configurations only.*model\.init_args\.lr: 0\.002 != 0\.003"):
+    with pytest.raises(ValueError, match=r"other configurations only.*model\.init_args\.optim\.lr: 0\.002 != 0\.003"):
         fit("3e-3", "--trainer.max_steps=20", "--ckpt_path=last")
     other = Path(b.trainer.log_dir) / "checkpoints" / "last.ckpt"
-    with pytest.raises(ValueError, match=r"another configuration \(model\.init_args\.lr: 0\.002 != 0\.001\)"):
+    with pytest.raises(ValueError, match=r"another configuration \(model\.init_args\.optim\.lr: 0\.002 != 0\.001\)"):
         fit("1e-3", "--trainer.max_steps=20", f"--ckpt_path={other}")
 
 
@@ -118,8 +118,8 @@ def test_dflow_validate_evaluates_an_rl_checkpoint(tmp_path, monkeypatch):
             "--config",
             str(RECIPE),
             *TINY,
-            "--model.init_args.lr=1e-2",
-            "--model.init_args.eval_samples_per_category=2",
+            "--model.init_args.optim.lr=1e-2",
+            "--model.init_args.evaluation.samples_per_category=2",
             f"--ckpt_path={ckpt}",
         ]
     )

@@ -9,13 +9,13 @@ import lightning as L
 import pytest
 import torch
 
+from dflow.lightning import EvalConfig, RolloutConfig
 from dflow.lightning.rewards import RewardSpec
 from dflow.lightning.rl_module import RLModule
 from dflow.lightning.watch import TrainingWatch
 from dflow.paths import MixturePath
 from dflow.paths.sources import UniformSource
 from dflow.rl import ClippedSurrogate, ForwardReconstruction, GroupAdvantage
-from dflow.sampling import SamplerConfig
 
 
 def _check(watch, step, flat=0.0, same=0.0, entropy=1.0, kl=None):
@@ -56,9 +56,8 @@ def test_a_run_with_a_constant_reward_says_nothing_is_learned(copy_task, tiny_bu
         MixturePath(UniformSource(3)),
         ForwardReconstruction(2, 4, 1),
         ClippedSurrogate(0.2),
-        rollout=SamplerConfig(num_steps=2),
-        group_size=2,
-        eval_every_n_steps=0,
+        rollout=RolloutConfig(num_steps=2, group_size=2),
+        evaluation=EvalConfig(every_n_steps=0),
         rewards=[RewardSpec(source=f"{__name__}:zero_reward", name="zero")],
         watch=TrainingWatch(flat_steps=2),
     )
@@ -82,5 +81,5 @@ def test_group_of_one_with_a_group_advantage_is_refused(tiny_builder):
             ForwardReconstruction(2, 4, 1),
             ClippedSurrogate(0.2),
             advantage=GroupAdvantage(scale="none"),
-            group_size=1,
+            rollout=RolloutConfig(group_size=1),
         )

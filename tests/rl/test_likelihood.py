@@ -14,6 +14,7 @@ import pytest
 import torch
 from torch import Tensor
 
+from dflow.lightning import EvalConfig, OptimConfig, RolloutConfig
 from dflow.paths import MetricPath, MixturePath
 from dflow.paths.sources import MaskSource, MixtureSource, UniformSource
 from dflow.rl import (
@@ -589,7 +590,6 @@ def test_udm_grpo_2x2_runs_through_one_rl_step(cell, copy_task, tiny_builder, pr
     import lightning as L
 
     from dflow.lightning.rl_module import RLModule
-    from dflow.sampling import SamplerConfig
 
     module = RLModule(
         tiny_builder,
@@ -598,11 +598,9 @@ def test_udm_grpo_2x2_runs_through_one_rl_step(cell, copy_task, tiny_builder, pr
         ClippedSurrogate(1e-4),
         GroupAdvantage(),
         KLPenalty(0.05, "k3"),
-        rollout=SamplerConfig(num_steps=K),
-        evaluation=SamplerConfig(num_steps=K),
-        group_size=4,
-        lr=1e-2,
-        eval_every_n_steps=0,
+        rollout=RolloutConfig(num_steps=K, group_size=4),
+        optim=OptimConfig(lr=1e-2),
+        evaluation=EvalConfig(num_steps=K, every_n_steps=0),
     )
     module.attach_task(copy_task)
     before = [p.detach().clone() for p in module.denoiser.parameters()]
