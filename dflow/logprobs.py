@@ -72,7 +72,7 @@ class _LogSoftmaxGather(torch.autograd.Function):
         lse = torch.empty(N, dtype=dtype, device=logits.device)  # [N]
         for start in range(0, N, chunk):
             rows = slice(start, start + chunk)
-            x = logits[rows].to(dtype)  # [n, V]: the only float32 [*, V] tensor alive
+            x = logits[rows].to(dtype)  # [n, V] float32: a copy for half-precision logits only
             lse[rows] = torch.logsumexp(x, dim=-1)
             out[rows] = x.gather(-1, index[rows]) - lse[rows, None]
         ctx.save_for_backward(logits, index, lse)
@@ -87,9 +87,16 @@ class _LogSoftmaxGather(torch.autograd.Function):
         for start in range(0, logits.shape[0], ctx.chunk):
             rows = slice(start, start + ctx.chunk)
             g = grad_out[rows].to(lse.dtype)  # [n, K]
-            # d/dx log softmax(x)_k = onehot_k - softmax(x): sum over the K gathered entries
-            part = torch.exp(logits[rows].to(lse.dtype) - lse[rows, None]).mul_(-g.sum(-1, keepdim=True))  # [n, V]
-            grad[rows] = part.scatter_add_(-1, index[rows], g)
+            # d/dx log softmax(x)_k = onehot_k - softmax(x): sum over the K gathered entries. When the
+            # logits are already in the compute dtype, work in the gradient's own rows (no temporary).
+            x = logits[rows]  # [n, V]
+            if x.dtype == lse.dtype:
+                part = torch.sub(x, lse[rows, None], out=grad[rows])
+            else:  # one float32 copy of the chunk, worked on in place
+                part = x.to(lse.dtype).sub_(lse[rows, None])
+            part.exp_().mul_(-g.sum(-1, keepdim=True)).scatter_add_(-1, index[rows], g)  # [n, V]
+            if part.dtype != grad.dtype:
+                grad[rows] = part
         return grad, None, None
 
 
