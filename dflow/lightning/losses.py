@@ -8,9 +8,9 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dflow.logprobs import log_softmax_gather
 from dflow.paths import ProbabilityPath
 
 
@@ -45,9 +45,9 @@ class CrossEntropyLoss(PretrainLoss):
     """
 
     def forward(self, logits: Tensor, x1: Tensor, x_t: Tensor, t: Tensor, path: ProbabilityPath) -> Tensor:
-        B, L, V = logits.shape
-        ce = F.cross_entropy(logits.reshape(B * L, V).float(), x1.reshape(B * L), reduction="none")  # [B*L]
-        counted = noisy_positions(x_t, path).reshape(B * L).float()  # [B*L]
+        # float32, a chunk of tokens at a time: no float32 [B, L, V] copy of half-precision logits
+        ce = -log_softmax_gather(logits, x1[..., None])[..., 0]  # [B, L]
+        counted = noisy_positions(x_t, path).to(ce.dtype)  # [B, L]
         return (ce * counted).sum() / counted.sum().clamp_min(1.0)
 
 
@@ -60,4 +60,4 @@ class GeneralizedKLLoss(PretrainLoss):
     """
 
     def forward(self, logits: Tensor, x1: Tensor, x_t: Tensor, t: Tensor, path: ProbabilityPath) -> Tensor:
-        return path.generalized_kl(logits.float(), x1, x_t, t).mean()
+        return path.generalized_kl(logits, x1, x_t, t).mean()  # scored in float32 chunk by chunk

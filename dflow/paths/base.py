@@ -79,13 +79,26 @@ class ProbabilityPath(ABC):
         """
 
     @abstractmethod
-    def generalized_kl(self, logits: Tensor, x1: Tensor, x_t: Tensor, t: Tensor, *, weighted: bool = True) -> Tensor:
+    def generalized_kl(
+        self,
+        logits: Tensor,
+        x1: Tensor,
+        x_t: Tensor,
+        t: Tensor,
+        *,
+        weighted: bool = True,
+        chunk_size: int | None = None,
+    ) -> Tensor:
         """Per-token generalized-KL loss ``[B, L]`` (negative-ELBO integrand) for logits ``[B, L, V]``.
 
         ``weighted=False`` drops the path's time-dependent jump coefficient (the factor every rate
         of the path carries at time ``t``: ``d_kappa_t / (1 - kappa_t)`` for a mixture path,
         ``d_beta_t`` for a metric path), leaving the per-token term that ELBO "uniform weighting"
         schemes use. A path without such a factor returns the weighted value and says so.
+
+        Half-precision logits are scored in float32, ``chunk_size`` tokens at a time (None: a default
+        from the vocabulary, :mod:`dflow.logprobs`), so no float32 ``[B, L, V]`` tensor exists beyond
+        one chunk (DESIGN.md section 8). The chunking changes memory, never the values.
         """
 
     # ------------------------------------------------------------------ shared input checks

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from dflow.logprobs import compute_dtype, map_token_chunks
 from dflow.paths.base import ProbabilityPath, StepSample
 from dflow.paths.sources import Source, UniformSource
 
@@ -270,7 +271,16 @@ class MetricPath(ProbabilityPath):
         return torch.where(y == x, log_stay, log_move)
 
     # ------------------------------------------------------------------ loss
-    def generalized_kl(self, logits: Tensor, x1: Tensor, x_t: Tensor, t: Tensor, *, weighted: bool = True) -> Tensor:
+    def generalized_kl(
+        self,
+        logits: Tensor,
+        x1: Tensor,
+        x_t: Tensor,
+        t: Tensor,
+        *,
+        weighted: bool = True,
+        chunk_size: int | None = None,
+    ) -> Tensor:
         """Generalized KL between conditional and model rates at ``x_t`` (small V only), ``[B, L]``::
 
             sum_{y != x_t} u(y|x_1) log(u(y|x_1) / u_theta(y)) - u(y|x_1) + u_theta(y),
@@ -279,6 +289,10 @@ class MetricPath(ProbabilityPath):
         Non-negative; equals :meth:`MixturePath.generalized_kl` for the 0/1 distance.
         ``weighted=False`` drops the factor ``d_beta_t`` that every rate carries (the sum above is
         linear in a common factor of the rates, so this is the weighted value divided by it).
+
+        A token needs its ``[V(x1), V(y)]`` rate rows, so the loss is computed ``chunk_size`` tokens at a
+        time under activation checkpointing (:func:`dflow.logprobs.map_token_chunks`): backward keeps
+        the logits and recomputes one chunk's softmax and rows at a time.
         """
         self._check_states("x1", x1, self.vocab_size)
         self._check_states("x_t", x_t)
@@ -288,17 +302,27 @@ class MetricPath(ProbabilityPath):
         self._check_posterior("logits", logits, x1)
         if not self.exact or self._gap is None:  # the gap tensor exists in exact mode only
             raise ValueError(f"MetricPath.generalized_kl needs V <= exact_max_vocab, V={self.vocab_size}")
-        p = torch.softmax(logits, dim=-1)  # [B, L, V]
-        tt = t.to(p.dtype)
-        rate = self._gap.to(p) * self.cond_probs(tt)[:, None]  # [B, x, x1, y] without the factor d_beta_t
-        if weighted:
-            rate = rate * self.d_beta(tt)[:, None, None, None]
-        b = torch.arange(x1.shape[0], device=x1.device)[:, None]
-        rows = rate[b, x_t]  # [B, L, x1, y]
-        u_theta = torch.einsum("blk,blky->bly", p, rows)
-        u_cond = rows.gather(2, x1[..., None, None].expand(-1, -1, 1, self.vocab_size)).squeeze(2)  # [B, L, y]
-        terms = torch.xlogy(u_cond, u_cond) - u_cond * u_theta.clamp_min(1e-30).log() - u_cond + u_theta
-        return terms.sum(-1)
+        B, L = x1.shape
+        V, dtype = self.vocab_size, compute_dtype(logits.dtype)
+        tt = t.to(dtype)
+        gap = self._gap.to(device=logits.device, dtype=dtype)  # [x, x1, y]
+        cond = self.cond_probs(tt)  # [B, x1, y]: rates without the factor d_beta_t
+        d_beta = self.d_beta(tt)  # [B]
+
+        def per_token(lg: Tensor, xt: Tensor, target: Tensor, b: Tensor) -> Tensor:  # [n, V], [n] x3 -> [n]
+            p = torch.softmax(lg.to(dtype), dim=-1)  # [n, x1]
+            rows = gap[xt] * cond[b]  # [n, x1, y] = u_t(y, x_t | x1)
+            if weighted:
+                rows = rows * d_beta[b][:, None, None]
+            u_theta = torch.einsum("nk,nky->ny", p, rows)  # [n, y]
+            u_cond = rows.gather(1, target[:, None, None].expand(-1, 1, V)).squeeze(1)  # [n, y]
+            terms = torch.xlogy(u_cond, u_cond) - u_cond * u_theta.clamp_min(1e-30).log() - u_cond + u_theta
+            return terms.sum(-1)
+
+        batch = torch.arange(B, device=x1.device)[:, None].expand(B, L)  # [B, L] row of each token
+        return map_token_chunks(
+            per_token, logits, x_t.long(), x1.long(), batch, chunk_size=chunk_size, work_per_token=4 * V * V
+        )
 
 
 # ---------------------------------------------------------------------- keyed uniforms

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from dflow.logprobs import log_softmax_gather
 from dflow.paths.base import ProbabilityPath, StepSample
 from dflow.paths.schedulers import LinearScheduler, Scheduler
 from dflow.paths.sources import Source
@@ -98,17 +99,26 @@ class MixturePath(ProbabilityPath):
 
     def _log_prob(self, logits: Tensor, x_t: Tensor, x_s: Tensor, lam: Tensor) -> Tensor:
         # log P(x_s | x_t) = log[(1 - lam) [x_s == x_t] + lam p(x_s)], from gathered logits only.
+        # Chunked over tokens, so backward keeps the logits and one logsumexp per token, no [B, L, V] copy.
         V = self.vocab_size
-        lse = torch.logsumexp(logits, dim=-1)  # [B, L]
-        lp_s = logits.gather(-1, x_s.clamp_max(V - 1)[..., None]).squeeze(-1) - lse  # log p(x_s)
+        lp_s = log_softmax_gather(logits, x_s.clamp_max(V - 1)[..., None]).squeeze(-1)  # [B, L] log p(x_s)
         lp_s = lp_s.masked_fill(x_s >= V, float("-inf"))  # the mask id is never a posterior value
-        lam = lam.to(logits.dtype)
+        lam = lam.to(lp_s.dtype)
         jump_term = torch.log(lam) + lp_s  # arrived at x_s through a draw
         stay_term = torch.log1p(-lam).masked_fill(x_s != x_t, float("-inf"))  # stayed put
         return torch.logaddexp(stay_term, jump_term)
 
     # ------------------------------------------------------------------ loss
-    def generalized_kl(self, logits: Tensor, x1: Tensor, x_t: Tensor, t: Tensor, *, weighted: bool = True) -> Tensor:
+    def generalized_kl(
+        self,
+        logits: Tensor,
+        x1: Tensor,
+        x_t: Tensor,
+        t: Tensor,
+        *,
+        weighted: bool = True,
+        chunk_size: int | None = None,
+    ) -> Tensor:
         """Generalized KL of Shaul et al. (2024) per token ``[B, L]``::
 
             ell = -d_kappa_t / (1 - kappa_t) * [ p(x_t) - delta_{x_1}(x_t) + (1 - delta_{x_1}(x_t)) log p(x_1) ]
@@ -116,6 +126,10 @@ class MixturePath(ProbabilityPath):
         with ``p = softmax(logits)`` over the ``V`` data values (``p(mask) = 0``). Carry-over tokens
         (no mass under ``p_0``) contribute 0, so for a mask source this is the MDLM bound.
         ``weighted=False`` drops the jump coefficient ``d_kappa_t / (1 - kappa_t)``.
+
+        Only ``log p`` at ``x_1`` and ``x_t`` enter, so both come from one chunked log-softmax
+        (:func:`dflow.logprobs.log_softmax_gather`, ``chunk_size`` tokens at a time): float32 (float64
+        for float64 logits), with no float32 ``[B, L, V]`` tensor in forward or backward.
         """
         self._check_states("x1", x1, self.vocab_size)
         self._check_states("x_t", x_t)
@@ -124,15 +138,15 @@ class MixturePath(ProbabilityPath):
             raise ValueError(f"x_t shape {tuple(x_t.shape)} must equal x1 shape {tuple(x1.shape)}")
         self._check_posterior("logits", logits, x1)
         V = self.vocab_size
-        log_p = torch.log_softmax(logits, dim=-1)  # [B, L, V]
-        lp_x1 = log_p.gather(-1, x1[..., None]).squeeze(-1)  # [B, L]
-        p_xt = log_p.gather(-1, x_t.clamp_max(V - 1)[..., None]).squeeze(-1).exp().masked_fill(x_t >= V, 0.0)
-        same = (x_t == x1).to(log_p.dtype)
+        index = torch.stack([x1.long(), x_t.long().clamp_max(V - 1)], dim=-1)  # [B, L, 2]
+        lp_x1, lp_xt = log_softmax_gather(logits, index, chunk_size=chunk_size).unbind(-1)  # [B, L] each
+        p_xt = lp_xt.exp().masked_fill(x_t >= V, 0.0)  # the mask id is never a posterior value
+        same = (x_t == x1).to(lp_x1.dtype)
         bracket = p_xt - same + (1.0 - same) * lp_x1
         clean = self._clean_state.to(x_t.device)[x_t]
         bracket = bracket.masked_fill(clean, 0.0)
         if not weighted:
             return -bracket
-        tt = t.to(log_p.dtype)
+        tt = t.to(lp_x1.dtype)
         coef = self.scheduler.d_kappa(tt) / (1.0 - self.scheduler.kappa(tt)).clamp_min(1e-6)  # [B]
         return -coef[:, None] * bracket

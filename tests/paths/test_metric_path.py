@@ -447,3 +447,56 @@ def test_matrices_come_from_lists_and_files_as_yaml_gives_them(tmp_path) -> None
         MetricPath(distance=str(tmp_path / "dict.pt"))
     with pytest.raises(ValueError, match=r"embedding must be a \[rows, columns\] matrix"):
         MetricPath(embedding=[[0.0, 1.0], ["a", 2.0]])
+
+
+def _full_generalized_kl(path: MetricPath, logits, x1, x_t, t, weighted: bool) -> torch.Tensor:
+    """The metric path's generalized KL with every token's rate rows at once ``[B, L, V, V]``."""
+    V = path.vocab_size
+    p = torch.softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
+    tt = t.to(p.dtype)
+    assert path._gap is not None
+    rate = path._gap.to(p) * path.cond_probs(tt)[:, None]  # [B, x, x1, y]
+    if weighted:
+        rate = rate * path.d_beta(tt)[:, None, None, None]
+    rows = rate[torch.arange(x1.shape[0])[:, None], x_t]  # [B, L, x1, y]
+    u_theta = torch.einsum("blk,blky->bly", p, rows)
+    u_cond = rows.gather(2, x1[..., None, None].expand(-1, -1, 1, V))[:, :, 0]
+    return (torch.xlogy(u_cond, u_cond) - u_cond * u_theta.clamp_min(1e-30).log() - u_cond + u_theta).sum(-1)
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 7, 64, None])  # N = 15 tokens: 4 and 7 leave a ragged last chunk
+@pytest.mark.parametrize("weighted", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_chunked_generalized_kl_equals_the_full_formula(dtype, weighted, chunk) -> None:
+    V, B, L = 5, 3, 5
+    path = MetricPath(embedding=_embedding(V, 3))
+    g = torch.Generator().manual_seed(4)
+    t = torch.tensor([0.1, 0.4, 0.7], dtype=dtype)
+    x1 = torch.randint(0, V, (B, L), generator=g)
+    x_t = path.sample_xt(x1, t, generator=g)
+    logits = (2 * torch.randn(B, L, V, generator=g, dtype=F64)).to(dtype).requires_grad_(True)
+    weight = torch.randn(B, L, generator=g, dtype=F64).to(dtype)
+    got = path.generalized_kl(logits, x1, x_t, t, weighted=weighted, chunk_size=chunk)
+    want = _full_generalized_kl(path, logits, x1, x_t, t, weighted)
+    tol = 1e-12 if dtype == F64 else 1e-5
+    torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+    (grad,) = torch.autograd.grad((got * weight).sum(), logits)
+    (want_grad,) = torch.autograd.grad((want * weight).sum(), logits)
+    torch.testing.assert_close(grad, want_grad, rtol=tol, atol=tol)
+    if dtype == F64 and chunk is not None:
+        assert torch.autograd.gradcheck(
+            lambda z: path.generalized_kl(z, x1, x_t, t, weighted=weighted, chunk_size=chunk), (logits,)
+        )
+
+
+def test_bfloat16_generalized_kl_is_float32() -> None:
+    V, B, L = 4, 2, 3
+    path = MetricPath(embedding=_embedding(V))
+    g = torch.Generator().manual_seed(5)
+    t = torch.tensor([0.3, 0.6])
+    x1 = torch.randint(0, V, (B, L), generator=g)
+    x_t = path.sample_xt(x1, t, generator=g)
+    logits = torch.randn(B, L, V, generator=g).to(torch.bfloat16)
+    got = path.generalized_kl(logits, x1, x_t, t, chunk_size=2)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, _full_generalized_kl(path, logits, x1, x_t, t, True))

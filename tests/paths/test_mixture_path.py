@@ -14,6 +14,7 @@ import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from dflow.logprobs import set_chunk_elements
 from dflow.paths import (
     CosineScheduler,
     LinearScheduler,
@@ -295,3 +296,83 @@ def test_generalized_kl_mc_average_perfect_vs_imperfect_model(source) -> None:
     imperfect = path.generalized_kl(torch.log(0.7 * onehot + 0.3 / V), x1, x_t, t).sum(-1).mean()
     assert perfect.item() < 1e-6
     assert imperfect.item() > 1.0
+
+
+# ---------------------------------------------------------------------------------------------- chunked scoring
+def _full_generalized_kl(path: MixturePath, logits, x1, x_t, t) -> torch.Tensor:
+    """The generalized KL written out with a full ``[B, L, V]`` log-softmax (DESIGN.md section 3)."""
+    V = path.vocab_size
+    log_p = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
+    lp_x1 = log_p.gather(-1, x1[..., None])[..., 0]
+    p_xt = log_p.gather(-1, x_t.clamp_max(V - 1)[..., None])[..., 0].exp() * (x_t < V)
+    same = (x_t == x1).to(log_p.dtype)
+    bracket = (p_xt - same + (1 - same) * lp_x1) * ~path.is_clean(x_t)
+    tt = t.to(log_p.dtype)
+    return -path.scheduler.d_kappa(tt)[:, None] / (1 - path.scheduler.kappa(tt))[:, None] * bracket
+
+
+def _kl_case(source: str, dtype: torch.dtype, seed: int = 0, B: int = 3, L: int = 5, V: int = 6):
+    path = _path(source, "cosine", V=V)
+    g = torch.Generator().manual_seed(seed)
+    x1 = torch.randint(0, V, (B, L), generator=g)
+    t = torch.tensor([0.2, 0.5, 0.8][:B], dtype=F64)
+    x_t = path.sample_xt(x1, t, generator=g)
+    logits = (3 * torch.randn(B, L, V, generator=g, dtype=F64)).to(dtype).requires_grad_(True)
+    return path, logits, x1, x_t, t
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 7, 15, 64, None])  # N = 15 tokens: 4 and 7 leave a ragged last chunk
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("source", sorted(SOURCES))
+def test_chunked_generalized_kl_equals_the_full_formula(source, dtype, chunk) -> None:
+    path, logits, x1, x_t, t = _kl_case(source, dtype)
+    weight = torch.randn(x1.shape, generator=torch.Generator().manual_seed(1), dtype=F64).to(dtype)
+    got = path.generalized_kl(logits, x1, x_t, t.to(dtype), chunk_size=chunk)
+    want = _full_generalized_kl(path, logits, x1, x_t, t.to(dtype))
+    tol = 1e-12 if dtype == F64 else 2e-5
+    torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+    (grad,) = torch.autograd.grad((got * weight).sum(), logits)
+    (want_grad,) = torch.autograd.grad((want * weight).sum(), logits)
+    torch.testing.assert_close(grad, want_grad, rtol=tol, atol=tol)
+    if source == "mask":  # the test must exercise both branches: masked and carry-over tokens
+        assert bool((x_t == path.vocab_size).any()) and bool((x_t < path.vocab_size).any())
+
+
+@pytest.mark.parametrize("source", ["mask", "uniform"])
+def test_chunked_generalized_kl_gradcheck(source) -> None:
+    path, logits, x1, x_t, t = _kl_case(source, F64, seed=2)
+    for weighted in (True, False):
+        assert torch.autograd.gradcheck(
+            lambda z, w=weighted: path.generalized_kl(z, x1, x_t, t, weighted=w, chunk_size=4), (logits,)
+        )
+
+
+def test_bfloat16_generalized_kl_is_float32() -> None:
+    path, logits, x1, x_t, t = _kl_case("uniform", torch.bfloat16)
+    got = path.generalized_kl(logits, x1, x_t, t.float(), chunk_size=4)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, _full_generalized_kl(path, logits, x1, x_t, t.float()), rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("source", sorted(SOURCES))
+def test_step_log_prob_is_the_log_of_the_kernel_with_chunks(source) -> None:
+    # value and gradient of log P(x_s | x_t) from the chunked log-softmax (3 tokens a chunk) against the
+    # log of the full kernel row built from softmax(logits)
+    path = _path(source, V=5)
+    g = torch.Generator().manual_seed(3)
+    B, L = 2, 7
+    x_t = _random_states(path, (B, L), g)
+    t, s = torch.tensor([0.2, 0.6], dtype=F64), torch.tensor([0.5, 0.9], dtype=F64)
+    logits = torch.randn(B, L, 5, generator=g, dtype=F64, requires_grad=True)
+    kernel = path.step_kernel(torch.softmax(logits, -1), x_t, t, s)  # [B, L, S]
+    x_s = torch.multinomial(kernel.detach().reshape(B * L, -1), 1, generator=g).view(B, L)
+    previous = set_chunk_elements(3 * 5)
+    try:
+        got = path.step_log_prob(logits, x_t, x_s, t, s)
+    finally:
+        set_chunk_elements(previous)
+    want = kernel.gather(-1, x_s[..., None])[..., 0].log()
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    (grad,) = torch.autograd.grad(got.sum(), logits)
+    (want_grad,) = torch.autograd.grad(want.sum(), logits)
+    torch.testing.assert_close(grad, want_grad, rtol=1e-10, atol=1e-12)

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from dflow.logprobs import log_softmax_gather
 from dflow.paths.base import ProbabilityPath
 from dflow.sampling import Sampler, Trajectory
 
@@ -154,9 +155,11 @@ def forward_states(path: ProbabilityPath, x1: Tensor, times: Tensor, generator, 
     return torch.stack([path.sample_xt(x1, times[:, u], generator) for u in range(times.shape[1])]).to(dtype)
 
 
-def token_scores(logits: Tensor, target: Tensor) -> Tensor:
-    """``log softmax(logits)[target]`` per token: logits ``[B, L, V]``, target long ``[B, L]`` -> ``[B, L]``."""
-    return torch.log_softmax(logits, dim=-1).gather(-1, target[..., None]).squeeze(-1)
+def token_scores(logits: Tensor, target: Tensor, *, chunk_size: int | None = None) -> Tensor:
+    """``log softmax(logits)[target]`` per token: logits ``[B, L, V]`` (any float dtype), target long
+    ``[B, L]`` -> float32 ``[B, L]`` (float64 for float64 logits), computed ``chunk_size`` tokens at a
+    time so no float32 ``[B, L, V]`` tensor exists (:func:`dflow.logprobs.log_softmax_gather`)."""
+    return log_softmax_gather(logits, target[..., None], chunk_size=chunk_size).squeeze(-1)
 
 
 def counted_tokens(path: ProbabilityPath, x_in: Tensor) -> Tensor | None:
