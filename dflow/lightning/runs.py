@@ -32,6 +32,7 @@ NOT_TRAINING = (
     "evaluation",
     "watch",
     "compile_denoiser",
+    "gradient_checkpointing",  # the same gradients, less memory: a resume on a smaller device may switch it on
     "eval_prompts",
     "eval_batch_size",
     "val_prompts",
