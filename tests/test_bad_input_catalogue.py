@@ -474,6 +474,16 @@ CASES: list[Case] = [
         r"holds no tokenizer .*tokenizer: task",
         fix="save the model's tokenizer beside it, or `tokenizer: task` for a model trained on the task's ids",
     ),
+    Case(
+        "hf-model-without-gradient-checkpointing",
+        "models",
+        lambda tmp: HFMaskedLM(
+            config={"model_type": "albert", "hidden_size": 8, "num_attention_heads": 2, "intermediate_size": 16},
+            gradient_checkpointing=True,
+        ).build(TextTask(), MixturePath(MaskSource(TextTask().vocab_size))),
+        r"gradient_checkpointing=True, but AlbertForMaskedLM does not support gradient checkpointing",
+        fix="set `gradient_checkpointing: false` for this model (or lower `minibatch_size` to save memory)",
+    ),
     # ---- tasks
     Case(
         "task-unknown-name",

@@ -9,6 +9,17 @@ vocabulary or a length twice, and a saved base is checked against them at start-
         class_path: dflow.lightning.TransformerDenoiser      # or PretrainedDenoiser / HFMaskedLM
         init_args: {hidden_size: 128, num_layers: 4}
 
+Every builder takes ``gradient_checkpointing`` (default false): the built denoiser recomputes its
+blocks' activations in the backward pass instead of keeping them (``docs/scaling.md``)::
+
+    model:
+      init_args:
+        denoiser:
+          class_path: dflow.lightning.PretrainedDenoiser
+          init_args: {path: dflow/assets/shapes_uniform, gradient_checkpointing: true}
+
+It is a setting of the run, not of the model: exported model folders do not record it.
+
 Every mismatch raises ``ValueError`` naming the field and both values. The module also holds the
 JSON description helpers (:func:`describe` / :func:`instantiate`) that ``dflow_meta.json`` uses.
 """
@@ -26,7 +37,7 @@ import torch
 from torch import nn
 
 from dflow.lightning.tokens import load_model_tokenizer, translate_token_ids
-from dflow.models import DFlowConfig, DFlowTransformer, HFMaskedLMDenoiser
+from dflow.models import DFlowConfig, DFlowTransformer, HFMaskedLMDenoiser, enable_gradient_checkpointing
 from dflow.paths import ProbabilityPath
 from dflow.tasks import Task
 
@@ -74,6 +85,13 @@ def image_shape(task: Task) -> tuple[int, int] | None:
     return None
 
 
+def check_flag(name: str, value: Any) -> bool:
+    """A builder's bool option: ``ValueError`` naming it for anything but ``True`` / ``False``."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {name}={value!r}")
+    return value
+
+
 class DenoiserBuilder(ABC):
     """Builds the denoiser ``(x_t [B, L], t [B], cond [B, Lc] | None) -> logits [B, L, V]``."""
 
@@ -100,6 +118,8 @@ class TransformerDenoiser(DenoiserBuilder):
             marginal (near-uniform attention never finds the neighbouring pixels); 0.1 breaks out
             within ~200 steps on 12x12 images (measured: docs/pretraining.md).
         conv_kernel: depthwise image convolution before each block (0 = off; image tasks only).
+        gradient_checkpointing: recompute each block in the backward pass instead of keeping its
+            activations (less memory, about one more forward pass of compute); not saved with the model.
     """
 
     def __init__(
@@ -112,7 +132,9 @@ class TransformerDenoiser(DenoiserBuilder):
         time_conditioning: bool = False,
         initializer_range: float = 0.02,
         conv_kernel: int = 0,
+        gradient_checkpointing: bool = False,
     ) -> None:
+        self.gradient_checkpointing = check_flag("gradient_checkpointing", gradient_checkpointing)
         self.kwargs: dict[str, Any] = dict(
             hidden_size=hidden_size,
             num_layers=num_layers,
@@ -137,7 +159,10 @@ class TransformerDenoiser(DenoiserBuilder):
         )
 
     def build(self, task: Task, path: ProbabilityPath) -> nn.Module:
-        return DFlowTransformer(self.config(task, path))
+        model = DFlowTransformer(self.config(task, path))
+        if self.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
+        return model
 
 
 class HFMaskedLM(DenoiserBuilder):
@@ -161,9 +186,17 @@ class HFMaskedLM(DenoiserBuilder):
         path: a local directory with a saved masked LM (exactly one of ``config`` and ``path``).
         tokenizer: with ``path``: ``"model"`` (default, the folder's tokenizer, as above) or
             ``"task"`` (the task's ids unchanged).
+        gradient_checkpointing: switch on the model's own gradient checkpointing; ``ValueError``
+            naming the model class when it has none.
     """
 
-    def __init__(self, config: dict[str, Any] | None = None, path: str | None = None, tokenizer: str = "model") -> None:
+    def __init__(
+        self,
+        config: dict[str, Any] | None = None,
+        path: str | None = None,
+        tokenizer: str = "model",
+        gradient_checkpointing: bool = False,
+    ) -> None:
         if (config is None) == (path is None):
             raise ValueError(f"HFMaskedLM: give exactly one of config and path, got config={config!r}, path={path!r}")
         if config is not None and "model_type" not in config:
@@ -173,6 +206,7 @@ class HFMaskedLM(DenoiserBuilder):
         self.config = dict(config) if config is not None else None
         self.path = path
         self.tokenizer = tokenizer
+        self.gradient_checkpointing = check_flag("gradient_checkpointing", gradient_checkpointing)
 
     def build(self, task: Task, path: ProbabilityPath) -> nn.Module:
         check_task_path(task, path)
@@ -202,6 +236,7 @@ class HFMaskedLM(DenoiserBuilder):
                     mask_token_id=table[tokenizer.mask_token_id],
                     prompt_len=task.prompt_len,
                     prompt_token_ids=table,
+                    gradient_checkpointing=self.gradient_checkpointing,
                 )
         return HFMaskedLMDenoiser(
             model,
@@ -209,6 +244,7 @@ class HFMaskedLM(DenoiserBuilder):
             mask_token_id=tokenizer.mask_token_id,
             prompt_len=task.prompt_len,
             pad_token_id=tokenizer.pad_token_id or None,  # 0 (BERT-style) needs no translation
+            gradient_checkpointing=self.gradient_checkpointing,
         )
 
 
@@ -219,10 +255,13 @@ class PretrainedDenoiser(DenoiserBuilder):
     Args:
         path: the directory; a short name such as ``dflow/assets/shapes_uniform`` is resolved with
             :func:`resolve_path`.
+        gradient_checkpointing: switch on the loaded model's gradient checkpointing (a
+            ``DFlowTransformer``, or the masked LM of an ``HFMaskedLMDenoiser`` base).
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, gradient_checkpointing: bool = False) -> None:
         self.path = path
+        self.gradient_checkpointing = check_flag("gradient_checkpointing", gradient_checkpointing)
 
     def build(self, task: Task, path: ProbabilityPath) -> nn.Module:
         check_task_path(task, path)
@@ -234,10 +273,11 @@ class PretrainedDenoiser(DenoiserBuilder):
             raise ValueError(f"path={str(directory)!r} has no config.json (not a save_pretrained directory)")
         model = DFlowTransformer.from_pretrained(directory)
         check_model_config(model.config, task, path, where=str(directory))
+        if self.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
         return model
 
-    @staticmethod
-    def _build_hf(directory: Path, meta: dict[str, Any], task: Task, path: ProbabilityPath) -> nn.Module:
+    def _build_hf(self, directory: Path, meta: dict[str, Any], task: Task, path: ProbabilityPath) -> nn.Module:
         adapter = meta.get("hf_adapter", {})
         data_ids = list(getattr(task, "data_token_ids", []) or [])  # the task's ids (the model's may differ)
         if adapter.get("data_token_ids") != data_ids:
@@ -257,6 +297,7 @@ class PretrainedDenoiser(DenoiserBuilder):
             prompt_len=adapter["prompt_len"],
             pad_token_id=adapter.get("pad_token_id"),
             prompt_token_ids=adapter.get("prompt_token_ids"),
+            gradient_checkpointing=self.gradient_checkpointing,
         )
 
 

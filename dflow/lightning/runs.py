@@ -33,6 +33,7 @@ NOT_TRAINING = (
     "num_grid_prompts",
     "watch",
     "compile_denoiser",
+    "gradient_checkpointing",  # the same gradients, less memory: a resume on a smaller device may switch it on
     "eval_prompts",
     "eval_batch_size",
     "val_prompts",

@@ -12,6 +12,12 @@ the tokenizer's ids:
 
 It is time-agnostic (``t`` is checked, then ignored), like FUDOKI, URSA and LLaDA.
 
+With ``gradient_checkpointing=True`` the MLM's own checkpointing is switched on (non-reentrant), or
+a ``ValueError`` names the MLM class when it has none (ALBERT, for one). ``transformers`` layers
+checkpoint only in train mode, and dflow's RL losses run the denoiser in eval mode (no dropout); so
+while autograd records, the adapter lets the checkpointed layers see train mode for the call
+(their flag only: dropout and the other submodules stay in eval mode).
+
 Example::
 
     denoiser = HFMaskedLMDenoiser("ckpt/tiny-bert", data_token_ids=[5, 6, 7, 8], mask_token_id=4)
@@ -21,12 +27,19 @@ Example::
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModelForMaskedLM, PretrainedConfig, PreTrainedModel
+
+from dflow.models.checkpointing import (
+    disable_gradient_checkpointing,
+    enable_gradient_checkpointing,
+    is_gradient_checkpointing,
+)
 
 
 def _is_integer_tensor(x: Tensor) -> bool:
@@ -50,6 +63,8 @@ class HFMaskedLMDenoiser(nn.Module):
             is the model id of the task's token ``i``), for a model whose own tokenizer numbers
             tokens differently from the task's; ``cond`` then holds task ids, and ``pad_token_id``
             is not used. ``None`` (default): ``cond`` already holds model ids.
+        gradient_checkpointing: switch on the MLM's own gradient checkpointing (see the module
+            doc); ``ValueError`` naming the MLM class when it does not support it.
     """
 
     data_token_ids: Tensor  # buffers (register_buffer in __init__)
@@ -64,9 +79,14 @@ class HFMaskedLMDenoiser(nn.Module):
         prompt_len: int = 0,
         pad_token_id: int | None = None,
         prompt_token_ids: Sequence[int] | None = None,
+        gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         self.mlm = self._build_mlm(model)
+        if not isinstance(gradient_checkpointing, bool):
+            raise ValueError(f"gradient_checkpointing must be a bool, got {gradient_checkpointing!r}")
+        if gradient_checkpointing:
+            self.gradient_checkpointing_enable()
         # typed nn.Module by transformers; an nn.Embedding (or a subclass) in its masked LMs
         model_vocab = cast(nn.Embedding, self.mlm.get_input_embeddings()).num_embeddings
         ids = list(data_token_ids)
@@ -128,6 +148,19 @@ class HFMaskedLMDenoiser(nn.Module):
             return AutoModelForMaskedLM.from_pretrained(model, local_files_only=True)
         raise ValueError(f"model must be a directory path, a PretrainedConfig or a dict, got {type(model).__name__}")
 
+    def gradient_checkpointing_enable(self) -> None:
+        """Switch on the MLM's gradient checkpointing; ``ValueError`` naming its class if it has none."""
+        enable_gradient_checkpointing(self.mlm)
+
+    def gradient_checkpointing_disable(self) -> None:
+        """Switch the MLM's gradient checkpointing off."""
+        disable_gradient_checkpointing(self.mlm)
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        """Whether the MLM checkpoints its layers while autograd records."""
+        return is_gradient_checkpointing(self.mlm)
+
     @property
     def vocab_size(self) -> int:
         """``V``, the number of data values (the logits' last dimension)."""
@@ -151,9 +184,34 @@ class HFMaskedLMDenoiser(nn.Module):
             elif self.pad_token_id is not None:
                 prompt = prompt.masked_fill(prompt == 0, self.pad_token_id)
             input_ids = torch.cat([prompt, input_ids], dim=1)  # [B, Lc + L]
-        output = self.mlm(input_ids=input_ids, attention_mask=torch.ones_like(input_ids))
+        with self._checkpointing_in_eval_mode():
+            output = self.mlm(input_ids=input_ids, attention_mask=torch.ones_like(input_ids))
         logits = output.logits[:, self.prompt_len :, :]  # [B, L, model_vocab]
         return logits.index_select(-1, self.data_token_ids)  # [B, L, V]
+
+    @contextmanager
+    def _checkpointing_in_eval_mode(self) -> Iterator[None]:
+        """Let checkpointed layers checkpoint in eval mode while autograd records.
+
+        ``transformers`` gates checkpointing on the layer's (or encoder's) own ``training`` flag.
+        Only the modules that carry ``gradient_checkpointing = True`` see ``training = True``, and
+        only for this call: their submodules (dropout, attention's dropout probability) keep eval
+        mode, so the logits are the eval-mode logits. The recompute during backward runs after
+        the flags are restored; a layer that read its own flag for something else would recompute
+        differently, which non-reentrant checkpointing reports as an error rather than hiding.
+        """
+        flipped = []
+        if not self.training and torch.is_grad_enabled():
+            flipped = [
+                m for m in self.mlm.modules() if getattr(m, "gradient_checkpointing", False) is True and not m.training
+            ]
+        for module in flipped:
+            module.training = True
+        try:
+            yield
+        finally:
+            for module in flipped:
+                module.training = False
 
     def _check_inputs(self, x_t: Tensor, t: Tensor, cond: Tensor | None) -> tuple[int, int]:
         if not isinstance(x_t, Tensor) or x_t.dim() != 2 or not _is_integer_tensor(x_t):

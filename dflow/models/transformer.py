@@ -10,6 +10,14 @@ The token sequence the blocks see is ``[prompt (Lc tokens) | x_t (L tokens)]``:
 - with ``time_conditioning`` every LayerNorm is modulated by an embedding of ``t``;
 - the final norm and a linear head run on the ``L`` output positions only -> logits ``[B, L, V]``.
 
+Gradient checkpointing (``supports_gradient_checkpointing``): after
+``model.gradient_checkpointing_enable()`` (or :func:`~dflow.models.enable_gradient_checkpointing`)
+each block, with its local mixing, keeps only its input ``h`` and ``tau`` for the backward pass and
+recomputes the rest there. It runs whenever autograd records (``torch.is_grad_enabled()``), in
+train *and* eval mode: dflow's RL losses run the policy in eval mode (no dropout, so the on-policy
+ratio is exactly 1) and are exactly where the memory goes. Under ``torch.no_grad()`` (rollouts,
+old / reference values, evaluation) the blocks run as usual. Nothing of it is saved with the model.
+
 Example::
 
     config = DFlowConfig(vocab_size=16, mask_id=16, seq_len=64, prompt_len=8, prompt_vocab_size=40)
@@ -22,12 +30,16 @@ Example::
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from functools import partial
 
 import torch
 from einops import rearrange
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 from transformers import AutoConfig, AutoModel, PreTrainedModel
 
+from dflow.models.checkpointing import CHECKPOINT_KWARGS
 from dflow.models.config import DFlowConfig
 from dflow.models.layers import (
     AdaptiveLayerNorm,
@@ -49,9 +61,13 @@ class DFlowTransformer(PreTrainedModel):
     config: DFlowConfig
     base_model_prefix = "dflow"
     main_input_name = "x_t"
+    # transformers' gradient_checkpointing_enable / disable set self.gradient_checkpointing and
+    # self._gradient_checkpointing_func (a non-reentrant torch.utils.checkpoint.checkpoint)
+    supports_gradient_checkpointing = True
     # None in an unconditional model (prompt_len = 0)
     prompt_embed: nn.Embedding | None
     prompt_position_embed: nn.Embedding | None
+    _gradient_checkpointing_func: Callable[..., Tensor]
 
     def __init__(self, config: DFlowConfig) -> None:
         super().__init__(config)
@@ -84,6 +100,10 @@ class DFlowTransformer(PreTrainedModel):
         )
         self.final_norm = AdaptiveLayerNorm(hidden, config.layer_norm_eps, config.time_conditioning)
         self.head = nn.Linear(hidden, config.vocab_size)
+        # a runtime switch, never part of the config or the weights; the function is replaced by
+        # gradient_checkpointing_enable (with its kwargs) and is here for a flag set by hand
+        self.gradient_checkpointing = False
+        self._gradient_checkpointing_func = partial(checkpoint, **CHECKPOINT_KWARGS)
         self.post_init()
 
     def _mix_locally(self, h: Tensor, conv: nn.Module) -> Tensor:
@@ -138,12 +158,26 @@ class DFlowTransformer(PreTrainedModel):
             prefix = prefix + self.prompt_position_embed.weight  # [B, Lc, D]
             h = torch.cat([prefix, h], dim=1)  # [B, Lc + L, D]
         tau = self.time_embed(t) if self.time_embed is not None else None  # [B, D] | None
-        for i, block in enumerate(self.blocks):
-            if self.local_mix is not None:
-                h = self._mix_locally(h, self.local_mix[i])
-            h = block(h, tau)  # [B, Lc + L, D]
+        # no graph is recorded without grad, so there is nothing to save memory on
+        checkpointing = self.gradient_checkpointing and torch.is_grad_enabled()
+        for i in range(len(self.blocks)):
+            if checkpointing:
+                # tau and the prompt prefix (inside h) go in as inputs, so the recompute sees them
+                h = self._gradient_checkpointing_func(self._layer, i, h, tau)  # [B, Lc + L, D]
+            else:
+                h = self._layer(i, h, tau)  # [B, Lc + L, D]
         h = self.final_norm(h[:, config.prompt_len :], tau)  # [B, L, D]
         return self.head(h)  # [B, L, V]
+
+    def _layer(self, i: int, h: Tensor, tau: Tensor | None) -> Tensor:
+        """Block ``i``, after its local mixing when the config has one: ``[B, Lc + L, D]`` -> same.
+
+        The unit that gradient checkpointing recomputes (the module call, so the block's hooks run
+        again in the recompute, as with ``torch.utils.checkpoint.checkpoint(module, ...)``).
+        """
+        if self.local_mix is not None:
+            h = self._mix_locally(h, self.local_mix[i])
+        return self.blocks[i](h, tau)
 
     def _check_inputs(self, x_t: Tensor, t: Tensor, cond: Tensor | None) -> Tensor | None:
         """Validate shapes and ranges; return ``cond`` filled in (or ``None`` when ``Lc == 0``)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -219,3 +220,125 @@ def test_hf_masked_lm_folder_tokenizer_errors_name_the_fix(tmp_path):
     assert HFMaskedLM(path=str(tmp_path / "bare"), tokenizer="task").build(task, path).prompt_token_ids is None
     with pytest.raises(ValueError, match="tokenizer must be 'model' or 'task'"):
         HFMaskedLM(path="x", tokenizer="bert")
+
+
+# ------------------------------------------------------------------ gradient checkpointing
+TINY_BERT = {"model_type": "bert", "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2}
+
+
+def test_every_builder_passes_gradient_checkpointing_to_the_model(shapes, tmp_path):
+    from dflow.lightning.export import model_meta, write_model_folder
+    from dflow.models import is_gradient_checkpointing
+    from dflow.sampling import SamplerConfig
+
+    uniform = MixturePath(UniformSource(7))
+    base = save_model(tmp_path / "base")
+    text = TextTask()
+    masked = MixturePath(MaskSource(text.vocab_size))
+    bert = HFMaskedLM(config={**TINY_BERT, "intermediate_size": 32}).build(text, masked)
+    write_model_folder(bert, model_meta(bert, describe(text), text, masked, SamplerConfig(), {}), tmp_path / "hf")
+    save_roberta_with_its_tokenizer(tmp_path / "roberta")
+    cases = [
+        (lambda **kw: TransformerDenoiser(**TINY, **kw), shapes, uniform),
+        (lambda **kw: PretrainedDenoiser(base, **kw), shapes, uniform),
+        (lambda **kw: PretrainedDenoiser(str(tmp_path / "hf"), **kw), text, masked),
+        (lambda **kw: HFMaskedLM(config={**TINY_BERT, "intermediate_size": 32}, **kw), text, masked),
+        (lambda **kw: HFMaskedLM(path=str(tmp_path / "roberta"), **kw), text, masked),
+    ]
+    for make, task, path in cases:
+        assert not is_gradient_checkpointing(make().build(task, path))  # off unless asked
+        model = make(gradient_checkpointing=True).build(task, path)
+        assert is_gradient_checkpointing(model), type(make())
+        batch = task.sample_data(2, torch.Generator().manual_seed(0))
+        model(path.sample_xt(batch.x1, torch.full((2,), 0.5)), torch.full((2,), 0.5), batch.cond).sum().backward()
+    with pytest.raises(ValueError, match="gradient_checkpointing must be true or false, got gradient_checkpointing=1"):
+        TransformerDenoiser(gradient_checkpointing=1)
+
+
+def test_hf_builder_names_a_model_class_without_checkpointing():
+    text = TextTask()
+    albert = {
+        "model_type": "albert",
+        "embedding_size": 8,
+        "hidden_size": 16,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "intermediate_size": 32,
+    }
+    masked = MixturePath(MaskSource(text.vocab_size))
+    HFMaskedLM(config=albert).build(text, masked)  # fine without the flag
+    with pytest.raises(ValueError, match="AlbertForMaskedLM does not support gradient checkpointing"):
+        HFMaskedLM(config=albert, gradient_checkpointing=True).build(text, masked)
+
+
+def recipe_with_checkpointing(recipe: str, directory) -> Path:
+    """A copy of a shipped recipe whose denoiser says ``gradient_checkpointing: true`` in its YAML."""
+    import yaml
+
+    config = yaml.safe_load((Path(__file__).resolve().parents[2] / "recipes" / recipe).read_text())
+    config["model"]["init_args"]["denoiser"].setdefault("init_args", {})["gradient_checkpointing"] = True
+    out = Path(directory) / Path(recipe).name
+    out.write_text(yaml.safe_dump(config))
+    return out
+
+
+def counting_checkpoints(monkeypatch) -> list[int]:
+    """Count calls of the checkpoint function that transformers' enable hands to the models."""
+    import transformers.modeling_utils
+
+    calls = [0]
+    original = transformers.modeling_utils.checkpoint
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(transformers.modeling_utils, "checkpoint", counted)
+    return calls
+
+
+QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--trainer.max_steps=1"]
+
+
+@pytest.mark.parametrize(
+    ("recipe", "overrides"),
+    [
+        # PretrainModule: a fresh transformers BERT (HFMaskedLM) and a fresh DFlowTransformer
+        (
+            "text/pretrain_mask.yaml",
+            [
+                '--model.init_args.denoiser.init_args.config={"model_type": "bert", "hidden_size": 16, '
+                '"num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32}'
+            ],
+        ),
+        (
+            "shapes/pretrain_uniform.yaml",
+            [f"--model.init_args.denoiser.init_args.{k}={v}" for k, v in TINY.items()],
+        ),
+        # RLModule: the shipped shapes base (PretrainedDenoiser); its losses run in eval mode
+        ("shapes/udm_grpo.yaml", ["--model.init_args.rollout.num_steps=4", "--data.init_args.prompts_per_step=2"]),
+    ],
+    ids=["pretrain-hf", "pretrain-transformer", "rl-pretrained"],
+)
+def test_gradient_checkpointing_from_a_recipe_yaml(recipe, overrides, tmp_path, monkeypatch):
+    from dflow.lightning.cli import run_lightning_cli
+    from dflow.models import is_gradient_checkpointing
+
+    config = recipe_with_checkpointing(recipe, tmp_path)
+    monkeypatch.chdir(tmp_path)  # the run folder lands here
+    calls = counting_checkpoints(monkeypatch)
+    evaluation = (
+        ["--trainer.limit_val_batches=0"] if "pretrain" in recipe else ["--model.init_args.eval_every_n_steps=0"]
+    )
+    cli = run_lightning_cli(["fit", "--config", str(config), *QUIET, *evaluation, *overrides])
+    assert cli.trainer.global_step == 1
+    assert is_gradient_checkpointing(cli.model.denoiser)
+    assert calls[0] > 0  # the training step's forward went through checkpointed blocks
+    # a run setting, not a model setting: the exported folder loads as any other, checkpointing off
+    folder = cli.model.export_pretrained(tmp_path / "export")
+    for name in ("config.json", "dflow_meta.json"):
+        assert "gradient_checkpointing" not in (folder / name).read_text()
+    task, path = cli.datamodule.task, cli.model.path
+    again = PretrainedDenoiser(str(folder)).build(task, path)
+    assert not is_gradient_checkpointing(again)
+    assert is_gradient_checkpointing(PretrainedDenoiser(str(folder), gradient_checkpointing=True).build(task, path))

@@ -159,3 +159,9 @@ def test_a_checkpoint_from_before_an_argument_existed_still_resumes():
     now = {"model": {"init_args": {"lr": 0.1, "eval_every_n_steps": 20, "watch": None}}, "seed_everything": 0}
     assert same_run(stored, now) and differences(stored, now) == []
     assert not same_run({"model": {"init_args": {"lr": 0.2}}}, now)
+
+    # gradient checkpointing changes memory, not what is trained: a resume may switch it on
+    def denoiser(flag: bool) -> dict:
+        return {"model": {"init_args": {"denoiser": {"init_args": {"path": "base", "gradient_checkpointing": flag}}}}}
+
+    assert same_run(denoiser(False), denoiser(True))
