@@ -328,7 +328,7 @@ def test_gradient_checkpointing_from_a_recipe_yaml(recipe, overrides, tmp_path, 
     monkeypatch.chdir(tmp_path)  # the run folder lands here
     calls = counting_checkpoints(monkeypatch)
     evaluation = (
-        ["--trainer.limit_val_batches=0"] if "pretrain" in recipe else ["--model.init_args.eval_every_n_steps=0"]
+        ["--trainer.limit_val_batches=0"] if "pretrain" in recipe else ["--model.init_args.evaluation.every_n_steps=0"]
     )
     cli = run_lightning_cli(["fit", "--config", str(config), *QUIET, *evaluation, *overrides])
     assert cli.trainer.global_step == 1
