@@ -223,6 +223,27 @@ MUTANTS = (
         (RL_WIRING,),
         "`dflow sample` scoring with other noise than the RL evaluation",
     ),
+    Mutant(
+        "sharded-clip-on-local-shards",
+        "dflow/lightning/rl_module.py",
+        "return norm_value(torch.nn.utils.clip_grad_norm_(params, max_norm))",
+        "local = [p.grad.to_local() if hasattr(p.grad, 'to_local') else p.grad for p in params]\n"
+        "        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in local]))\n"
+        "        for g in local:\n"
+        "            g.mul_(torch.clamp(max_norm / (norm + 1e-6), max=1.0))\n"
+        "        return norm",
+        ("tests/lightning/test_ddp.py::test_two_process_fsdp2_resumed_matches_one_process",),
+        "under FSDP2 the gradient norm taken over one rank's shards only",
+    ),
+    Mutant(
+        "sharded-reference-left-whole",
+        "dflow/lightning/rl_module.py",
+        "            if self.reference is not None:  # the frozen reference is sharded the same way\n"
+        "                shard(self.reference, mesh)",
+        "            pass",
+        ("tests/lightning/test_ddp.py::test_two_process_fsdp2_resumed_matches_one_process",),
+        "under FSDP2 the KL reference not sharded (each rank keeps a whole copy)",
+    ),
 )
 
 

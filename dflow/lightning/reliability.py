@@ -70,6 +70,8 @@ def load_checkpoint_file(path, map_location: Any | None = "cpu") -> dict[str, An
 def check_state_dict(module: torch.nn.Module, checkpoint: dict[str, Any]) -> None:
     """ValueError naming the checkpoint file when its weights do not fit ``module`` (missing keys, shapes)."""
     where = checkpoint.get(CHECKPOINT_PATH_KEY, "<checkpoint>")
+    if "state_dict" not in checkpoint:
+        return  # ModelParallelStrategy (FSDP2) loads the sharded weights itself and passes the rest
     own = module.state_dict()
     theirs = checkpoint["state_dict"]
     missing = sorted(set(own) - set(theirs))

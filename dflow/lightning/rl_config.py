@@ -22,6 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from typing import Any, Literal, TypeVar
 
+import torch
+
 from dflow.lightning.schedules import check_schedule
 from dflow.sampling import SamplerConfig
 
@@ -200,3 +202,18 @@ def check_removed_arguments(given: dict[str, Any]) -> None:
         "rollout (RolloutConfig), optim (OptimConfig), evaluation (EvalConfig), faults (FaultPolicy); "
         "in YAML `optim: {lr: 1.0e-4}`, on the command line --model.init_args.optim.lr=1e-4"
     )
+
+
+def allow_in_checkpoints() -> None:
+    """Let ``torch.load(weights_only=True)`` read ``RLModule``'s hyperparameters: its records (and the
+    :class:`~dflow.lightning.rewards.RewardSpec` list) are plain data. Lightning loads a checkpoint that
+    way under ``ModelParallelStrategy``; without this, resuming an FSDP2 run fails with "Unsupported
+    global: dflow.lightning.rl_config.RolloutConfig"."""
+    from dflow.lightning.rewards import RewardSpec
+
+    torch.serialization.add_safe_globals(
+        [SamplerConfig, RolloutConfig, OptimConfig, EvalConfig, FaultPolicy, RewardSpec]
+    )
+
+
+allow_in_checkpoints()

@@ -39,6 +39,7 @@ from dflow.lightning.rl_config import (
 )
 from dflow.lightning.rl_state import global_rng_state, restore, set_global_rng_state, snapshot
 from dflow.lightning.schedules import warmup_cosine, with_schedule
+from dflow.lightning.sharding import is_sharded, norm_value, shard
 from dflow.lightning.watch import TrainingWatch
 from dflow.paths.base import ProbabilityPath
 from dflow.rl.advantages import AdvantageEstimator, AdvantageInput, GroupAdvantage
@@ -148,16 +149,29 @@ class RLModule(L.LightningModule):
 
     # ------------------------------------------------------------------ assembly
     def configure_model(self) -> None:
-        if self.denoiser is not None:
-            return
-        task, split = self.task, "rl"
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if datamodule is not None:
-            task = task if task is not None else datamodule.task
-            split = getattr(datamodule, "split", split)  # batches index the data module's prompt split
-        if task is None:
-            raise ValueError("RLModule needs a task: use a PromptDataModule (data: ...) or call attach_task(task)")
-        self.attach_task(task, split)
+        if self.denoiser is None:
+            task, split = self.task, "rl"
+            datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+            if datamodule is not None:
+                task = task if task is not None else datamodule.task
+                split = getattr(datamodule, "split", split)  # batches index the data module's prompt split
+            if task is None:
+                raise ValueError("RLModule needs a task: use a PromptDataModule (data: ...) or call attach_task(task)")
+            self.attach_task(task, split)
+        strategy = type(self.trainer.strategy).__name__ if self._trainer is not None else ""
+        if strategy == "FSDPStrategy":
+            raise ValueError(
+                "RLModule does not run under FSDPStrategy (FSDP1 wraps the whole module, but rollouts call the "
+                "denoiser directly): use --trainer.strategy=ModelParallelStrategy (FSDP2, which shards each layer "
+                "of the policy and of the KL reference; docs/scaling.md)"
+            )
+        mesh = getattr(self, "_device_mesh", None)  # set by ModelParallelStrategy (FSDP2)
+        if mesh is not None and not is_sharded(self._bound()[1]):
+            if getattr(self, "_compiled", None) is not None:
+                raise ValueError("compile_denoiser: true is not supported with ModelParallelStrategy (FSDP2) yet")
+            shard(self._bound()[1], mesh)
+            if self.reference is not None:  # the frozen reference is sharded the same way
+                shard(self.reference, mesh)
 
     def attach_task(self, task, split: str = "rl") -> None:
         """Build the policy (and the frozen reference) for ``task``; validates vocabularies at start-up.
@@ -312,8 +326,7 @@ class RLModule(L.LightningModule):
             fault = None if torch.isfinite(out.loss) else ValueError(f"loss is {out.loss.item()}{_DIVERGED}")
             if fault is None:
                 self.manual_backward(out.loss)
-                params = [p for p in denoiser.parameters() if p.grad is not None]
-                norm = torch.nn.utils.clip_grad_norm_(params, self.optim.max_grad_norm or math.inf)
+                norm = self._clip_gradients(denoiser, self.optim.max_grad_norm or math.inf)
                 if not torch.isfinite(norm):
                     fault = ValueError(f"gradient norm is {norm.item()}{_DIVERGED}")
             if fault is not None:
@@ -328,6 +341,13 @@ class RLModule(L.LightningModule):
             for k, v in out.stats.items():
                 stats.setdefault(k, []).append(v)
         return stats, grad_norms
+
+    def _clip_gradients(self, denoiser: torch.nn.Module, max_norm: float) -> Tensor:
+        """Clip the policy's gradient to ``max_norm``; returns the norm before clipping. Under FSDP2 each
+        rank holds a shard of every gradient (DTensors), and ``clip_grad_norm_`` reduces the norm over
+        the ranks (a norm of one rank's shards would clip by the wrong factor: tests/lightning/test_ddp.py)."""
+        params = [p for p in denoiser.parameters() if p.grad is not None]
+        return norm_value(torch.nn.utils.clip_grad_norm_(params, max_norm))
 
     def _rollout(self, prompt_ids: list[int], cond: Tensor):
         G, L = self.group_size, self._bound()[0].seq_len
