@@ -36,7 +36,7 @@ class TestbedTask(Task):
     construction). Pretraining data are noisy copies: each row is built around the prompt's
     target (or, with probability ``pretrain_decoy_prob``, around its decoy), keeping each position
     with probability ``pretrain_keep`` and drawing it uniformly otherwise. A base trained on them is
-    broad (defaults: about 0.55 expected partial credit and a 5% chance of the exact target, measured
+    broad (defaults: 0.55-0.59 expected partial credit and a 5-7% chance of the exact target, measured
     in docs/testbed.md), so RL has headroom, and it already visits the trap's decoy.
 
     ``reward`` picks what :meth:`reward` returns (the recipe's ``source: task``):
