@@ -97,8 +97,8 @@ def step_kernels(sampler: Sampler, posteriors: Tensor, states: Tensor, k: int) -
     """``P_k(x_{t_{k+1}}^i = y | x_{t_k} = a)`` from the posteriors ``[P, n, L, V]`` of the states
     ``[n, L]``: float64 ``[P, n, L, S]``, by the path's own ``step_kernel`` on the sampler's grid."""
     P, n, L, V = posteriors.shape
-    t = sampler.times[k].expand(P * n)  # float32, exactly the sampler's grid values
-    s = sampler.times[k + 1].expand(P * n)
+    times = sampler.times.to(states.device)  # float32, exactly the sampler's grid values
+    t, s = times[k].expand(P * n), times[k + 1].expand(P * n)
     kernel = sampler.path.step_kernel(posteriors.reshape(P * n, L, V), states.repeat(P, 1), t, s)
     return kernel.view(P, n, L, -1)
 
@@ -153,6 +153,7 @@ def exact_distribution(
     P = 1 if cond is None else cond.shape[0]
     device = cond.device if cond is not None else torch.device("cpu")
     states = space.states.to(device)  # [N, L]
+    times = sampler.times.to(device)  # [K + 1] float32, as Sampler.rollout moves them
     passes = 0
     with torch.set_grad_enabled(with_grad and torch.is_grad_enabled()):
         p0 = path.source.probs(dtype=torch.float64, device=device)  # [S]
@@ -163,12 +164,12 @@ def exact_distribution(
         for k in range(sampler.num_steps):
             support = (pi > 0).any(0).nonzero().squeeze(1)  # states with mass for some prompt
             if time_agnostic and cached is None and support.numel() > 1:
-                cached, n = state_posteriors(policy, sampler, states, cond, sampler.times[k], chunk_size)
+                cached, n = state_posteriors(policy, sampler, states, cond, times[k], chunk_size)
                 passes += n
             if cached is not None:
                 posteriors = cached[:, support]  # [P, n, L, V]
             else:
-                posteriors, n = state_posteriors(policy, sampler, states[support], cond, sampler.times[k], chunk_size)
+                posteriors, n = state_posteriors(policy, sampler, states[support], cond, times[k], chunk_size)
                 passes += n
             pi = propagate(pi[:, support], step_kernels(sampler, posteriors, states[support], k))  # [P, N]
         clean = space.clean_index.to(device)
