@@ -9,7 +9,18 @@ import torch
 from torch import nn
 
 from dflow.paths import LinearScheduler, MaskSource, MetricPath, MixturePath, UniformSource
-from dflow.rl import AllSteps, ClippedSurrogate, Compute, GroupAdvantage, PolicyUpdate, TrajectoryLikelihood
+from dflow.rl import (
+    AllSteps,
+    BackwardStates,
+    ClippedSurrogate,
+    Compute,
+    ELBOLikelihood,
+    ForwardReconstruction,
+    GroupAdvantage,
+    MeanFieldLikelihood,
+    PolicyUpdate,
+    TrajectoryLikelihood,
+)
 from dflow.rl.advantages import AdvantageInput
 from dflow.sampling import (
     BlockSampler,
@@ -214,3 +225,27 @@ def test_bad_input_is_named() -> None:
         other.log_probs(model, traj)
     with pytest.raises(ValueError, match="policy must return logits of shape"):
         sampler.rollout(lambda x, t, c: torch.zeros(x.shape[0], L, V + 1), batch_size=2, seq_len=L)
+
+
+@pytest.mark.parametrize(
+    "likelihood",
+    [
+        ForwardReconstruction(),
+        ForwardReconstruction(states=BackwardStates(), max_start=1),
+        ELBOLikelihood(num_timesteps=3),
+        MeanFieldLikelihood(),
+        TrajectoryLikelihood(AllSteps(), token_mean=True),
+    ],
+    ids=["forward-reconstruction", "backward-states", "elbo", "mean-field", "trajectory-token-mean"],
+)
+@pytest.mark.parametrize("name", ["confidence-sampled", "entropy-bound"])
+def test_final_sample_estimators_run_on_block_rollouts(name, likelihood) -> None:
+    # they score the final sample x_1 through the path's whole-sequence forward process (not block-aware)
+    model, sampler, traj = rollout(name)
+    adv = GroupAdvantage()(AdvantageInput(traj.x1.float().mean(-1), 2))
+    update = PolicyUpdate(likelihood, ClippedSurrogate(0.2), num_inner_epochs=2)
+    prepared = update.prepare(model, None, traj, adv, sampler, 2, Compute(), seeded(0))
+    out = update.loss(model, prepared, torch.arange(B), sampler, Compute())
+    assert out.stats["ratio_min"] == 1.0 and out.stats["ratio_max"] == 1.0
+    out.loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
