@@ -292,12 +292,17 @@ class EntropyBoundKernel(BlockKernel):
             return StepSample(x_s=x_s, log_prob=self.log_prob(path, logits, x, x_s, step), draw=x_s)
         draw = gumbel_argmax(logits, generator)  # [B, C]
         noise = torch.randint(0, path.vocab_size, x.shape, generator=generator, device=x.device)
-        x_s = torch.where(self.accepted(logits, step), draw, noise)
-        return StepSample(x_s=x_s, log_prob=self.log_prob(path, logits, x, x_s, step), draw=draw)
+        accepted = self.accepted(logits, step)
+        x_s = torch.where(accepted, draw, noise)
+        return StepSample(x_s=x_s, log_prob=self._log_prob(path, logits, x_s, accepted), draw=draw)
 
     def log_prob(self, path, logits, x, x_s, step) -> Tensor:
         if self._argmax_step(step):
             # deterministic given the state: log 1, and (like any selection) treated as fixed in the gradient
             return logits[..., 0].float() * 0.0
+        return self._log_prob(path, logits, x_s, self.accepted(logits, step))
+
+    @staticmethod
+    def _log_prob(path: ProbabilityPath, logits: Tensor, x_s: Tensor, accepted: Tensor) -> Tensor:
         lp = token_log_prob(logits, x_s, path.vocab_size)  # [B, C]
-        return torch.where(self.accepted(logits, step), lp, lp.new_full((), -math.log(path.vocab_size)))
+        return torch.where(accepted, lp, lp.new_full((), -math.log(path.vocab_size)))
