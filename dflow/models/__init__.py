@@ -1,4 +1,4 @@
-"""Denoisers: the protocol, a small transformer, and an adapter for HF masked LMs."""
+"""Denoisers: the protocol, a small transformer, an adapter for HF masked LMs, and DiffusionGemma as a block policy."""
 
 from dflow.models.checkpointing import (
     disable_gradient_checkpointing,
@@ -6,6 +6,7 @@ from dflow.models.checkpointing import (
     is_gradient_checkpointing,
 )
 from dflow.models.config import DFlowConfig
+from dflow.models.diffusion_gemma import DiffusionGemmaDenoiser
 from dflow.models.hf_adapter import HFMaskedLMDenoiser
 from dflow.models.protocol import Denoiser
 from dflow.models.transformer import DFlowTransformer, count_parameters
@@ -14,6 +15,7 @@ __all__ = [
     "DFlowConfig",
     "DFlowTransformer",
     "Denoiser",
+    "DiffusionGemmaDenoiser",
     "HFMaskedLMDenoiser",
     "count_parameters",
     "disable_gradient_checkpointing",

@@ -142,6 +142,11 @@ class Sampler:
         passes = K * (2 if self.uses_guidance(cond) else 1)
         return Trajectory(states, times, log_probs, x.long(), argmax, draws, cond, passes, rollout_batch_size=B)
 
+    def moving_tokens(self, traj: Trajectory, k: int) -> Tensor:
+        """bool ``[B, L]``: the tokens step ``k`` can move, i.e. all but the certainly-clean carry-over
+        tokens of ``x_{t_k}`` (what per-step estimators count for ``token_mean`` and per-token units)."""
+        return ~self.path.is_clean(traj.state(k))
+
     def log_probs(self, policy: Policy, traj: Trajectory, steps: Sequence[int] | Tensor | None = None) -> Tensor:
         """Recompute ``log P_theta(x_{t_{k+1}} | x_{t_k})`` for the chosen steps, with gradient: ``[B, len(steps)]``.
 

@@ -24,7 +24,9 @@ class Trajectory:
 
     Attributes:
         states: ``[K+1, B, L]`` compact integer states, ``states[0]`` from the source, ``states[K] == x1``.
-        times: float ``[K+1]`` the grid, ``times[0] = 0``, ``times[K] = 1``.
+        times: float ``[K+1]`` the grid, ``times[0] = 0``, ``times[K] = 1``. From a
+            :class:`~dflow.sampling.BlockSampler`: the block-local time of each state (restarting at 0
+            with each block), ``times[K] = 1``.
         log_probs: float32 ``[B, K]`` ``log P(x_{t_{k+1}} | x_{t_k})`` summed over tokens, under the
             distribution actually sampled (guidance, temperature, kernel).
         x1: long ``[B, L]`` final clean samples.

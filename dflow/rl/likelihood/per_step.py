@@ -42,7 +42,9 @@ class TrajectoryLikelihood(LikelihoodEstimator):
         return sampler.token_log_probs(policy, traj, plan.steps)  # [B, U, L]
 
     def token_mask(self, traj, plan, sampler) -> Tensor | None:
-        return stack_masks([counted_tokens(sampler.path, traj.state(k)) for k in plan.steps], traj.x1)
+        # the sampler says which tokens a step moves (a block sampler: only inside the step's block)
+        moving = [sampler.moving_tokens(traj, k) for k in plan.steps]
+        return stack_masks([None if bool(m.all()) else m for m in moving], traj.x1)
 
     def recorded_log_probs(self, traj, plan, sampler) -> Tensor | None:
         if self.per_token:
@@ -50,7 +52,7 @@ class TrajectoryLikelihood(LikelihoodEstimator):
         recorded = traj.log_probs[:, plan.steps]  # [B, U] sums over tokens
         if not self.token_mean:
             return recorded
-        counted = torch.stack([~sampler.path.is_clean(traj.state(k)) for k in plan.steps], dim=1)  # [B, U, L]
+        counted = torch.stack([sampler.moving_tokens(traj, k) for k in plan.steps], dim=1)  # [B, U, L]
         return recorded / counted.sum(-1).clamp_min(1).to(recorded.dtype)
 
     def passes_per_unit(self, sampler, traj) -> int:
