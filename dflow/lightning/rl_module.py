@@ -13,6 +13,7 @@ stops the run, by configuration, and is counted in the logs.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from pathlib import Path
@@ -40,6 +41,7 @@ from dflow.lightning.rl_config import (
 from dflow.lightning.rl_state import global_rng_state, restore, set_global_rng_state, snapshot
 from dflow.lightning.schedules import warmup_cosine, with_schedule
 from dflow.lightning.watch import TrainingWatch
+from dflow.models.lora import AdaptersOff, LoRAConfig, apply_lora, has_adapters
 from dflow.paths.base import ProbabilityPath
 from dflow.rl.advantages import AdvantageEstimator, AdvantageInput, GroupAdvantage
 from dflow.rl.aggregation import LossAggregation
@@ -66,7 +68,11 @@ class RLModule(L.LightningModule):
             (:class:`~dflow.lightning.rl_config.EvalConfig`).
         rewards: reward terms and weights (default: the task's partial-credit reward).
         faults: what a step with a bad reward or gradient does (:class:`~dflow.lightning.rl_config.FaultPolicy`).
-        reference_from_initial: the KL reference is a frozen copy of the initial policy.
+        lora: train LoRA adapters instead of the denoiser's weights (:class:`~dflow.models.lora.LoRAConfig`;
+            needs ``peft``). The base weights are frozen, the optimiser holds the adapters only,
+            and the KL reference is the same network with its adapters switched off.
+        reference_from_initial: the KL reference is the initial policy: a frozen copy of it, or with
+            LoRA the base itself (adapters off: no second copy of the weights).
         seed: seeds the RL generator (rollouts, unit plans, mini-batch orders).
         compile_denoiser: call the denoiser through ``torch.compile`` (weights and checkpoints are
             unchanged; worth it on GPUs for long runs, the first steps pay the compilation).
@@ -88,6 +94,7 @@ class RLModule(L.LightningModule):
         evaluation: EvalConfig = EvalConfig(),
         rewards: list[RewardSpec] | None = None,
         faults: FaultPolicy = FaultPolicy(),
+        lora: LoRAConfig | None = None,
         reference_from_initial: bool = True,
         seed: int = 0,
         compile_denoiser: bool = False,
@@ -102,6 +109,7 @@ class RLModule(L.LightningModule):
         optim = self.optim = as_record(OptimConfig, optim, "optim")
         evaluation = self.eval_config = as_record(EvalConfig, evaluation, "evaluation")
         faults = self.fault_policy = as_record(FaultPolicy, faults, "faults")
+        lora = self.lora = as_record(LoRAConfig, lora, "lora") if lora is not None else None
         self.save_hyperparameters(
             ignore=["denoiser", "path", "likelihood", "objective", "advantage", "kl", "aggregation", "watch", "removed"]
         )
@@ -131,7 +139,8 @@ class RLModule(L.LightningModule):
         self.watch = watch if watch is not None else TrainingWatch()
         self.task: Task | None = None
         self.denoiser: torch.nn.Module | None = None
-        self.reference: torch.nn.Module | None = None
+        # the frozen reference: a deep copy of the initial policy, or the policy with adapters off
+        self.reference: torch.nn.Module | AdaptersOff | None = None
         self.compute = Compute()
         self.faults = {"bad_reward": 0, "nonfinite_grad": 0, "consecutive": 0}
         self.eval_history: list[dict[str, float]] = []
@@ -173,13 +182,19 @@ class RLModule(L.LightningModule):
         test, ev = task.prompts("test"), self.eval_config
         self.eval_prompts = evaluation_prompts(test, ev.num_prompts, ev.samples_per_prompt, ev.samples_per_category)
         self.grid_prompts = spread_prompts(test, ev.num_grid_prompts)
-        self.denoiser = self.builder.build(task, self.path)
+        denoiser = self.builder.build(task, self.path)
+        self.denoiser = apply_lora(denoiser, self.lora) if self.lora is not None else denoiser
         # kept outside nn.Module's registry: the compiled wrapper must not add a second copy of the
         # weights to state_dict (checkpoints stay loadable with or without compilation)
         compiled = torch.compile(self.denoiser, dynamic=True) if self.compile_denoiser else None
         object.__setattr__(self, "_compiled", compiled)
         if self.kl.enabled:
-            self.reference = copy.deepcopy(self.denoiser).eval().requires_grad_(False)
+            # With adapters (B = 0 at the start) the initial policy is the base network: the reference is
+            # the same weights with the adapters off, never a copy. Otherwise a frozen deep copy.
+            if has_adapters(self.denoiser):
+                self.reference = AdaptersOff(self.denoiser)
+            else:
+                self.reference = copy.deepcopy(self.denoiser).eval().requires_grad_(False)
 
     def configure_optimizers(self):
         hp = self.optim
@@ -304,7 +319,8 @@ class RLModule(L.LightningModule):
             for idx in self.update.minibatches(batch_size, self.group_size, self.generator)
         ]
         # With several optimiser steps per RL step, a fault in a later mini-batch must also undo the
-        # earlier ones: snapshot weights and optimiser state (three copies of the weights with AdamW).
+        # earlier ones: snapshot the trainable weights and the optimiser state (three copies of them
+        # with AdamW; with LoRA, of the adapters only).
         saved = snapshot(denoiser, opt.optimizer) if len(schedule) > 1 else None
         for i, idx in enumerate(schedule):
             out = self.update.loss(self.policy, batch_ready, idx.to(self.device), self.rollout_sampler, self.compute)
@@ -449,6 +465,7 @@ class RLModule(L.LightningModule):
             "advantage": repr(self.advantage),
             "kl_beta": self.kl.beta,
             "lr": self.optim.lr,
+            **({"lora_merged": dataclasses.asdict(self.lora)} if self.lora is not None else {}),
             **({"exported_from": self.exported_from} if getattr(self, "exported_from", None) else {}),
         }
         evaluation = self.eval_config.sampler()
@@ -456,7 +473,8 @@ class RLModule(L.LightningModule):
 
     def export_pretrained(self, directory: str | Path) -> Path:
         """Write the tuned denoiser as a model folder (``save_pretrained`` + ``dflow_meta.json``), which
-        ``PretrainedDenoiser``, ``dflow sample`` and another RL recipe load like a base."""
+        ``PretrainedDenoiser``, ``dflow sample`` and another RL recipe load like a base. LoRA adapters
+        are merged into the weights of the written copy (the module keeps training with them)."""
         return write_model_folder(self._bound()[1], self.meta(), directory)
 
     # ------------------------------------------------------------------ checkpoint extras

@@ -1,4 +1,4 @@
-"""Denoisers: the protocol, a small transformer, and an adapter for HF masked LMs."""
+"""Denoisers: the protocol, a small transformer, an adapter for HF masked LMs, and LoRA adapters (peft)."""
 
 from dflow.models.checkpointing import (
     disable_gradient_checkpointing,
@@ -7,10 +7,16 @@ from dflow.models.checkpointing import (
 )
 from dflow.models.config import DFlowConfig
 from dflow.models.hf_adapter import HFMaskedLMDenoiser
+from dflow.models.lora import AdaptersOff, LoRAConfig, apply_lora, has_adapters, merged_copy
 from dflow.models.protocol import Denoiser
 from dflow.models.transformer import DFlowTransformer, count_parameters
 
 __all__ = [
+    "AdaptersOff",
+    "LoRAConfig",
+    "apply_lora",
+    "has_adapters",
+    "merged_copy",
     "DFlowConfig",
     "DFlowTransformer",
     "Denoiser",
