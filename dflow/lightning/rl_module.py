@@ -149,6 +149,10 @@ class RLModule(L.LightningModule):
         self.rng = DeviceRNG(seed)
         self.rl_steps = 0  # rollout batches trained on (== global_step unless steps were skipped)
 
+    def setup(self, stage: str) -> None:
+        if self._trainer is not None:
+            check_precision(str(self.trainer.precision), self.trainer.strategy.root_device)
+
     def _bound(self) -> tuple[Task, torch.nn.Module]:
         """The task and denoiser ``attach_task`` set (``RuntimeError`` before it)."""
         if self.task is None or self.denoiser is None:
@@ -499,6 +503,23 @@ class RLModule(L.LightningModule):
             self.faults.update(extra["faults"])
             self.eval_history = list(extra["eval_history"])
             self.rl_steps = int(extra["rl_steps"])
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """``ValueError`` naming ``trainer.precision`` when it asks for bfloat16 on a GPU without it (NVIDIA
+    before compute capability 8.0, where PyTorch would emulate it slowly or fail). CPUs have it."""
+    if not precision.startswith("bf16") or device.type != "cuda":
+        return
+    try:
+        supported = torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # torch < 2.3: no emulation to exclude
+        supported = torch.cuda.is_bf16_supported()
+    if not supported:
+        name = f" ({torch.cuda.get_device_name(device)})" if torch.cuda.is_available() else ""
+        raise ValueError(
+            f"trainer.precision={precision} needs bfloat16, which {device}{name} does not have (NVIDIA GPUs "
+            "have it from compute capability 8.0, Ampere); use --trainer.precision=16-mixed or 32-true"
+        )
 
 
 _DIVERGED = (

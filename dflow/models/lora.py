@@ -193,10 +193,11 @@ def apply_lora(model: nn.Module, config: LoRAConfig) -> nn.Module:
     the result computes exactly what ``model`` did. The returned module's ``forward`` takes the
     denoiser's arguments unchanged.
     """
+    # the configuration's own errors first: neither needs peft to be found
     if config.load_in_4bit:
         check_4bit_available()
-    peft = import_peft()
     names = resolve_target_modules(model, config.target_modules)
+    peft = import_peft()
     if config.load_in_4bit:
         _quantize_4bit(model, names)
     lora = peft.LoraConfig(
