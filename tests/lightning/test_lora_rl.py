@@ -232,3 +232,50 @@ def test_the_lora_recipe_trains_and_dflow_export_merges_its_run(tmp_path, monkey
         adapted = module.policy(x_t, t, cond)
         assert not torch.allclose(adapted, module.reference(x_t, t, cond), atol=1e-5)
         torch.testing.assert_close(loaded(x_t, t, cond), adapted, rtol=1e-5, atol=1e-5)
+
+
+def test_a_masked_lm_trains_adapters_and_exports_merged(prompt_batches, tmp_path):
+    """LoRA on an HF masked LM (a tiny BERT built from a config) for the text task: the encoder's
+    linear layers get adapters, the reference is the base, and the merged export loads through
+    ``PretrainedDenoiser`` as an ``HFMaskedLMDenoiser`` with the policy's logits."""
+    from dflow.lightning.builders import HFMaskedLM
+    from dflow.models import HFMaskedLMDenoiser
+    from dflow.paths import MaskSource
+    from dflow.rl import MeanFieldLikelihood
+    from dflow.tasks import TextTask
+
+    task = TextTask()
+    path = MixturePath(MaskSource(task.vocab_size))
+    bert = {"model_type": "bert", "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2}
+    torch.manual_seed(0)
+    module = RLModule(
+        HFMaskedLM(config={**bert, "intermediate_size": 32}),
+        path,
+        MeanFieldLikelihood(per_token=True),
+        ClippedSurrogate(0.5),
+        GroupAdvantage(),
+        KLPenalty(0.04, "k3"),
+        lora=LoRAConfig(rank=2, alpha=4),
+        **rl_settings(
+            rollout=SamplerConfig(num_steps=2),
+            evaluation=SamplerConfig(num_steps=2),
+            group_size=2,
+            lr=5e-2,
+            eval_every_n_steps=0,
+        ),
+    )
+    module.attach_task(task)
+    adapted_layers = {n.split(".lora_")[0] for n, p in module.denoiser.named_parameters() if p.requires_grad}
+    assert adapted_layers and all(".mlm.bert.encoder.layer.0." in n for n in adapted_layers)
+    trainer(tmp_path).fit(module, datamodule=prompt_batches(task, num_batches=2, prompts_per_step=2))
+    batch = task.sample_data(3, torch.Generator().manual_seed(0), split="test")
+    x_t = path.sample_xt(batch.x1, torch.full((3,), 0.5), torch.Generator().manual_seed(1))
+    t = torch.full((3,), 0.5)
+    with torch.no_grad():
+        adapted, base = module.policy(x_t, t, batch.cond), module.reference(x_t, t, batch.cond)
+    assert not torch.allclose(adapted, base, atol=1e-5)
+    folder = module.export_pretrained(tmp_path / "merged")
+    loaded = PretrainedDenoiser(str(folder)).build(task, path).eval()
+    assert type(loaded) is HFMaskedLMDenoiser
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x_t, t, batch.cond), adapted, rtol=1e-5, atol=1e-5)
