@@ -37,6 +37,7 @@ bench: install
 	$(BIN)/python benchmarks/training_cost.py
 	$(BIN)/python benchmarks/logprob_memory.py
 	$(BIN)/python benchmarks/checkpoint_memory.py
+	$(BIN)/python benchmarks/lora_memory.py
 
 # The README's main command: RL fine-tuning of the embedded shapes base (160 steps; 37 min on 2 CPU cores with the setup),
 # scored on held-out test prompts; prints strict accuracy before/after and writes runs/demo/{before,after,reward_curve}.png.

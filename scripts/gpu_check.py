@@ -1,6 +1,7 @@
 """Every check that needs a GPU, in one command (run it whenever a GPU is lent; it also runs on a CPU).
 
-1. One short RL run per method on the device (a width-16 transformer on an 8x8 shapes task, 2 RL
+1. One short RL run per method on the device (and UDM-GRPO with LoRA adapters; with QLoRA where
+   bitsandbytes is installed) (a width-16 transformer on an 8x8 shapes task, 2 RL
    steps of 2 inner epochs x 2 mini-batches): the RL step draws rollouts, unit plans and mini-batch
    orders with a generator on the module's device (a CPU generator crashed RL on GPUs at the first
    step), and the first mini-batch of each RL step has ratio exactly 1.
@@ -17,6 +18,7 @@ Usage: python scripts/gpu_check.py [--device cuda] [--json out.json]
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import time
 import traceback
@@ -31,6 +33,7 @@ from dflow.lightning import EvalConfig, OptimConfig, RolloutConfig
 from dflow.lightning.builders import PretrainedDenoiser, TransformerDenoiser
 from dflow.lightning.evaluation import evaluate, evaluation_prompts
 from dflow.lightning.rl_module import RLModule
+from dflow.models.lora import LoRAConfig
 from dflow.paths import MaskSource, MetricPath, MixturePath, UniformSource
 from dflow.rl import (
     EPG,
@@ -93,6 +96,16 @@ METHODS: dict[str, Callable[[], dict]] = {
         kl=KLPenalty(0.04, "k3"),
     ),
 }
+
+
+# LoRA (peft): the same UDM-GRPO run with rank-4 adapters, the KL to the adapters-off base; QLoRA (4-bit
+# base layers, bitsandbytes) only where CUDA and bitsandbytes are there (it has never run: no GPU yet)
+METHODS["udm_grpo_lora"] = lambda: {**METHODS["udm_grpo"](), "lora": LoRAConfig(rank=4, alpha=8.0)}
+if torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes") is not None:
+    METHODS["udm_grpo_qlora"] = lambda: {
+        **METHODS["udm_grpo"](),
+        "lora": LoRAConfig(rank=4, alpha=8.0, load_in_4bit=True),
+    }
 
 
 class Prompts(L.LightningDataModule):

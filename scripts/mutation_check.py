@@ -36,6 +36,8 @@ class Mutant:
 
 UPDATE_WIRING = "tests/rl/test_update_wiring.py"
 RL_WIRING = "tests/lightning/test_rl_wiring.py"
+LORA_RL = "tests/lightning/test_lora_rl.py"
+DEFAULT_DTYPE = "tests/rl/test_default_dtype.py"
 
 MUTANTS = (
     Mutant(
@@ -146,8 +148,8 @@ MUTANTS = (
     Mutant(
         "metric-path-ignores-weighted",
         "dflow/paths/metric.py",
-        "        if weighted:\n            rate = rate * self.d_beta(tt)[:, None, None, None]",
-        "        rate = rate * self.d_beta(tt)[:, None, None, None]",
+        "            if weighted:\n                rows = rows * d_beta[b][:, None, None]",
+        "            rows = rows * d_beta[b][:, None, None]",
         ("tests/rl/test_likelihood.py",),
         "ELBO 'uniform' weighting silently ignored by a path",
     ),
@@ -238,11 +240,76 @@ MUTANTS = (
     Mutant(
         "sharded-reference-left-whole",
         "dflow/lightning/rl_module.py",
-        "            if self.reference is not None:  # the frozen reference is sharded the same way\n"
-        "                shard(self.reference, mesh)",
+        "            if isinstance(self.reference, torch.nn.Module):  # a frozen copy is sharded the same way\n"
+        "                shard(self.reference, mesh)  # (with LoRA the reference is the sharded policy, adapters off)",
         "            pass",
         ("tests/lightning/test_ddp.py::test_two_process_fsdp2_resumed_matches_one_process",),
         "under FSDP2 the KL reference not sharded (each rank keeps a whole copy)",
+    ),
+    # ---- LoRA and bf16-true (issue 15)
+    Mutant(
+        "lora-reference-with-adapters-on",
+        "dflow/models/lora.py",
+        "with self.model.disable_adapter():  # type: ignore[operator]",
+        "with __import__('contextlib').nullcontext():",
+        (LORA_RL,),
+        "the KL reference computed with the adapters on (the current policy, so the KL of a step starts at 0)",
+    ),
+    Mutant(
+        "lora-reference-deep-copy",
+        "dflow/lightning/rl_module.py",
+        "            if has_adapters(self.denoiser):\n",
+        "            if False:\n",
+        (LORA_RL,),
+        "a second copy of the weights as the reference of a LoRA policy",
+    ),
+    Mutant(
+        "lora-optimiser-holds-frozen-base",
+        "dflow/lightning/rl_module.py",
+        "params = [p for p in self._bound()[1].parameters() if p.requires_grad]",
+        "params = list(self._bound()[1].parameters())",
+        (LORA_RL,),
+        "the optimiser holding the frozen base weights beside the adapters",
+    ),
+    Mutant(
+        "lora-base-not-frozen",
+        "dflow/models/lora.py",
+        "        return peft.get_peft_model(model, lora)",
+        "        return peft.get_peft_model(model, lora).requires_grad_(True)",
+        (LORA_RL,),
+        "the base weights trained with the adapters (the reference moves)",
+    ),
+    Mutant(
+        "lora-export-without-merging",
+        "dflow/lightning/export.py",
+        "        denoiser = merged_copy(denoiser)",
+        "        denoiser = base_model(denoiser)",
+        (LORA_RL,),
+        "export writing the base without the adapters folded in",
+    ),
+    Mutant(
+        "lora-export-merges-the-policy",
+        "dflow/models/lora.py",
+        "return copy.deepcopy(model).merge_and_unload()",
+        "return model.merge_and_unload()",
+        (LORA_RL,),
+        "export merging the adapters into the live policy (training goes on without them)",
+    ),
+    Mutant(
+        "bf16-old-values-buffer",
+        "dflow/rl/update.py",
+        "dtype=torch.float32, device=traj.x1.device\n        )",
+        "device=traj.x1.device\n        )",
+        (DEFAULT_DTYPE,),
+        "recomputed old / reference values stored in the default dtype (bfloat16 under bf16-true)",
+    ),
+    Mutant(
+        "bf16-jump-uniforms",
+        "dflow/paths/mixture.py",
+        "jump = torch.rand(x_t.shape, generator=generator, device=x_t.device, dtype=torch.float32) < lam",
+        "jump = torch.rand(x_t.shape, generator=generator, device=x_t.device) < lam",
+        (DEFAULT_DTYPE,),
+        "the sampler's jump uniforms in the default dtype (8-bit under bf16-true)",
     ),
 )
 

@@ -27,6 +27,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 import lightning as L
 import pytest
@@ -45,7 +46,9 @@ from dflow.lightning import (
     TransformerDenoiser,
 )
 from dflow.lightning.reliability import CHECKPOINT_PATH_KEY, check_state_dict, load_checkpoint_file
+from dflow.lightning.rl_module import check_precision
 from dflow.models import DFlowConfig, DFlowTransformer, HFMaskedLMDenoiser
+from dflow.models.lora import LoRAConfig
 from dflow.paths import MaskSource, MetricPath, MixturePath, MixtureSource, PolynomialScheduler, UniformSource
 from dflow.rewards import WeightedRewards, load_reward
 from dflow.rl import (
@@ -241,6 +244,15 @@ def plain_torch_file(tmp: Path) -> Path:
     file = tmp / "weights.pt"
     torch.save({"w": torch.zeros(3)}, file)  # model weights, not a Lightning checkpoint
     return file
+
+
+def bf16_on_an_old_gpu() -> None:
+    """What an RL run checks at start-up on a GPU without bfloat16 (a V100, a T4), faked on any machine."""
+    with (
+        mock.patch("torch.cuda.is_bf16_supported", return_value=False),
+        mock.patch("torch.cuda.is_available", return_value=False),
+    ):
+        check_precision("bf16-true", torch.device("cuda", 0))
 
 
 def tiny_bert(**kwargs) -> HFMaskedLMDenoiser:
@@ -484,6 +496,20 @@ CASES: list[Case] = [
         r"gradient_checkpointing=True, but AlbertForMaskedLM does not support gradient checkpointing",
         fix="set `gradient_checkpointing: false` for this model (or lower `minibatch_size` to save memory)",
     ),
+    Case(
+        "lora-target-matches-nothing",
+        "models",
+        lambda tmp: rl_module(lora=LoRAConfig(target_modules=["qkv", "q_proj"])).attach_task(shapes()),
+        r"lora.target_modules=\['q_proj'\] match no linear layer of DFlowTransformer.*blocks\.\*\.attn\.qkv",
+        fix="name linear layers the message lists (or a suffix of their names), or leave target_modules unset",
+    ),
+    Case(
+        "lora-4bit-without-cuda-or-bitsandbytes",
+        "models",
+        lambda tmp: rl_module(lora=LoRAConfig(load_in_4bit=True)).attach_task(shapes()),
+        r"lora.load_in_4bit=true needs (a CUDA GPU|the bitsandbytes package)",
+        fix="`lora.load_in_4bit: false` (plain LoRA) on a CPU; on a GPU `pip install 'dflow[qlora]'`",
+    ),
     # ---- tasks
     Case(
         "task-unknown-name",
@@ -620,6 +646,13 @@ CASES: list[Case] = [
         fix="a list reward holds one number per sample (a tensor or array also works)",
     ),
     # ---- RL design space
+    Case(
+        "bf16-true-on-a-gpu-without-bfloat16",
+        "rl",
+        lambda tmp: bf16_on_an_old_gpu(),
+        r"trainer.precision=bf16-true needs bfloat16, which cuda:0 does not have",
+        fix="`--trainer.precision=16-mixed` (or 32-true) on GPUs before Ampere; bf16 works on CPUs and Ampere+",
+    ),
     Case(
         "group-advantage-batch-not-multiple-of-group",
         "rl",

@@ -16,5 +16,6 @@ def test_gpu_check_runs_on_the_cpu(tmp_path, monkeypatch):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     report = tmp_path / "gpu.json"
-    assert module.main(["--device", "cpu", "--only", "udm_grpo", "diffu_grpo_mask", "--json", str(report)]) == 0
+    methods = ["udm_grpo", "diffu_grpo_mask", "udm_grpo_lora"]
+    assert module.main(["--device", "cpu", "--only", *methods, "--json", str(report)]) == 0
     assert report.is_file()

@@ -19,6 +19,7 @@ from dflow.lightning.reliability import AtomicCheckpointIO, GracefulShutdown
 from dflow.lightning.rewards import RewardSpec
 from dflow.lightning.rl_config import EvalConfig, FaultPolicy, OptimConfig, RolloutConfig
 from dflow.lightning.rl_module import RLModule
+from dflow.models.lora import LoRAConfig
 
 __all__ = [
     "AtomicCheckpointIO",
@@ -26,6 +27,7 @@ __all__ = [
     "RLModule",
     "EvalConfig",
     "FaultPolicy",
+    "LoRAConfig",
     "OptimConfig",
     "RolloutConfig",
     "ResumableCSVLogger",

@@ -20,6 +20,7 @@ from torch import nn
 
 from dflow.lightning.builders import META_FILE, describe
 from dflow.models import HFMaskedLMDenoiser
+from dflow.models.lora import base_model, has_adapters, merged_copy
 from dflow.paths import ProbabilityPath
 from dflow.sampling import SamplerConfig
 from dflow.tasks import Task
@@ -43,7 +44,8 @@ def model_meta(
     evaluation: SamplerConfig,
     training: dict[str, Any],
 ) -> dict[str, Any]:
-    """The ``dflow_meta.json`` record of a model folder."""
+    """The ``dflow_meta.json`` record of a model folder (of the network inside an adapted model)."""
+    denoiser = base_model(denoiser)
     meta: dict[str, Any] = {
         "format": 1,
         "denoiser": type(denoiser).__name__,
@@ -66,9 +68,14 @@ def model_meta(
 
 
 def write_model_folder(denoiser: nn.Module, meta: dict[str, Any], directory: str | Path) -> Path:
-    """``save_pretrained`` weights and config plus ``dflow_meta.json`` in ``directory`` (created)."""
+    """``save_pretrained`` weights and config plus ``dflow_meta.json`` in ``directory`` (created).
+
+    A denoiser with LoRA adapters is written with the adapters merged into its weights (a copy: the
+    denoiser itself is unchanged), as a plain model folder of the base model's class."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    if has_adapters(denoiser):
+        denoiser = merged_copy(denoiser)
     # nn.Module has no save_pretrained; both denoisers the builders make (DFlowTransformer, HFMaskedLMDenoiser) do
     denoiser.save_pretrained(directory)  # type: ignore[operator]
     (directory / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")

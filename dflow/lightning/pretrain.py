@@ -168,12 +168,14 @@ class PretrainModule(L.LightningModule):
 
     def drop_cond(self, cond: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """``cond`` ``[B, Lc]`` with each row zeroed (null prompt) with probability ``cond_dropout``."""
-        drop = torch.rand(cond.shape[0], generator=generator, device=cond.device) < self.cond_dropout  # [B]
+        u = torch.rand(cond.shape[0], generator=generator, device=cond.device, dtype=torch.float32)  # [B]
+        drop = u < self.cond_dropout  # [B]
         return cond.masked_fill(drop[:, None], 0)
 
     def sample_time(self, n: int, generator: torch.Generator | None = None, device=None) -> Tensor:
         """``n`` training times ``t = t_min + (t_max - t_min) u ** (1 / t_skew)``, float ``[n]``."""
-        u = torch.rand(n, generator=generator, device=device)  # [n]
+        # float32 whatever the default dtype (bf16-true makes it bfloat16: times of 8-bit precision)
+        u = torch.rand(n, generator=generator, device=device, dtype=torch.float32)  # [n]
         return self.t_min + (self.t_max - self.t_min) * u ** (1.0 / self.t_skew)
 
     def loss_on(self, x1: Tensor, cond: Tensor | None, generator: torch.Generator | None = None) -> Tensor:

@@ -13,6 +13,7 @@ stops the run, by configuration, and is counted in the logs.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from pathlib import Path
@@ -41,6 +42,7 @@ from dflow.lightning.rl_state import global_rng_state, restore, set_global_rng_s
 from dflow.lightning.schedules import warmup_cosine, with_schedule
 from dflow.lightning.sharding import is_sharded, norm_value, shard
 from dflow.lightning.watch import TrainingWatch
+from dflow.models.lora import AdaptersOff, LoRAConfig, apply_lora, has_adapters
 from dflow.paths.base import ProbabilityPath
 from dflow.rl.advantages import AdvantageEstimator, AdvantageInput, GroupAdvantage
 from dflow.rl.aggregation import LossAggregation
@@ -67,7 +69,11 @@ class RLModule(L.LightningModule):
             (:class:`~dflow.lightning.rl_config.EvalConfig`).
         rewards: reward terms and weights (default: the task's partial-credit reward).
         faults: what a step with a bad reward or gradient does (:class:`~dflow.lightning.rl_config.FaultPolicy`).
-        reference_from_initial: the KL reference is a frozen copy of the initial policy.
+        lora: train LoRA adapters instead of the denoiser's weights (:class:`~dflow.models.lora.LoRAConfig`;
+            needs ``peft``). The base weights are frozen, the optimiser holds the adapters only,
+            and the KL reference is the same network with its adapters switched off.
+        reference_from_initial: the KL reference is the initial policy: a frozen copy of it, or with
+            LoRA the base itself (adapters off: no second copy of the weights).
         seed: seeds the RL generator (rollouts, unit plans, mini-batch orders).
         compile_denoiser: call the denoiser through ``torch.compile`` (weights and checkpoints are
             unchanged; worth it on GPUs for long runs, the first steps pay the compilation).
@@ -89,6 +95,7 @@ class RLModule(L.LightningModule):
         evaluation: EvalConfig = EvalConfig(),
         rewards: list[RewardSpec] | None = None,
         faults: FaultPolicy = FaultPolicy(),
+        lora: LoRAConfig | None = None,
         reference_from_initial: bool = True,
         seed: int = 0,
         compile_denoiser: bool = False,
@@ -103,6 +110,7 @@ class RLModule(L.LightningModule):
         optim = self.optim = as_record(OptimConfig, optim, "optim")
         evaluation = self.eval_config = as_record(EvalConfig, evaluation, "evaluation")
         faults = self.fault_policy = as_record(FaultPolicy, faults, "faults")
+        lora = self.lora = as_record(LoRAConfig, lora, "lora") if lora is not None else None
         self.save_hyperparameters(
             ignore=["denoiser", "path", "likelihood", "objective", "advantage", "kl", "aggregation", "watch", "removed"]
         )
@@ -132,7 +140,8 @@ class RLModule(L.LightningModule):
         self.watch = watch if watch is not None else TrainingWatch()
         self.task: Task | None = None
         self.denoiser: torch.nn.Module | None = None
-        self.reference: torch.nn.Module | None = None
+        # the frozen reference: a deep copy of the initial policy, or the policy with adapters off
+        self.reference: torch.nn.Module | AdaptersOff | None = None
         self.compute = Compute()
         self.faults = {"bad_reward": 0, "nonfinite_grad": 0, "consecutive": 0}
         self.eval_history: list[dict[str, float]] = []
@@ -140,6 +149,10 @@ class RLModule(L.LightningModule):
         # module's device (a CPU generator cannot draw CUDA tensors): see `generator`
         self.rng = DeviceRNG(seed)
         self.rl_steps = 0  # rollout batches trained on (== global_step unless steps were skipped)
+
+    def setup(self, stage: str) -> None:
+        if self._trainer is not None:
+            check_precision(str(self.trainer.precision), self.trainer.strategy.root_device)
 
     def _bound(self) -> tuple[Task, torch.nn.Module]:
         """The task and denoiser ``attach_task`` set (``RuntimeError`` before it)."""
@@ -170,8 +183,8 @@ class RLModule(L.LightningModule):
             if getattr(self, "_compiled", None) is not None:
                 raise ValueError("compile_denoiser: true is not supported with ModelParallelStrategy (FSDP2) yet")
             shard(self._bound()[1], mesh)
-            if self.reference is not None:  # the frozen reference is sharded the same way
-                shard(self.reference, mesh)
+            if isinstance(self.reference, torch.nn.Module):  # a frozen copy is sharded the same way
+                shard(self.reference, mesh)  # (with LoRA the reference is the sharded policy, adapters off)
 
     def attach_task(self, task, split: str = "rl") -> None:
         """Build the policy (and the frozen reference) for ``task``; validates vocabularies at start-up.
@@ -187,13 +200,19 @@ class RLModule(L.LightningModule):
         test, ev = task.prompts("test"), self.eval_config
         self.eval_prompts = evaluation_prompts(test, ev.num_prompts, ev.samples_per_prompt, ev.samples_per_category)
         self.grid_prompts = spread_prompts(test, ev.num_grid_prompts)
-        self.denoiser = self.builder.build(task, self.path)
+        denoiser = self.builder.build(task, self.path)
+        self.denoiser = apply_lora(denoiser, self.lora) if self.lora is not None else denoiser
         # kept outside nn.Module's registry: the compiled wrapper must not add a second copy of the
         # weights to state_dict (checkpoints stay loadable with or without compilation)
         compiled = torch.compile(self.denoiser, dynamic=True) if self.compile_denoiser else None
         object.__setattr__(self, "_compiled", compiled)
         if self.kl.enabled:
-            self.reference = copy.deepcopy(self.denoiser).eval().requires_grad_(False)
+            # With adapters (B = 0 at the start) the initial policy is the base network: the reference is
+            # the same weights with the adapters off, never a copy. Otherwise a frozen deep copy.
+            if has_adapters(self.denoiser):
+                self.reference = AdaptersOff(self.denoiser)
+            else:
+                self.reference = copy.deepcopy(self.denoiser).eval().requires_grad_(False)
 
     def configure_optimizers(self):
         hp = self.optim
@@ -318,7 +337,8 @@ class RLModule(L.LightningModule):
             for idx in self.update.minibatches(batch_size, self.group_size, self.generator)
         ]
         # With several optimiser steps per RL step, a fault in a later mini-batch must also undo the
-        # earlier ones: snapshot weights and optimiser state (three copies of the weights with AdamW).
+        # earlier ones: snapshot the trainable weights and the optimiser state (three copies of them
+        # with AdamW; with LoRA, of the adapters only).
         saved = snapshot(denoiser, opt.optimizer) if len(schedule) > 1 else None
         for i, idx in enumerate(schedule):
             out = self.update.loss(self.policy, batch_ready, idx.to(self.device), self.rollout_sampler, self.compute)
@@ -469,6 +489,7 @@ class RLModule(L.LightningModule):
             "advantage": repr(self.advantage),
             "kl_beta": self.kl.beta,
             "lr": self.optim.lr,
+            **({"lora_merged": dataclasses.asdict(self.lora)} if self.lora is not None else {}),
             **({"exported_from": self.exported_from} if getattr(self, "exported_from", None) else {}),
         }
         evaluation = self.eval_config.sampler()
@@ -476,7 +497,8 @@ class RLModule(L.LightningModule):
 
     def export_pretrained(self, directory: str | Path) -> Path:
         """Write the tuned denoiser as a model folder (``save_pretrained`` + ``dflow_meta.json``), which
-        ``PretrainedDenoiser``, ``dflow sample`` and another RL recipe load like a base."""
+        ``PretrainedDenoiser``, ``dflow sample`` and another RL recipe load like a base. LoRA adapters
+        are merged into the weights of the written copy (the module keeps training with them)."""
         return write_model_folder(self._bound()[1], self.meta(), directory)
 
     # ------------------------------------------------------------------ checkpoint extras
@@ -501,6 +523,23 @@ class RLModule(L.LightningModule):
             self.faults.update(extra["faults"])
             self.eval_history = list(extra["eval_history"])
             self.rl_steps = int(extra["rl_steps"])
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """``ValueError`` naming ``trainer.precision`` when it asks for bfloat16 on a GPU without it (NVIDIA
+    before compute capability 8.0, where PyTorch would emulate it slowly or fail). CPUs have it."""
+    if not precision.startswith("bf16") or device.type != "cuda":
+        return
+    try:
+        supported = torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # torch < 2.3: no emulation to exclude
+        supported = torch.cuda.is_bf16_supported()
+    if not supported:
+        name = f" ({torch.cuda.get_device_name(device)})" if torch.cuda.is_available() else ""
+        raise ValueError(
+            f"trainer.precision={precision} needs bfloat16, which {device}{name} does not have (NVIDIA GPUs "
+            "have it from compute capability 8.0, Ampere); use --trainer.precision=16-mixed or 32-true"
+        )
 
 
 _DIVERGED = (

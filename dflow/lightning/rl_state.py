@@ -29,13 +29,16 @@ def set_global_rng_state(state: dict) -> None:
 
 
 def snapshot(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
-    params = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    """Copies of the trainable parameters and the optimiser state: what optimiser steps change.
+    Frozen parameters (a LoRA model's base weights) and buffers are not copied."""
+    params = {k: p.detach().clone() for k, p in model.named_parameters() if p.requires_grad}
     return params, copy.deepcopy(optimizer.state_dict())
 
 
 def restore(model: torch.nn.Module, optimizer: torch.optim.Optimizer, saved: tuple[dict, dict]) -> None:
     params, opt_state = saved
     with torch.no_grad():
-        for k, v in model.state_dict().items():
-            v.copy_(params[k])
+        for k, p in model.named_parameters():
+            if k in params:
+                p.copy_(params[k])
     optimizer.load_state_dict(opt_state)

@@ -57,7 +57,9 @@ class MixturePath(ProbabilityPath):
         self._check_states("x1", x1, self.vocab_size)
         self._check_time("t", t, x1.shape[0])
         kappa = self.scheduler.kappa(t.to(torch.float32))  # [B]
-        keep = torch.rand(x1.shape, generator=generator, device=x1.device) < kappa[:, None]  # [B, L]
+        keep = (
+            torch.rand(x1.shape, generator=generator, device=x1.device, dtype=torch.float32) < kappa[:, None]
+        )  # [B, L]
         noise = self.source.sample(x1.shape, generator=generator, device=x1.device)  # [B, L]
         return torch.where(keep, x1, noise)
 
@@ -89,7 +91,8 @@ class MixturePath(ProbabilityPath):
         draw = noise.argmax(-1)  # [B, L] ~ softmax(logits)
         del noise
         lam = self.jump_prob(x_t, t, s)  # [B, L]
-        jump = torch.rand(x_t.shape, generator=generator, device=x_t.device) < lam
+        # float32 uniforms whatever the default dtype (bf16-true training makes it bfloat16 inside a step)
+        jump = torch.rand(x_t.shape, generator=generator, device=x_t.device, dtype=torch.float32) < lam
         x_s = torch.where(jump, draw, x_t)
         return StepSample(x_s=x_s, log_prob=self._log_prob(logits, x_t, x_s, lam), draw=draw)
 

@@ -127,7 +127,10 @@ class PolicyUpdate:
         return self.num_inner_epochs == 1 and mb == batch_size
 
     def _units(self, policy, traj: Trajectory, plan: UnitPlan, sampler: Sampler, chunks: list[Tensor]) -> Tensor:
-        out = torch.empty(traj.batch_size, self.likelihood.num_units(traj, plan), device=traj.x1.device)
+        # float32 whatever the default dtype (``precision: bf16-true`` makes it bfloat16 inside a step)
+        out = torch.empty(
+            traj.batch_size, self.likelihood.num_units(traj, plan), dtype=torch.float32, device=traj.x1.device
+        )
         for idx in chunks:
             out[idx] = self.likelihood.log_probs(policy, traj.select(idx), plan.select(idx), sampler).float()
         return out

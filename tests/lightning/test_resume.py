@@ -21,6 +21,7 @@ from dflow.lightning.reliability import AtomicCheckpointIO, load_checkpoint_file
 from dflow.lightning.rewards import RewardSpec
 from dflow.lightning.rl_module import RLModule
 from dflow.lightning.rl_state import set_global_rng_state
+from dflow.models.lora import LoRAConfig
 from dflow.paths import MixturePath, UniformSource
 from dflow.rl import ClippedSurrogate, ForwardReconstruction, GroupAdvantage, KLPenalty
 from dflow.tasks import get_task
@@ -31,7 +32,7 @@ def red_pixels(x1: torch.Tensor, prompts) -> torch.Tensor:
     return (x1 == 1).float().mean(-1)
 
 
-def make_module(seed: int = 0) -> RLModule:
+def make_module(seed: int = 0, lora: LoRAConfig | None = None) -> RLModule:
     torch.manual_seed(seed)
     return RLModule(
         TransformerDenoiser(hidden_size=16, num_layers=1, num_heads=2),
@@ -45,6 +46,7 @@ def make_module(seed: int = 0) -> RLModule:
         evaluation=EvalConfig(num_steps=3, every_n_steps=0),
         rewards=[RewardSpec(source="test_resume:red_pixels")],
         seed=seed,
+        lora=lora,
     )
 
 
@@ -62,9 +64,9 @@ def make_trainer(root, max_steps: int) -> L.Trainer:
     )
 
 
-def run(root, max_steps: int, ckpt_path=None) -> RLModule:
+def run(root, max_steps: int, ckpt_path=None, lora: LoRAConfig | None = None) -> RLModule:
     L.seed_everything(0)
-    module = make_module()
+    module = make_module(lora=lora)
     data = PromptDataModule(get_task("shapes"), prompts_per_step=2, seed=0)
     make_trainer(root, max_steps).fit(module, datamodule=data, ckpt_path=ckpt_path)
     return module
@@ -79,13 +81,18 @@ def metrics_by_step(root) -> dict[int, dict[str, str]]:
     return rows
 
 
-def test_resume_is_exact(tmp_path):
-    straight = run(tmp_path / "a", 4)
-    half = run(tmp_path / "b", 2)
+@pytest.mark.parametrize("lora", [None, LoRAConfig(rank=2, alpha=4)], ids=["full", "lora"])
+def test_resume_is_exact(tmp_path, lora):
+    """With LoRA the checkpoint holds the frozen base and the adapters, the optimiser state holds
+    the adapters only, and the reference (adapters off) needs no state of its own."""
+    if lora is not None:
+        pytest.importorskip("peft")
+    straight = run(tmp_path / "a", 4, lora=lora)
+    half = run(tmp_path / "b", 2, lora=lora)
     assert any(not torch.equal(p, q) for p, q in zip(half.parameters(), straight.parameters(), strict=True))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        resumed = run(tmp_path / "b", 4, ckpt_path="last")
+        resumed = run(tmp_path / "b", 4, ckpt_path="last", lora=lora)
     # the loader resumes (through the data module's state); Lightning must not say it cannot
     assert not [w for w in caught if "not resumable" in str(w.message)]
     for (name, p), q in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
@@ -95,6 +102,11 @@ def test_resume_is_exact(tmp_path):
     for step in a:  # rows 2 and 3 of b come from the resumed process
         assert a[step] == b[step], step
     assert straight.compute.fwd_equiv == resumed.compute.fwd_equiv
+    if lora is not None:  # AdamW's moments exist for the adapters only
+        ckpt = load_checkpoint_file(tmp_path / "b" / "ckpt" / "last.ckpt")
+        adapters = [n for n, p in resumed.named_parameters() if p.requires_grad]
+        assert adapters and all(".lora_A." in n or ".lora_B." in n for n in adapters)
+        assert len(ckpt["optimizer_states"][0]["state"]) == len(adapters)
 
 
 def test_same_seed_same_run(tmp_path):

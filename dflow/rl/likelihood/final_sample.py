@@ -133,7 +133,9 @@ class ELBOLikelihood(LikelihoodEstimator):
         B, U, dev = traj.batch_size, self.num_timesteps, traj.x1.device
         grid = _grid(sampler, self.grid_steps).to(dev)  # [grid_steps + 1]
         weight = (grid[1:] - grid[:-1]) * self.grid_steps  # [grid_steps] quadrature weight per point
-        noise = torch.rand(B, self.grid_steps, generator=generator, device=draw_device(generator, dev))
+        noise = torch.rand(
+            B, self.grid_steps, generator=generator, device=draw_device(generator, dev), dtype=torch.float32
+        )
         pick = noise.to(dev).argsort(dim=1)[:, :U].sort(dim=1).values  # [B, U] distinct grid indices
         times = grid[:-1][pick]  # [B, U]
         states = forward_states(sampler.path, traj.x1, times, generator, traj.states.dtype)
@@ -182,9 +184,11 @@ class MeanFieldLikelihood(LikelihoodEstimator):
         x0 = sampler.path.source.sample((B, L), generator=generator, device=traj.x1.device)
         cond = traj.cond
         if torch.is_tensor(cond) and self.p_mask_prompt > 0:
-            u = torch.rand(cond.shape, generator=generator, device=draw_device(generator, cond.device))
+            u = torch.rand(
+                cond.shape, generator=generator, device=draw_device(generator, cond.device), dtype=torch.float32
+            )
             cond = cond.masked_fill(u.to(cond.device) < self.p_mask_prompt, self.prompt_mask_id)
-        times = torch.zeros(B, 1, device=traj.x1.device)
+        times = torch.zeros(B, 1, dtype=torch.float32, device=traj.x1.device)
         return UnitPlan(times=times, states=x0[None].to(traj.states.dtype), cond=cond)
 
     def token_log_probs(self, policy, traj, plan, sampler) -> Tensor:
