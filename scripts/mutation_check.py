@@ -39,6 +39,7 @@ RL_WIRING = "tests/lightning/test_rl_wiring.py"
 SPG = "tests/rl/test_spg.py"
 COUPLED = "tests/rl/test_coupled.py"
 WD1 = "tests/rl/test_wd1.py"
+SPANS = "tests/rl/test_spans.py"
 
 MUTANTS = (
     Mutant(
@@ -314,6 +315,22 @@ MUTANTS = (
         "positive = torch.softmax(self.psi * centred.flatten(), dim=0).view_as(centred) * inp.num_groups",
         (WD1,),
         "wd1's positive weights normalised over the whole batch instead of each group",
+    ),
+    Mutant(
+        "spans-scored-at-the-end-state",
+        "dflow/rl/likelihood/spans.py",
+        "logits = sampler.logits(policy, x_b, t, traj.cond)  # [B, L, V]",
+        "logits = sampler.logits(policy, x_e, t, traj.cond)  # [B, L, V]",
+        (SPANS,),
+        "a span scored at the state it ends in (the tokens already visible) instead of the one it starts from",
+    ),
+    Mutant(
+        "spans-count-still-masked-tokens",
+        "dflow/rl/likelihood/spans.py",
+        "data = traj.state(e) < V",
+        "data = traj.state(e) <= V",
+        (SPANS,),
+        "tokens still masked at the span's end counted (their term has no theta)",
     ),
 )
 

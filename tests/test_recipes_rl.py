@@ -46,6 +46,8 @@ def test_every_method_has_a_recipe():
             "coupled_grpo_mask",
             "wd1",
             "wd1_mask",
+            "trace_spans",
+            "trace_spans_mask",
             "demo",
         )
     }
@@ -169,6 +171,15 @@ WD1 = {
     "kl": None,
     "optim.num_inner_epochs": 12,
 }
+TRACE = {
+    "likelihood.class_path": "dflow.rl.SpanLikelihood",
+    "likelihood.init_args": {"span": 2, "per_token": True},
+    "objective.class_path": "dflow.rl.ClippedSurrogate",
+    "objective.init_args.eps_low": 0.2,
+    "advantage.init_args.scale": "group",
+    "kl": None,
+    "optim.num_inner_epochs": None,
+}
 # DESIGN.md's preset table: a recipe named for a paper runs the paper's settings (model.init_args keys)
 PAPER_PRESETS = {
     "shapes/udm_grpo": UDM,
@@ -210,6 +221,8 @@ PAPER_PRESETS = {
     "shapes/coupled_grpo_mask": COUPLED,
     "shapes/wd1": WD1,
     "shapes/wd1_mask": WD1,
+    "shapes/trace_spans": TRACE,
+    "shapes/trace_spans_mask": TRACE,
 }
 
 

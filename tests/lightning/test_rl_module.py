@@ -47,6 +47,7 @@ from dflow.rl import (
     SampleSumAggregation,
     SandwichedBounds,
     SandwichedObjective,
+    SpanLikelihood,
     StepwiseGainAdvantage,
     TrajectoryLikelihood,
     UnitMeanAggregation,
@@ -126,6 +127,12 @@ METHODS = {
         likelihood=MeanFieldLikelihood(p_mask_prompt=0.15),
         objective=REINFORCE(),
         advantage=GroupSoftmaxWeights(),
+    ),
+    # TraceRL-style spans: 2 sampler steps per unit, one clipped unit per settled token
+    "trace_spans": lambda: dict(
+        likelihood=SpanLikelihood(span=2, per_token=True),
+        objective=ClippedSurrogate(0.2),
+        advantage=GroupAdvantage(),
     ),
 }
 # methods whose maths covers a mask source only (their estimator refuses any other, naming both)

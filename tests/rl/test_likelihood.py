@@ -34,6 +34,7 @@ from dflow.rl import (
     PolicyUpdate,
     RandomSteps,
     ScoredStates,
+    SpanLikelihood,
     StepWindow,
     TrajectoryLikelihood,
     UnitPlan,
@@ -72,6 +73,7 @@ ESTIMATORS = {
     "mean_field": (lambda: MeanFieldLikelihood(p_mask_prompt=0.5), 1),
     "coupled_pairs": (lambda: CoupledELBOLikelihood(num_pairs=2), 2),
     "coupled_full_noise": (lambda: CoupledELBOLikelihood(full_noise=True), 1),
+    "spans": (lambda: SpanLikelihood(span=3), 2),  # K = 4: steps 0-2 and 3
 }
 
 # (guidance_scale, temperature): CFG-free and plain, and guided + tempered

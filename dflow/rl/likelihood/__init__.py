@@ -5,6 +5,7 @@ from dflow.rl.likelihood.coupled import CoupledELBOLikelihood
 from dflow.rl.likelihood.final_sample import ELBOLikelihood, ForwardReconstruction, MeanFieldLikelihood
 from dflow.rl.likelihood.per_step import IntermediateActionLikelihood, TrajectoryLikelihood
 from dflow.rl.likelihood.sandwich import SandwichedBounds
+from dflow.rl.likelihood.spans import SpanLikelihood
 from dflow.rl.likelihood.states import BackwardStates, ForwardStates, ScoredStates
 from dflow.rl.likelihood.steps import AllButLast, AllSteps, RandomSteps, StepSelection, StepWindow
 
@@ -22,6 +23,7 @@ __all__ = [
     "RandomSteps",
     "SandwichedBounds",
     "ScoredStates",
+    "SpanLikelihood",
     "StepSelection",
     "StepWindow",
     "TrajectoryLikelihood",
