@@ -38,6 +38,10 @@ UPDATE_WIRING = "tests/rl/test_update_wiring.py"
 RL_WIRING = "tests/lightning/test_rl_wiring.py"
 LORA_RL = "tests/lightning/test_lora_rl.py"
 DEFAULT_DTYPE = "tests/rl/test_default_dtype.py"
+SPG = "tests/rl/test_spg.py"
+COUPLED = "tests/rl/test_coupled.py"
+WD1 = "tests/rl/test_wd1.py"
+SPANS = "tests/rl/test_spans.py"
 
 MUTANTS = (
     Mutant(
@@ -310,6 +314,111 @@ MUTANTS = (
         "jump = torch.rand(x_t.shape, generator=generator, device=x_t.device) < lam",
         (DEFAULT_DTYPE,),
         "the sampler's jump uniforms in the default dtype (8-bit under bf16-true)",
+    ),
+    # issue 17: the methods the field compares (SPG, coupled-GRPO, wd1)
+    Mutant(
+        "spg-bounds-swapped",
+        "dflow/rl/objectives.py",
+        "weights = torch.cat([1.0 - upper, upper], dim=1)",
+        "weights = torch.cat([upper, 1.0 - upper], dim=1)",
+        (SPG,),
+        "SPG raising the upper bound for positive advantages and lowering the lower one for negative ones",
+    ),
+    Mutant(
+        "spg-sign-selection-flipped",
+        "dflow/rl/objectives.py",
+        "negative = (advantages[:, :1] <= 0).to(logp.dtype)",
+        "negative = (advantages[:, :1] >= 0).to(logp.dtype)",
+        (SPG,),
+        "SPG's bound chosen by the wrong sign of the advantage",
+    ),
+    Mutant(
+        "spg-eubo-without-beta",
+        "dflow/rl/likelihood/sandwich.py",
+        'terms = torch.where(keep, w.log() + self.eubo_beta * logp, float("-inf"))',
+        'terms = torch.where(keep, w.log() + logp, float("-inf"))',
+        (SPG,),
+        "the EUBO's p^beta taken as p (the 1/beta outside kept)",
+    ),
+    Mutant(
+        "spg-weight-not-inverse-fraction",
+        "dflow/rl/likelihood/sandwich.py",
+        "return masked, L / masked.sum(-1).double()",
+        "return masked, masked.sum(-1).double() / L",
+        (SPG,),
+        "the ELBO weight of a mask taken as the masked fraction instead of its inverse",
+    ),
+    Mutant(
+        "spg-unit-kind-check-removed",
+        "dflow/rl/update.py",
+        "        if kind not in accepted:",
+        "        if False:",
+        (SPG,),
+        "SPG's bounds accepted by an objective that treats them as log-probabilities",
+    ),
+    Mutant(
+        "coupled-complement-forgotten",
+        "dflow/rl/likelihood/coupled.py",
+        "m_b, noised_b = 1.0 - m_a, ~noised_a",
+        "m_b, noised_b = 1.0 - m_a, keys < (1.0 - m_a)[..., None]",
+        (COUPLED,),
+        "the pair's second draw at the complementary level but not on the complementary tokens",
+    ),
+    Mutant(
+        "coupled-level-not-complemented",
+        "dflow/rl/likelihood/coupled.py",
+        "m_b, noised_b = 1.0 - m_a, ~noised_a",
+        "m_b, noised_b = m_a, ~noised_a",
+        (COUPLED,),
+        "the complement weighted by 1/m instead of 1/(1 - m)",
+    ),
+    Mutant(
+        "coupled-pair-summed-not-averaged",
+        "dflow/rl/likelihood/coupled.py",
+        "pairs = 0.5 * (torch.stack(draws[0::2], dim=1) + torch.stack(draws[1::2], dim=1))",
+        "pairs = torch.stack(draws[0::2], dim=1) + torch.stack(draws[1::2], dim=1)",
+        (COUPLED,),
+        "a pair's two ELBO draws summed: twice the ELBO",
+    ),
+    Mutant(
+        "wd1-with-ratio",
+        "dflow/rl/objectives.py",
+        "        return -advantages * logp\n",
+        "        return -torch.exp(logp - old_logp).detach() * advantages * logp\n",
+        (WD1,),
+        "wd1's weighted likelihood importance-weighted by the ratio to the old policy",
+    ),
+    Mutant(
+        "wd1-negative-term-added",
+        "dflow/rl/advantages.py",
+        "(positive - self.negative_weight * negative)",
+        "(positive + self.negative_weight * negative)",
+        (WD1,),
+        "wd1 pulling the low-reward samples up instead of pushing them down",
+    ),
+    Mutant(
+        "wd1-softmax-over-the-batch",
+        "dflow/rl/advantages.py",
+        "positive = torch.softmax(self.psi * centred, dim=1)  # [P, G] w+, sums to 1 per group",
+        "positive = torch.softmax(self.psi * centred.flatten(), dim=0).view_as(centred) * inp.num_groups",
+        (WD1,),
+        "wd1's positive weights normalised over the whole batch instead of each group",
+    ),
+    Mutant(
+        "spans-scored-at-the-end-state",
+        "dflow/rl/likelihood/spans.py",
+        "logits = sampler.logits(policy, x_b, t, traj.cond)  # [B, L, V]",
+        "logits = sampler.logits(policy, x_e, t, traj.cond)  # [B, L, V]",
+        (SPANS,),
+        "a span scored at the state it ends in (the tokens already visible) instead of the one it starts from",
+    ),
+    Mutant(
+        "spans-count-still-masked-tokens",
+        "dflow/rl/likelihood/spans.py",
+        "data = traj.state(e) < V",
+        "data = traj.state(e) <= V",
+        (SPANS,),
+        "tokens still masked at the span's end counted (their term has no theta)",
     ),
 )
 

@@ -41,6 +41,13 @@ def test_every_method_has_a_recipe():
             "udm_grpo_mask",
             "elbo_epg_mask",
             "diffu_grpo_mask",
+            "spg_mask",
+            "coupled_grpo",
+            "coupled_grpo_mask",
+            "wd1",
+            "wd1_mask",
+            "trace_spans",
+            "trace_spans_mask",
             "demo",
         )
     }
@@ -127,6 +134,52 @@ D1 = {
     "advantage.init_args": {"scale": "group", "clip": 5.0, "eps": 1e-4},
     "optim.num_inner_epochs": 12,
 }
+SPG = {
+    "likelihood.class_path": "dflow.rl.SandwichedBounds",
+    "likelihood.init_args.num_draws": 2,
+    "likelihood.init_args.eubo_beta": 1.5,
+    "likelihood.init_args.score_later_blocks": True,
+    "likelihood.init_args.token_mean": True,
+    "objective.class_path": "dflow.rl.SandwichedObjective",
+    "objective.init_args.mix_weight": 0.5,
+    "advantage.init_args": {"scale": "none", "clip": None},
+    "aggregation.class_path": "dflow.rl.SampleSumAggregation",
+    "kl": None,
+    "optim.num_inner_epochs": 4,
+}
+COUPLED = {
+    "likelihood.class_path": "dflow.rl.CoupledELBOLikelihood",
+    "likelihood.init_args": {
+        "num_pairs": 1,
+        "noise_min": 0.2,
+        "noise_max": 0.8,
+        "full_noise": True,
+        "per_token": True,
+    },
+    "objective.init_args.eps_low": 0.5,
+    "kl.init_args": {"beta": 0.01, "estimator": "k3"},
+    "advantage.init_args.scale": "none",
+    "aggregation.class_path": "dflow.rl.UnitMeanAggregation",
+    "optim.num_inner_epochs": 2,
+}
+WD1 = {
+    "likelihood.class_path": "dflow.rl.MeanFieldLikelihood",
+    "likelihood.init_args": {"p_mask_prompt": 0.15, "prompt_mask_id": 0},
+    "objective.class_path": "dflow.rl.REINFORCE",
+    "advantage.class_path": "dflow.rl.GroupSoftmaxWeights",
+    "advantage.init_args": {"psi": 1.0, "negative_weight": 1.0},
+    "kl": None,
+    "optim.num_inner_epochs": 12,
+}
+TRACE = {
+    "likelihood.class_path": "dflow.rl.SpanLikelihood",
+    "likelihood.init_args": {"span": 2, "per_token": True},
+    "objective.class_path": "dflow.rl.ClippedSurrogate",
+    "objective.init_args.eps_low": 0.2,
+    "advantage.init_args.scale": "group",
+    "kl": None,
+    "optim.num_inner_epochs": None,
+}
 # DESIGN.md's preset table: a recipe named for a paper runs the paper's settings (model.init_args keys)
 PAPER_PRESETS = {
     "shapes/udm_grpo": UDM,
@@ -163,7 +216,22 @@ PAPER_PRESETS = {
     },
     "shapes/diffu_grpo_mask": D1,
     "text/diffu_grpo": D1,
+    "shapes/spg_mask": SPG,
+    "shapes/coupled_grpo": COUPLED,
+    "shapes/coupled_grpo_mask": COUPLED,
+    "shapes/wd1": WD1,
+    "shapes/wd1_mask": WD1,
+    "shapes/trace_spans": TRACE,
+    "shapes/trace_spans_mask": TRACE,
 }
+
+
+@pytest.mark.parametrize("name", ["shapes/coupled_grpo", "shapes/coupled_grpo_mask"])
+def test_coupled_grpo_leave_one_out_coefficient_matches_the_group(name):
+    """DiffuCoder's leave-one-out baseline, r - mean of the other G - 1, is G / (G - 1) (r - mean)."""
+    model = yaml.safe_load((ROOT / "recipes" / f"{name}.yaml").read_text())["model"]["init_args"]
+    group = model["rollout"]["group_size"]
+    assert model["advantage"]["init_args"]["coef"] == pytest.approx(group / (group - 1), rel=1e-12)
 
 
 @pytest.mark.parametrize("name", list(PAPER_PRESETS))

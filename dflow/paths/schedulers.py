@@ -23,6 +23,21 @@ class Scheduler(ABC):
     def d_kappa(self, t: Tensor) -> Tensor:
         """``d kappa_t / dt`` for ``t`` of any shape."""
 
+    def kappa_inverse(self, kappa: Tensor) -> Tensor:
+        """The time ``t`` with ``kappa(t) = kappa`` (the smallest such ``t``), ``kappa`` in ``[0, 1]``.
+
+        Estimators that draw a noise level first (a mask fraction ``1 - kappa``) and need the time
+        to show a time-conditioned denoiser use it. This default bisects ``kappa`` (monotone) for
+        50 halvings in float64 (below 1e-15); subclasses with a closed form override it.
+        """
+        target = kappa.to(torch.float64)
+        lo, hi = torch.zeros_like(target), torch.ones_like(target)
+        for _ in range(50):
+            mid = 0.5 * (lo + hi)
+            below = self.kappa(mid) < target
+            lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
+        return hi.to(kappa.dtype)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
@@ -35,6 +50,9 @@ class LinearScheduler(Scheduler):
 
     def d_kappa(self, t: Tensor) -> Tensor:
         return torch.ones_like(t)
+
+    def kappa_inverse(self, kappa: Tensor) -> Tensor:
+        return kappa.clone()
 
 
 class PolynomialScheduler(Scheduler):
@@ -51,6 +69,9 @@ class PolynomialScheduler(Scheduler):
     def d_kappa(self, t: Tensor) -> Tensor:
         return self.n * t ** (self.n - 1.0)
 
+    def kappa_inverse(self, kappa: Tensor) -> Tensor:
+        return kappa ** (1.0 / self.n)
+
     def __repr__(self) -> str:
         return f"PolynomialScheduler(n={self.n})"
 
@@ -63,3 +84,6 @@ class CosineScheduler(Scheduler):
 
     def d_kappa(self, t: Tensor) -> Tensor:
         return 0.5 * math.pi * torch.sin(0.5 * math.pi * t)
+
+    def kappa_inverse(self, kappa: Tensor) -> Tensor:
+        return torch.acos((1.0 - kappa).clamp(-1.0, 1.0)) * (2.0 / math.pi)

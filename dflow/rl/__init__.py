@@ -5,6 +5,7 @@ from dflow.rl.advantages import (
     AdvantageInput,
     Advantages,
     GroupAdvantage,
+    GroupSoftmaxWeights,
     StepwiseGainAdvantage,
 )
 from dflow.rl.aggregation import (
@@ -19,6 +20,7 @@ from dflow.rl.likelihood import (
     AllButLast,
     AllSteps,
     BackwardStates,
+    CoupledELBOLikelihood,
     ELBOLikelihood,
     ForwardReconstruction,
     ForwardStates,
@@ -26,13 +28,24 @@ from dflow.rl.likelihood import (
     LikelihoodEstimator,
     MeanFieldLikelihood,
     RandomSteps,
+    SandwichedBounds,
     ScoredStates,
+    SpanLikelihood,
     StepSelection,
     StepWindow,
     TrajectoryLikelihood,
     UnitPlan,
 )
-from dflow.rl.objectives import EPG, PAR, PEPG, REINFORCE, ClippedSurrogate, Objective, ObjectiveOutput
+from dflow.rl.objectives import (
+    EPG,
+    PAR,
+    PEPG,
+    REINFORCE,
+    ClippedSurrogate,
+    Objective,
+    ObjectiveOutput,
+    SandwichedObjective,
+)
 from dflow.rl.update import Compute, PolicyUpdate, PreparedBatch
 
 __all__ = [
@@ -48,11 +61,13 @@ __all__ = [
     "BackwardStates",
     "ClippedSurrogate",
     "Compute",
+    "CoupledELBOLikelihood",
     "ELBOLikelihood",
     "ForwardReconstruction",
     "ForwardStates",
     "GlobalSumAggregation",
     "GroupAdvantage",
+    "GroupSoftmaxWeights",
     "IntermediateActionLikelihood",
     "KLPenalty",
     "LikelihoodEstimator",
@@ -63,7 +78,10 @@ __all__ = [
     "PolicyUpdate",
     "PreparedBatch",
     "RandomSteps",
+    "SandwichedBounds",
+    "SandwichedObjective",
     "ScoredStates",
+    "SpanLikelihood",
     "SampleMeanAggregation",
     "SampleSumAggregation",
     "StepSelection",

@@ -11,6 +11,8 @@ class                      advantage                                            
 ``GroupAdvantage``         ``clip(coef (r - mean_group r) / (std + eps), +-clip)``    ``[B]``
 ``StepwiseGainAdvantage``  ``clip((g - mean g) / (std g + eps), +-clip)``,            ``[B, K]``
                            ``g_k = r_{k+1} - r_k`` over all ``B x K`` gains
+``GroupSoftmaxWeights``    ``G (softmax_group(psi r) - lambda softmax_group(-psi r))``  ``[B]``
+                           (wd1's weights, for a ratio-free ``REINFORCE``)
 =========================  =========================================================  ===========
 """
 
@@ -27,6 +29,7 @@ __all__ = [
     "AdvantageInput",
     "Advantages",
     "GroupAdvantage",
+    "GroupSoftmaxWeights",
     "StepwiseGainAdvantage",
 ]
 
@@ -208,3 +211,45 @@ class StepwiseGainAdvantage(AdvantageEstimator):
         gains = inp.step_rewards[:, 1:] - inp.step_rewards[:, :-1]  # [B, K]
         normalised = (gains - gains.mean()) / (gains.std(unbiased=False) + self.eps)
         return _clip(normalised, self.clip)
+
+
+class GroupSoftmaxWeights(AdvantageEstimator):
+    """wd1's weights (Tang et al. 2025, "weighted policy optimization for diffusion language models"):
+    within each prompt group of ``G`` rollouts,
+
+        w+_i = softmax_j(psi r_j)_i,     w-_i = softmax_j(-psi r_j)_i,     A_i = G (w+_i - lambda w-_i)
+
+    wd1 minimises ``-sum_i (w+_i - lambda w-_i) log pi_theta(x_i)`` per group, with no ratio to the
+    old policy: :class:`~dflow.rl.objectives.REINFORCE` (``-A logp``) on these values is that loss.
+    The factor ``G`` (the weights of a group sum to 1) makes the mean over samples of
+    ``SampleMeanAggregation`` the paper's sum over each group, averaged over groups. A softmax does
+    not see a shift, so ``r`` and wd1's ``r - mean_group r`` give the same weights; a group whose
+    rewards are all equal gets ``A = 1 - lambda`` (0 for wd1's ``lambda = 1``).
+
+    Args:
+        psi: inverse temperature ``> 0`` of both softmaxes (the released code: 1).
+        negative_weight: ``lambda >= 0``, the weight of the push away from the low-reward samples
+            (the released code: 1; 0 is wd1's positive-only ablation).
+    """
+
+    per_step = False
+
+    def __init__(self, psi: float = 1.0, negative_weight: float = 1.0) -> None:
+        if not (psi > 0 and psi < float("inf")):
+            raise ValueError(f"GroupSoftmaxWeights: psi must be a finite number > 0, got psi={psi!r}")
+        if not (negative_weight >= 0 and negative_weight < float("inf")):
+            raise ValueError(
+                "GroupSoftmaxWeights: negative_weight must be a finite number >= 0, "
+                f"got negative_weight={negative_weight!r}"
+            )
+        self.psi = float(psi)
+        self.negative_weight = float(negative_weight)
+
+    def compute(self, inp: AdvantageInput) -> Tensor:  # [B]
+        groups = inp.rewards.view(inp.num_groups, inp.group_size)  # [P, G]
+        centred = groups - groups.mean(dim=1, keepdim=True)  # [P, G], the released code's advantage
+        constant = groups.amax(dim=1, keepdim=True) == groups.amin(dim=1, keepdim=True)  # [P, 1]
+        centred = centred.masked_fill(constant, 0.0)  # an ulp off 0 would tilt the weights
+        positive = torch.softmax(self.psi * centred, dim=1)  # [P, G] w+, sums to 1 per group
+        negative = torch.softmax(-self.psi * centred, dim=1)  # [P, G] w-
+        return (inp.group_size * (positive - self.negative_weight * negative)).flatten()  # [B]

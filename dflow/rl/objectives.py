@@ -16,6 +16,8 @@ class                  per-unit loss                                        grad
 ``EPG``                ``-sg(rho) A logp``                                  ``-rho A``
 ``PEPG``               ``-sg(rho) (A - log sg(rho)) logp``                  ``-rho (A - log rho)``
 ``PAR``                ``0.5 sg(rho) (A - (logp - old_logp))**2``           ``-rho (A - log rho)``
+``SandwichedObjective``  SPG on ``[lower, upper]`` units: ``-A L`` if ``A > 0``,  ``-A`` on the bound used
+                       else ``-A (omega U + (1 - omega) L)``
 =====================  ===================================================  =====================
 
 ``old_logp`` and ``advantages`` are constants: they are detached here whatever the caller passes.
@@ -36,6 +38,7 @@ __all__ = [
     "PEPG",
     "REINFORCE",
     "ClippedSurrogate",
+    "SandwichedObjective",
     "Objective",
     "ObjectiveOutput",
 ]
@@ -68,6 +71,8 @@ class Objective(nn.Module):
         check_finite: raise ``ValueError`` when a valid unit of ``logp``, ``old_logp`` or the
             advantages is NaN or infinite. Off by default because it synchronises with the device.
     """
+
+    unit_kinds: tuple[str, ...] = ("log_prob",)  # LikelihoodEstimator.unit_kind values it takes
 
     def __init__(self, check_finite: bool = False) -> None:
         super().__init__()
@@ -200,3 +205,49 @@ class PAR(Objective):
     def unit_loss(self, logp: Tensor, old_logp: Tensor, advantages: Tensor) -> Tensor:
         log_ratio = logp - old_logp  # with grad
         return 0.5 * torch.exp(log_ratio.detach()) * (advantages - log_ratio) ** 2
+
+
+class SandwichedObjective(Objective):
+    """SPG (Sandwiched Policy Gradient): on :class:`~dflow.rl.likelihood.sandwich.SandwichedBounds`'
+    two units per sample, ``logp = [L, U]`` (ELBO, EUBO of ``log pi(x_1)``), the per-sample loss is
+
+        -A L                                     if A > 0   (raise a lower bound: log pi rises)
+        -A (omega U + (1 - omega) L)             if A <= 0  (lower an upper bound: log pi falls)
+
+    split over the two units as ``-A (1 - omega [A <= 0]) L`` and ``-A omega [A <= 0] U``, so
+    ``SampleSumAggregation`` gives the loss above (a mean aggregation halves it). ``omega = 1`` is
+    SPG's pure EUBO, ``0 < omega < 1`` its mixture (the released default 0.5), ``omega = 0`` the ELBO
+    on both signs. No ratio, no clip (SPG's released loss, also over its inner iterations); the ratio
+    is still reported.
+
+    Args:
+        mix_weight: ``omega`` in ``[0, 1]``.
+    """
+
+    unit_kinds = ("bounds",)
+
+    def __init__(self, mix_weight: float = 0.5, check_finite: bool = False) -> None:
+        super().__init__(check_finite=check_finite)
+        if not 0.0 <= mix_weight <= 1.0:
+            raise ValueError(f"SandwichedObjective: mix_weight must be in [0, 1], got mix_weight={mix_weight!r}")
+        self.mix_weight = float(mix_weight)
+
+    def forward(
+        self,
+        logp: Tensor,  # [B, 2]: lower, upper
+        old_logp: Tensor,  # [B, 2]
+        advantages: Tensor,  # [B] (or [B, 2], the same in both columns)
+        mask: Tensor | None = None,
+    ) -> ObjectiveOutput:
+        if logp.dim() != 2 or logp.shape[1] != 2:
+            raise ValueError(
+                f"SandwichedObjective needs two units per sample, [lower, upper] from SandwichedBounds; got logp of "
+                f"shape {tuple(logp.shape)}"
+            )
+        return super().forward(logp, old_logp, advantages, mask)
+
+    def unit_loss(self, logp: Tensor, old_logp: Tensor, advantages: Tensor) -> Tensor:
+        negative = (advantages[:, :1] <= 0).to(logp.dtype)  # [B, 1]; A = 0 gives loss 0 either way
+        upper = self.mix_weight * negative  # [B, 1] weight of the upper bound
+        weights = torch.cat([1.0 - upper, upper], dim=1)  # [B, 2]
+        return -advantages * weights * logp

@@ -89,6 +89,12 @@ class PolicyUpdate:
             raise ValueError(f"num_inner_epochs must be >= 1, got num_inner_epochs={num_inner_epochs}")
         if minibatch_size is not None and minibatch_size < 1:
             raise ValueError(f"minibatch_size must be >= 1 or None, got minibatch_size={minibatch_size}")
+        kind, accepted = getattr(likelihood, "unit_kind", "log_prob"), getattr(objective, "unit_kinds", ("log_prob",))
+        if kind not in accepted:
+            raise ValueError(
+                f"{type(objective).__name__} takes units of kind {accepted}, but {type(likelihood).__name__} gives "
+                f"{kind!r} units; pair SandwichedBounds with SandwichedObjective (SPG)"
+            )
         self.likelihood = likelihood
         self.objective = objective
         self.kl = kl if kl is not None else KLPenalty(beta=0.0)

@@ -57,6 +57,17 @@ def test_d_kappa_matches_central_difference(sched) -> None:
     torch.testing.assert_close(sched.d_kappa(t), fd, rtol=0.0, atol=1e-8)
 
 
+@pytest.mark.parametrize("sched", SCHEDULERS, ids=IDS)
+def test_kappa_inverse_round_trips_and_the_default_bisection_agrees(sched) -> None:
+    t = torch.linspace(0.0, 1.0, 101, dtype=F64)
+    torch.testing.assert_close(sched.kappa_inverse(sched.kappa(t)), t, rtol=0.0, atol=1e-7)
+    k = torch.linspace(0.0, 1.0, 11, dtype=F64)
+    torch.testing.assert_close(sched.kappa(sched.kappa_inverse(k)), k, rtol=0.0, atol=1e-12)
+    # the base class's bisection (for a scheduler without a closed form) gives the same times
+    bisected = type(sched).__mro__[1].kappa_inverse(sched, k)
+    torch.testing.assert_close(bisected, sched.kappa_inverse(k), rtol=0.0, atol=1e-7)
+
+
 def test_hand_values() -> None:
     t = torch.tensor([0.25, 0.5], dtype=F64)
     torch.testing.assert_close(PolynomialScheduler(2).kappa(t), torch.tensor([0.0625, 0.25], dtype=F64))

@@ -23,6 +23,7 @@ from dflow.rl import (
     BackwardStates,
     ClippedSurrogate,
     Compute,
+    CoupledELBOLikelihood,
     ELBOLikelihood,
     ForwardReconstruction,
     ForwardStates,
@@ -33,6 +34,7 @@ from dflow.rl import (
     PolicyUpdate,
     RandomSteps,
     ScoredStates,
+    SpanLikelihood,
     StepWindow,
     TrajectoryLikelihood,
     UnitPlan,
@@ -69,6 +71,9 @@ ESTIMATORS = {
     "elbo_exact": (lambda: ELBOLikelihood(3, grid_steps=4, weighting="exact"), 3),
     "elbo_uniform": (lambda: ELBOLikelihood(3, grid_steps=4, weighting="uniform"), 3),
     "mean_field": (lambda: MeanFieldLikelihood(p_mask_prompt=0.5), 1),
+    "coupled_pairs": (lambda: CoupledELBOLikelihood(num_pairs=2), 2),
+    "coupled_full_noise": (lambda: CoupledELBOLikelihood(full_noise=True), 1),
+    "spans": (lambda: SpanLikelihood(span=3), 2),  # K = 4: steps 0-2 and 3
 }
 
 # (guidance_scale, temperature): CFG-free and plain, and guided + tempered
@@ -126,7 +131,7 @@ def test_units_shape_gradient_and_reproducible_plan(name, source_name, copy_task
 
     plan = est.plan(traj, sampler, torch.Generator().manual_seed(7))
     again = est.plan(traj, sampler, torch.Generator().manual_seed(7))
-    assert plan.num_units == num_units
+    assert est.num_units(traj, plan) == num_units  # plan.num_units counts passes (coupled pairs: 2 per unit)
     assert _plans_equal(plan, again), "the same generator seed must give the same plan"
 
     units = est.log_probs(policy, traj, plan, sampler)

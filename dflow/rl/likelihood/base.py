@@ -76,9 +76,14 @@ class LikelihoodEstimator(ABC):
     Class attributes:
         per_step: units are sampler steps, so per-step advantages (stepwise credit) apply.
         needs_draws: the rollout sampler must record posterior draws (``Sampler(record_draws=True)``).
+        unit_kind: what a unit column holds: ``"log_prob"`` (a log-likelihood or a surrogate of
+            one, which any objective takes) or ``"bounds"`` (SPG's ``[lower, upper]`` pair, which
+            only an objective listing it in ``Objective.unit_kinds`` takes; ``PolicyUpdate``
+            refuses other pairings).
     """
 
     per_step: bool = False
+    unit_kind: str = "log_prob"
     needs_draws: bool = False
     token_mean: bool = False
     per_token: bool = False
