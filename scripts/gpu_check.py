@@ -7,6 +7,9 @@
    step), and the first mini-batch of each RL step has ratio exactly 1.
 2. The embedded shapes base on the device: one evaluation as the RL module runs it, and rollout
    throughput (samples x steps per second) with the peak device memory.
+3. Scale (``--scale 1b``, the default on a GPU): a 1.2B-parameter DiffusionGemma built from a config,
+   bf16, LoRA adapters and gradient checkpointing, rolled out with BlockSampler + EntropyBoundKernel
+   and updated once; throughput, peak memory and the first ratio (scripts/scale_check.py).
 
 Prints a markdown table (the figures for docs/benchmarks.md) and, with ``--json FILE``, writes them.
 Exit status 1 if a check fails.
@@ -234,6 +237,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     parser.add_argument("--only", nargs="*", default=None, help="RL methods to check (default: all)")
+    parser.add_argument(
+        "--scale",
+        choices=["1b", "tiny", "none"],
+        default=None,
+        help="the DiffusionGemma + LoRA + checkpointing item (scripts/scale_check.py); default 1b on a GPU, "
+        "none on a CPU or with --only",
+    )
     opts = parser.parse_args(argv)
     device = torch.device(opts.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
@@ -251,6 +261,17 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as err:  # noqa: BLE001
             traceback.print_exc()
             rows.append({"check": "shapes base", "ok": False, "note": f"{type(err).__name__}: {err}"})
+    scale = opts.scale or ("1b" if device.type == "cuda" and opts.only is None else "none")
+    if scale != "none":
+        try:
+            spec = importlib.util.spec_from_file_location("scale_check", Path(__file__).with_name("scale_check.py"))
+            assert spec is not None and spec.loader is not None
+            scale_module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(scale_module)
+            rows.append(scale_module.scale_check(device, scale))
+        except Exception as err:  # noqa: BLE001
+            traceback.print_exc()
+            rows.append({"check": f"scale ({scale})", "ok": False, "note": f"{type(err).__name__}: {err}"})
     print("\n| check | ok | seconds | peak MiB | note |\n|---|---|---|---|---|")
     for r in rows:
         peak = "" if r.get("peak_mb") is None else f"{r['peak_mb']:.0f}"
