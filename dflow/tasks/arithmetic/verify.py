@@ -19,7 +19,7 @@ So both ``"47"`` (the number alone) and ``"12+5=17,17*3=51,51-4=47"`` (worked st
   ``a op b``; a division only when exact); 0 for a one-step problem.
 
 Reward, in ``[0, 1]`` and 1 exactly when ``correct``: ``1`` when correct, else
-``0.2 * format_ok + 0.3 * step_credit`` (below 0.5).
+``0.2 * format_ok + 0.3 * step_credit`` (at most 0.5).
 """
 
 from __future__ import annotations

@@ -87,4 +87,6 @@ def _detail(used: Counter, given: Counter, value: Fraction | None, target: int) 
         shown += " (not an integer)"
     if problems:
         return f"{shown}; {', '.join(problems)}"
+    if value is None:
+        return shown
     return f"{shown}, the target" if value == target else f"{shown}, not {target}"
