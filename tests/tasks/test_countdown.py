@@ -215,6 +215,15 @@ def test_splits_are_seeded_disjoint_by_instance_and_solvable(small: CountdownTas
         assert all(1 <= n <= 100 for n in p.spec.numbers)
 
 
+def test_a_small_instance_space_still_gives_disjoint_splits():
+    # numbers 1..6 and targets 1..12: the same numbers come up often, in any order
+    tight = CountdownTask(max_number=6, max_target=12, test_size=20, pretrain_size=40, rl_size=40)
+    keys = {s: [p.spec.key for p in tight.prompts(s)] for s in SPLITS}
+    every = keys["test"] + keys["pretrain"] + keys["rl"]
+    assert len(every) == len(set(every)) == 100
+    assert CountdownProblem((3, 7, 25), 46, "").key == CountdownProblem((25, 3, 7), 46, "").key
+
+
 def test_solver_on_hand_instances():
     assert check_answer(solve((3, 7, 25), 46), P).correct
     assert solve((1, 1, 1), 100) is None
