@@ -1,8 +1,8 @@
 """Sudoku problems, prompts and the solution-disjoint split of SPG.
 
-d1 drew its test puzzles from the same pool of solution grids as its training puzzles, so a test
-puzzle's solution was often a grid trained on (d1's 500 test puzzles use 229 of the 288 grids). SPG
-fixed that by splitting the grids: 200 for training (the in-context examples' grids forced in), 88
+d1 split puzzles, not grids: its 500 test puzzles use 229 of the 288 grids, drawn from the same
+pool as its training puzzles, so a test puzzle's solution grid can be the solution of training
+puzzles. SPG fixed that by splitting the grids: 200 for training (the in-context examples' grids forced in), 88
 for test, and the in-context puzzles themselves excluded from both. This module does the same with
 dflow's three splits: the ``test`` grids never appear in ``pretrain``, ``rl`` or the 3-shot examples.
 """
