@@ -232,6 +232,11 @@ def test_solver_on_hand_instances():
     assert sol is not None and check_answer(sol, CountdownProblem((2, 3, 5, 7), 1, "")).correct
 
 
+def test_every_default_test_instance_is_solvable_by_exhaustive_search(countdown_task: CountdownTask):
+    for p in countdown_task.prompts("test"):
+        assert solve(p.spec.numbers, p.spec.target) is not None, p.text
+
+
 def test_sizes_prompts_and_answer_length(small: CountdownTask, countdown_task: CountdownTask):
     t = countdown_task
     assert (t.vocab_size, t.seq_len, t.prompt_len, t.categories) == (17, 15, 34, ("numbers_3",))
