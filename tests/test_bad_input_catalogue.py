@@ -70,7 +70,7 @@ from dflow.rl import (
     TrajectoryLikelihood,
 )
 from dflow.sampling import Sampler, SamplerConfig
-from dflow.tasks import ShapesTask, TextTask, get_task
+from dflow.tasks import CountdownTask, ShapesTask, TextTask, get_task
 from tests.conftest import rl_settings
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # tiny tensors: a second thread only contends
@@ -105,6 +105,24 @@ class Case:
 
 
 # ---------------------------------------------------------------------------- small helpers
+SMALL_COUNTDOWN = {"test_size": 20, "pretrain_size": 300, "rl_size": 300}
+
+
+def words_tokenizer(tmp: Path) -> str:
+    """A word-level tokenizer folder with digits but no operators and no chat template."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    known = ["<pad>", "<mask>", "<eos>", "<unk>", "Numbers:", "Target:", *"0123456789"]
+    core = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(known)}, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core, pad_token="<pad>", mask_token="<mask>", eos_token="<eos>", unk_token="<unk>"
+    )
+    tok.save_pretrained(tmp / "words")
+    return str(tmp / "words")
+
+
 @functools.cache
 def shapes() -> ShapesTask:
     """An 8x8 shapes task (V = 7, L = 64) with a few prompts: cheap to build and to roll out."""
@@ -521,7 +539,7 @@ CASES: list[Case] = [
         "tasks",
         lambda tmp: get_task("mnist"),
         r"unknown task name 'mnist'",
-        fix="one of glyphs, shapes, text",
+        fix="one of arithmetic, countdown, glyphs, shapes, sudoku, text",
     ),
     Case(
         "task-unknown-argument",
@@ -571,6 +589,27 @@ CASES: list[Case] = [
         lambda tmp: shapes().reward(torch.zeros(1, 144, dtype=torch.long), prompts(1)),
         r"x1 must have shape \[B, 64\] for task 'shapes', got \(1, 144\)",
         fix="the task's seq_len is height * width; match the sampler's seq_len to it",
+    ),
+    Case(
+        "task-tokenizer-without-answer-symbols",
+        "tasks",
+        lambda tmp: CountdownTask(**SMALL_COUNTDOWN, tokenizer=words_tokenizer(tmp), chat_template=False),
+        r"no single token for the answer symbol\(s\) '\+' .*'\('",
+        fix="use the model's own tokenizer folder; every answer symbol (digits, + - * / ( )) must be one token",
+    ),
+    Case(
+        "task-chat-template-missing",
+        "tasks",
+        lambda tmp: CountdownTask(**SMALL_COUNTDOWN, tokenizer=words_tokenizer(tmp)),
+        r"chat_template=True but the tokenizer in '.*words' has no chat template",
+        fix="give a tokenizer folder whose tokenizer_config.json holds a chat template, or set chat_template: false",
+    ),
+    Case(
+        "task-prompt-longer-than-prompt-len",
+        "tasks",
+        lambda tmp: CountdownTask(**SMALL_COUNTDOWN, prompt_len=10),
+        r"prompt_len=10 is shorter than its longest prompt \(33 tokens\)",
+        fix="raise prompt_len, or leave it unset (the longest prompt of the splits)",
     ),
     # ---- rewards
     Case(

@@ -5,15 +5,21 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+from dflow.tasks.arithmetic import ArithmeticTask
 from dflow.tasks.base import Task
+from dflow.tasks.countdown import CountdownTask
 from dflow.tasks.glyphs import GlyphsTask
 from dflow.tasks.shapes import ShapesTask
+from dflow.tasks.sudoku import SudokuTask
 from dflow.tasks.text import TextTask
 
 TASKS: dict[str, type[Task]] = {
     ShapesTask.name: ShapesTask,
     GlyphsTask.name: GlyphsTask,
     TextTask.name: TextTask,
+    SudokuTask.name: SudokuTask,
+    CountdownTask.name: CountdownTask,
+    ArithmeticTask.name: ArithmeticTask,
 }
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from dflow.tasks import GlyphsTask, ShapesTask, TextTask
+from dflow.tasks import ArithmeticTask, CountdownTask, GlyphsTask, ShapesTask, SudokuTask, TextTask
 
 
 @pytest.fixture(scope="session")
@@ -20,6 +20,24 @@ def text_task() -> TextTask:
     return TextTask()
 
 
-@pytest.fixture(scope="session", params=["shapes", "glyphs", "text"])
-def any_task(request, shapes_task, glyphs_task, text_task):
-    return {"shapes": shapes_task, "glyphs": glyphs_task, "text": text_task}[request.param]
+@pytest.fixture(scope="session")
+def sudoku_task() -> SudokuTask:
+    return SudokuTask()
+
+
+@pytest.fixture(scope="session")
+def countdown_task() -> CountdownTask:
+    return CountdownTask()
+
+
+@pytest.fixture(scope="session")
+def arithmetic_task() -> ArithmeticTask:
+    return ArithmeticTask()
+
+
+ALL_TASKS = ["shapes", "glyphs", "text", "sudoku", "countdown", "arithmetic"]
+
+
+@pytest.fixture(scope="session", params=ALL_TASKS)
+def any_task(request):
+    return request.getfixturevalue(f"{request.param}_task")
