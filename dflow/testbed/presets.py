@@ -28,7 +28,10 @@ from dflow.rl import (
     TrajectoryLikelihood,
 )
 
-_PAPER_ADV = {"scale": "group", "clip": 5.0, "eps": 1e-4}  # (R - group mean) / (std + 1e-4), clipped to 5
+
+def _paper_advantage() -> GroupAdvantage:
+    """UDM-GRPO's (and naive GRPO's) ``(R - group mean) / (std + 1e-4)``, clipped to 5."""
+    return GroupAdvantage(scale="group", clip=5.0, eps=1e-4)
 
 
 @dataclass
@@ -49,7 +52,7 @@ METHODS: dict[str, MethodPreset] = {
         lambda: (
             IntermediateActionLikelihood(states=BackwardStates(), token_mean=True),
             ClippedSurrogate(1e-4),
-            GroupAdvantage(**_PAPER_ADV),
+            _paper_advantage(),
             KLPenalty(0.0),
             None,
         ),
@@ -60,7 +63,7 @@ METHODS: dict[str, MethodPreset] = {
         lambda: (
             IntermediateActionLikelihood(states=BackwardStates(), token_mean=True),
             ClippedSurrogate(1e-4),
-            GroupAdvantage(**_PAPER_ADV),
+            _paper_advantage(),
             KLPenalty(0.05, "k3"),
             None,
         ),
@@ -70,7 +73,7 @@ METHODS: dict[str, MethodPreset] = {
         lambda: (
             ForwardReconstruction(3, grid_steps=10, max_start=2, states=ForwardStates()),
             ClippedSurrogate(1e-4),
-            GroupAdvantage(**_PAPER_ADV),
+            _paper_advantage(),
             KLPenalty(0.05, "k3"),
             None,
         ),

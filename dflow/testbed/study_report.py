@@ -67,7 +67,7 @@ def summarise(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean / SE / n over seeds per (source, reward, method, split, step), for every metric."""
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
-        groups[(*(r[k] for k in KEYS), r["split"], r["step"])].append(r)
+        groups[tuple(r[k] for k in KEYS) + (r["split"], r["step"])].append(r)
     out = []
     for key, members in sorted(groups.items()):
         row: dict[str, Any] = dict(zip((*KEYS, "split", "step"), key, strict=True))
@@ -85,7 +85,7 @@ def collapse(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     runs: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         if r["split"] == "rl":
-            runs[(*(r[k] for k in KEYS), r["seed"])].append(r)
+            runs[tuple(r[k] for k in KEYS) + (r["seed"],)].append(r)
     out = []
     for key, members in sorted(runs.items()):
         members.sort(key=lambda r: r["step"])
