@@ -119,10 +119,11 @@ def collapse(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def fmt(mean: float, se: float, digits: int = 3) -> str:
+def fmt(mean: float, se: float, digits: int | str = 3) -> str:
+    """``mean ± se`` with ``digits`` decimals, or a format spec such as ``".1e"``."""
     if math.isnan(mean):
         return "-"
-    spec = f",.{digits}f" if digits == 0 else f".{digits}f"  # thousands separators for counts
+    spec = digits if isinstance(digits, str) else f",.{digits}f" if digits == 0 else f".{digits}f"
     return f"{mean:{spec}}" if math.isnan(se) else f"{mean:{spec}} ± {se:{spec}}"
 
 
@@ -196,11 +197,11 @@ def _cost_table(runs: list[dict[str, Any]], methods: list[str]) -> list[str]:
     return lines
 
 
-_COLLAPSE_COLUMNS = (
+_COLLAPSE_COLUMNS: tuple[tuple[str, int | str], ...] = (
     ("peak_reward", 3),
     ("peak_step", 0),
     ("final_reward", 3),
-    ("drop", 4),
+    ("drop", ".1e"),  # falls of 1e-5 matter: is a curve monotone?
     ("final_kl", 2),
     ("max_kl", 2),
     ("fwd_equiv_per_step", 0),
