@@ -1,0 +1,144 @@
+"""The testbed study driver: a 3-step study end to end, its files, the SE arithmetic, skip and exact resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from dflow.testbed.study import METHODS, Study, StudySpec
+from dflow.testbed.study_report import collapse, load_results, mean_se, table_steps, write_report
+
+SPECS = sorted((Path(__file__).resolve().parents[2] / "recipes" / "testbed" / "studies").glob("*.yaml"))
+
+
+def tiny(**kw) -> StudySpec:
+    args = dict(methods=["udm_grpo", "naive_grpo"], seeds=[0, 1], steps=3, eval_every=1, pretrain_steps=5)
+    return StudySpec(**{**args, **kw})
+
+
+def read(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("study")
+    Study(tiny(), out, log=lambda _: None).run_all()
+    write_report(out)
+    return out
+
+
+def test_mean_and_standard_error_by_hand() -> None:
+    mean, se, n = mean_se([1.0, 2.0, 3.0, 4.0])
+    assert (mean, n) == (2.5, 4)
+    assert se == pytest.approx(math.sqrt((1.5**2 + 0.5**2 + 0.5**2 + 1.5**2) / 3 / 4))  # sample std / sqrt(n)
+    mean, se, n = mean_se([0.7])
+    assert mean == 0.7 and math.isnan(se) and n == 1
+
+
+def test_study_writes_histories_tables_and_plots(study) -> None:
+    runs = sorted(p.name for p in (study / "runs").iterdir())
+    assert runs == [f"{m}__uniform__partial__s{s}" for m in ("naive_grpo", "udm_grpo") for s in (0, 1)]
+    for run in runs:
+        done = json.loads((study / "runs" / run / "run.json").read_text())
+        assert done["finished_steps"] == 3 and done["fwd_equiv"] > 0
+    rows = read(study / "results.csv")
+    assert len(rows) == 2 * 2 * 4 * 2  # methods x seeds x evaluations (steps 0..3) x splits
+    first = [r for r in rows if r["step"] == "0"]
+    assert all(float(r["kl"]) == 0.0 for r in first)  # step 0 is the base itself
+    assert {float(r["fwd_equiv"]) for r in first} == {0.0}
+    for name in ("summary.csv", "collapse.csv", "summary.md"):
+        assert (study / name).stat().st_size > 0
+    for png in ("reward_rl", "reward_test", "kl_rl", "reward_rl_vs_compute"):
+        assert Image.open(study / f"uniform_partial_{png}.png").size == (960, 540)
+    text = (study / "summary.md").read_text()
+    assert "### uniform source, partial reward" in text and " ± " in text
+
+
+def test_summary_is_the_mean_and_se_of_the_seeds(study) -> None:
+    rows = read(study / "results.csv")
+    summary = read(study / "summary.csv")
+    for method in ("naive_grpo", "udm_grpo"):
+        values = [float(r["reward"]) for r in rows if (r["method"], r["split"], r["step"]) == (method, "test", "3")]
+        a, b = values
+        (row,) = [r for r in summary if (r["method"], r["split"], r["step"]) == (method, "test", "3")]
+        assert float(row["reward_mean"]) == pytest.approx((a + b) / 2)
+        assert float(row["reward_se"]) == pytest.approx(abs(a - b) / 2)  # n = 2: std = |a - b| / sqrt 2
+        assert row["n"] == "2"
+    assert "naive_grpo" in (study / "summary.md").read_text()
+
+
+def test_finished_runs_are_skipped(study) -> None:
+    logs: list[str] = []
+    history = study / "runs" / "udm_grpo__uniform__partial__s0" / "history.csv"
+    before = history.read_bytes()
+    Study(tiny(methods=["udm_grpo"], seeds=[0]), study, log=logs.append).run_all()
+    assert logs == ["udm_grpo__uniform__partial__s0: finished, skipped"]
+    assert history.read_bytes() == before
+
+
+@pytest.mark.parametrize("method", ["udm_grpo", "naive_grpo_kl"])
+def test_a_resumed_run_equals_an_uninterrupted_one(tmp_path, method) -> None:
+    spec = dict(methods=[method], seeds=[3], eval_every=1)
+    Study(tiny(steps=3, **spec), tmp_path / "once", log=lambda _: None).run_all()
+    Study(tiny(steps=2, **spec), tmp_path / "twice", log=lambda _: None).run_all()
+    logs: list[str] = []
+    Study(tiny(steps=3, **spec), tmp_path / "twice", log=logs.append).run_all()
+    assert logs[0].endswith("resumed at step 2")
+    name = f"runs/{method}__uniform__partial__s3/history.csv"
+    once, twice = read(tmp_path / "once" / name), read(tmp_path / "twice" / name)
+    drop = ("seconds",)
+    assert [{k: v for k, v in r.items() if k not in drop} for r in once] == [
+        {k: v for k, v in r.items() if k not in drop} for r in twice
+    ]
+
+
+def test_collapse_measures_the_largest_fall_from_the_running_peak() -> None:
+    rewards = [0.5, 0.8, 0.55, 0.9, 0.7]
+    rows = [
+        {"source": "uniform", "reward_kind": "partial", "method": "m", "seed": 0, "split": "rl", "step": 10 * i,
+         "reward": r, "frac_opt": r, "kl": float(i), "fwd_equiv": 100.0 * i}
+        for i, r in enumerate(rewards)
+    ]  # fmt: skip
+    (run,) = collapse(rows)
+    assert (run["peak_reward"], run["peak_step"], run["final_reward"]) == (0.9, 30, 0.7)
+    assert run["drop"] == pytest.approx(0.25) and run["drop_step"] == 20  # 0.8 -> 0.55
+    assert (run["final_kl"], run["max_kl"], run["fwd_equiv_per_step"]) == (4.0, 4.0, 10.0)
+    assert (run["step_to_50%"], run["fwd_equiv_to_50%"]) == (0, 0.0)
+    assert (run["step_to_90%"], run["fwd_equiv_to_90%"]) == (30, 300.0)
+    (never,) = collapse([{**r, "frac_opt": 0.6} for r in rows])
+    assert math.isnan(never["step_to_90%"]) and never["step_to_50%"] == 0
+
+
+def test_table_steps_keep_the_ends() -> None:
+    steps = list(range(0, 1001, 20))
+    picked = table_steps(steps, rows=6)
+    assert picked[0] == 0 and picked[-1] == 1000 and len(picked) == 6
+    assert table_steps([0, 1, 2]) == [0, 1, 2]
+
+
+def test_a_study_folder_refuses_other_settings(study) -> None:
+    with pytest.raises(ValueError, match="other settings.*'lr': \\(0.001, 0.01\\)"):
+        Study(tiny(lr=1e-2), study, log=lambda _: None).run_all()
+
+
+def test_bad_study_names_what_is_wrong(tmp_path) -> None:
+    with pytest.raises(ValueError, match="unknown method or source.*no_such"):
+        StudySpec(methods=["no_such"])
+    with pytest.raises(ValueError, match="no run histories"):
+        write_report(tmp_path)
+    assert load_results(tmp_path) == []
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda p: p.stem)
+def test_shipped_study_specs_load(spec) -> None:
+    text = spec.read_text()
+    assert text.startswith("#") and "Command:" in text
+    loaded = StudySpec.from_yaml(spec)
+    assert set(loaded.methods) <= set(METHODS) and loaded.runs()
