@@ -169,6 +169,14 @@ def _int_at_least(name: str, value: Any, low: int, extra: str = "") -> None:
         raise ValueError(f"{name} must be an int >= {low}{' ' + extra if extra else ''}, got {field}={value!r}")
 
 
+# RLModule's settings blocks: its argument name -> record
+RECORDS: dict[str, type] = {
+    "rollout": RolloutConfig,
+    "optim": OptimConfig,
+    "evaluation": EvalConfig,
+    "faults": FaultPolicy,
+}
+
 # RLModule's flat arguments before the records (session 7) -> where each one lives now
 MOVED = {
     "group_size": "rollout.group_size",

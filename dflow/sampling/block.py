@@ -30,7 +30,7 @@ from torch import Tensor
 
 from dflow.paths.base import ProbabilityPath
 from dflow.sampling.kernels import BlockKernel, BlockStep, PathKernel
-from dflow.sampling.sampler import Policy, Sampler
+from dflow.sampling.sampler import Policy, Sampler, rollout_device
 from dflow.sampling.trajectory import Trajectory, compact_dtype
 
 
@@ -183,14 +183,8 @@ class BlockSampler(Sampler):
         device: torch.device | str | None = None,
     ) -> Trajectory:
         """Sample ``batch_size`` sequences of ``seq_len`` tokens block by block and record the trajectory."""
-        for name, val in (("batch_size", batch_size), ("seq_len", seq_len)):
-            if isinstance(val, bool) or not isinstance(val, int) or val < 1:
-                raise ValueError(f"BlockSampler.rollout: {name} must be an int >= 1, got {name}={val!r}")
-        if torch.is_tensor(cond) and cond.shape[0] != batch_size:
-            raise ValueError(f"BlockSampler.rollout: cond has batch {cond.shape[0]} but batch_size={batch_size}")
+        device = rollout_device("BlockSampler.rollout", cond, batch_size, seq_len, generator, device)
         num_blocks = self._check_shape("BlockSampler.rollout", seq_len)
-        if device is None:
-            device = cond.device if torch.is_tensor(cond) else (generator.device if generator is not None else "cpu")
         S, B, L, C = self.steps_per_block, batch_size, seq_len, self.block_len
         K = num_blocks * S
         sdt = compact_dtype(self.path.num_states)

@@ -23,6 +23,21 @@ from dflow.sampling.trajectory import Trajectory, compact_dtype
 Policy = Callable[[Tensor, Tensor, Any], Tensor]  # (x_t [B, L] long, t [B], cond) -> logits [B, L, V]
 
 
+def rollout_device(
+    where: str, cond: Any, batch_size: int, seq_len: int, generator: torch.Generator | None, device: Any
+) -> torch.device | str:
+    """Check a rollout's sizes and prompts, and return its device: ``device``, else the prompts', else the
+    generator's, else the CPU. Shared by :class:`Sampler` and the block sampler."""
+    for name, val in (("batch_size", batch_size), ("seq_len", seq_len)):
+        if isinstance(val, bool) or not isinstance(val, int) or val < 1:
+            raise ValueError(f"{where}: {name} must be an int >= 1, got {name}={val!r}")
+    if torch.is_tensor(cond) and cond.shape[0] != batch_size:
+        raise ValueError(f"{where}: cond has batch {cond.shape[0]} but batch_size={batch_size}")
+    if device is not None:
+        return device
+    return cond.device if torch.is_tensor(cond) else (generator.device if generator is not None else "cpu")
+
+
 class Sampler:
     """MDP sampler over a :class:`~dflow.paths.ProbabilityPath`.
 
@@ -109,13 +124,7 @@ class Sampler:
         device: torch.device | str | None = None,
     ) -> Trajectory:
         """Sample ``batch_size`` sequences of ``seq_len`` tokens and record the trajectory."""
-        for name, val in (("batch_size", batch_size), ("seq_len", seq_len)):
-            if isinstance(val, bool) or not isinstance(val, int) or val < 1:
-                raise ValueError(f"Sampler.rollout: {name} must be an int >= 1, got {name}={val!r}")
-        if torch.is_tensor(cond) and cond.shape[0] != batch_size:
-            raise ValueError(f"Sampler.rollout: cond has batch {cond.shape[0]} but batch_size={batch_size}")
-        if device is None:
-            device = cond.device if torch.is_tensor(cond) else (generator.device if generator is not None else "cpu")
+        device = rollout_device("Sampler.rollout", cond, batch_size, seq_len, generator, device)
         K, B, L = self.num_steps, batch_size, seq_len
         sdt = compact_dtype(self.path.num_states)
         times = self.times.to(device)
