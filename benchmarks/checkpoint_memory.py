@@ -32,6 +32,7 @@ import argparse
 import os
 import platform
 import statistics
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,9 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from dflow.models import DFlowConfig, DFlowTransformer, disable_gradient_checkpointing, enable_gradient_checkpointing
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py
+from common import write_block  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -218,15 +222,6 @@ def render(result: dict, command: str) -> str:
     return "\n".join(lines)
 
 
-def write_block(text: str) -> None:
-    doc = DOC.read_text()
-    if BEGIN in doc and END in doc:
-        doc = doc[: doc.index(BEGIN)] + text + doc[doc.index(END) + len(END) :]
-    else:
-        doc = doc.rstrip() + "\n\n" + text + "\n"
-    DOC.write_text(doc)
-
-
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--layers", type=int, default=4)
@@ -248,7 +243,7 @@ def main(argv: list[str] | None = None) -> dict:
     text = render(result, "python benchmarks/checkpoint_memory.py" + (" --quick" if args.quick else ""))
     print(text)
     if not args.quick or args.write:
-        write_block(text)
+        write_block(DOC, BEGIN, END, text)
     return result
 
 

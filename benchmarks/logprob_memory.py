@@ -45,32 +45,15 @@ from torch import Tensor
 from dflow.logprobs import CHUNK_ELEMENTS, log_softmax_gather, resolve_chunk_size, set_chunk_elements
 from dflow.paths import LinearScheduler, MixturePath, UniformSource
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py
+from common import cpu_peak, write_block  # noqa: E402
+
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- logprob_memory:begin -->", "<!-- logprob_memory:end -->"
 MIB = 2**20
 
 
 # ---------------------------------------------------------------------------------------------- meter
-def _cpu_peak(fn: Callable[[], None]) -> int:
-    """Peak bytes held by CPU tensors allocated while ``fn`` runs (torch.profiler's allocator events)."""
-    from torch._C._profiler import _EventType  # the event tree's tags: private, but stable since torch 2.0
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    stack, events = list(prof.profiler.kineto_results.experimental_event_tree()), []
-    while stack:
-        event = stack.pop()
-        stack.extend(event.children)
-        if event.tag == _EventType.Allocation:  # alloc_size > 0: allocated, < 0: freed
-            events.append((event.start_time_ns, event.extra_fields.alloc_size))
-    held = peak = 0
-    for _, size in sorted(events):
-        held += size
-        peak = max(peak, held)
-    return peak
-
-
 def _cuda_peak(fn: Callable[[], None]) -> int:
     torch.cuda.synchronize()
     before = torch.cuda.memory_allocated()
@@ -81,7 +64,7 @@ def _cuda_peak(fn: Callable[[], None]) -> int:
 
 
 def peak_bytes(fn: Callable[[], None], device: torch.device) -> int:
-    return _cuda_peak(fn) if device.type == "cuda" else _cpu_peak(fn)
+    return _cuda_peak(fn) if device.type == "cuda" else cpu_peak(fn)
 
 
 def check_meter(device: torch.device) -> None:
@@ -211,15 +194,6 @@ def render(rows: list[dict], command: str, device: torch.device) -> str:
     return "\n".join(lines)
 
 
-def write_block(text: str) -> None:
-    doc = DOC.read_text()
-    if BEGIN in doc and END in doc:
-        doc = doc[: doc.index(BEGIN)] + text + doc[doc.index(END) + len(END) :]
-    else:
-        doc = doc.rstrip() + "\n\n" + text + "\n"
-    DOC.write_text(doc)
-
-
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="small sizes; prints only")
@@ -246,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
     text = render(rows, command, device)
     print(text)
     if not opts.quick or opts.write:
-        write_block(text)
+        write_block(DOC, BEGIN, END, text)
         print(f"wrote {DOC}", file=sys.stderr)
 
 

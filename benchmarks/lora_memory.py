@@ -27,8 +27,8 @@ import argparse
 import copy
 import os
 import platform
+import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,30 +41,13 @@ from dflow.rl import ClippedSurrogate, Compute, ForwardReconstruction, GroupAdva
 from dflow.rl.advantages import AdvantageInput
 from dflow.sampling import Sampler
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py
+from common import cpu_peak, write_block  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- lora_memory:begin -->", "<!-- lora_memory:end -->"
 MIB = 2**20
-
-
-def cpu_peak(fn: Callable[[], None]) -> int:
-    """Peak bytes held by CPU tensors allocated while ``fn`` runs (torch.profiler's allocator events)."""
-    from torch._C._profiler import _EventType  # the event tree's tags: private, but stable since torch 2.0
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    stack, events = list(prof.profiler.kineto_results.experimental_event_tree()), []
-    while stack:
-        event = stack.pop()
-        stack.extend(event.children)
-        if event.tag == _EventType.Allocation and event.extra_fields.device.type == "cpu":
-            events.append((event.start_time_ns, event.extra_fields.alloc_size))  # > 0 allocated, < 0 freed
-    held = peak = 0
-    for _, size in sorted(events):
-        held += size
-        peak = max(peak, held)
-    return peak
 
 
 @dataclass
@@ -222,15 +205,6 @@ def render(result: dict, command: str) -> str:
     return "\n".join(lines)
 
 
-def write_block(text: str) -> None:
-    doc = DOC.read_text()
-    if BEGIN in doc and END in doc:
-        doc = doc[: doc.index(BEGIN)] + text + doc[doc.index(END) + len(END) :]
-    else:
-        doc = doc.rstrip() + "\n\n" + text + "\n"
-    DOC.write_text(doc)
-
-
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--layers", type=int, default=4)
@@ -255,7 +229,7 @@ def main(argv: list[str] | None = None) -> dict:
     text = render(result, f"python benchmarks/lora_memory.py {argv_text}".strip())
     print(text)
     if not args.quick or args.write:
-        write_block(text)
+        write_block(DOC, BEGIN, END, text)
     return result
 
 

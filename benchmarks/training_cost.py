@@ -45,6 +45,9 @@ from sampler_speed import rollout_without_recording  # noqa: E402
 from dflow.lightning.cli import cli_settings  # noqa: E402
 from dflow.sampling import Sampler  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py
+from common import write_block  # noqa: E402
+
 DOC = ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- training_cost:begin -->", "<!-- training_cost:end -->"
 METHODS = ("naive_grpo", "dflowgrpo", "udm_grpo", "elbo_epg", "elbo_pepg", "elbo_par", "elbo_grpo", "stepwise", "demo")
@@ -240,15 +243,6 @@ def render(cost: dict, memory: dict, sampler: dict, command: str) -> str:
     return "\n".join(lines)
 
 
-def write_block(text: str) -> None:
-    doc = DOC.read_text()
-    if BEGIN in doc and END in doc:
-        doc = doc[: doc.index(BEGIN)] + text + doc[doc.index(END) + len(END) :]
-    else:
-        doc = doc.rstrip() + "\n\n" + text + "\n"
-    DOC.write_text(doc)
-
-
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="2 methods, 2 steps, fewer repeats; prints only")
@@ -279,7 +273,7 @@ def main(argv: list[str] | None = None) -> None:
     text = render(cost, memory, sampler, command)
     print(text)
     if not opts.quick or opts.write:
-        write_block(text)
+        write_block(DOC, BEGIN, END, text)
         print(f"wrote {DOC}")
 
 
