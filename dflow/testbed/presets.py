@@ -14,18 +14,26 @@ from typing import Any
 
 from dflow.rl import (
     EPG,
+    REINFORCE,
     AllButLast,
     BackwardStates,
     ClippedSurrogate,
+    CoupledELBOLikelihood,
     ELBOLikelihood,
     ForwardReconstruction,
     ForwardStates,
     GroupAdvantage,
+    GroupSoftmaxWeights,
     IntermediateActionLikelihood,
     KLPenalty,
+    MeanFieldLikelihood,
     SampleSumAggregation,
+    SandwichedBounds,
+    SandwichedObjective,
+    SpanLikelihood,
     StepwiseGainAdvantage,
     TrajectoryLikelihood,
+    UnitMeanAggregation,
 )
 
 
@@ -43,6 +51,7 @@ class MethodPreset:
     build: Callable[[], tuple[Any, Any, Any, KLPenalty, Any]]  # likelihood, objective, advantage, kl, aggregation
     num_inner_epochs: int = 1
     minibatch_groups: int | None = None  # mini-batches of this many prompt groups (None: the whole batch)
+    sources: tuple[str, ...] = ("mask", "uniform")  # the sources its maths covers (SPG: mask only)
 
 
 METHODS: dict[str, MethodPreset] = {
@@ -106,6 +115,67 @@ METHODS: dict[str, MethodPreset] = {
             TrajectoryLikelihood(token_mean=True),
             ClippedSurrogate(0.2),
             StepwiseGainAdvantage(clip=5.0),
+            KLPenalty(0.0),
+            None,
+        ),
+    ),
+    # SPG (spg_mask.yaml): ELBO for A > 0, 0.5 EUBO + 0.5 ELBO for A < 0; blocks of 1 token on L = 5
+    # (the shapes recipe's 6 blocks of 24 tokens; SPG's 8 of 32), so a draw masks a random suffix
+    "spg": MethodPreset(
+        "spg_mask.yaml",
+        lambda: (
+            SandwichedBounds(num_draws=2, block_length=1, eubo_beta=1.5, score_later_blocks=True, token_mean=True),
+            SandwichedObjective(mix_weight=0.5),
+            GroupAdvantage(scale="none", clip=None),
+            KLPenalty(0.0),
+            SampleSumAggregation(),
+        ),
+        num_inner_epochs=4,
+        sources=("mask",),
+    ),
+    # coupled-GRPO (coupled_grpo.yaml): one complementary mask pair + the fully noised pass, per token
+    "coupled_grpo": MethodPreset(
+        "coupled_grpo.yaml",
+        lambda: (
+            CoupledELBOLikelihood(num_pairs=1, noise_min=0.2, noise_max=0.8, full_noise=True, per_token=True),
+            ClippedSurrogate(0.5),
+            GroupAdvantage(scale="none", coef=8 / 7, clip=None),  # leave-one-out G / (G - 1), G = 8
+            KLPenalty(0.01, "k3"),
+            UnitMeanAggregation(),
+        ),
+        num_inner_epochs=2,
+    ),
+    # wd1 (wd1.yaml): d1's one-pass mean-field estimate, weighted by group softmax weights, no ratio
+    "wd1": MethodPreset(
+        "wd1.yaml",
+        lambda: (
+            MeanFieldLikelihood(p_mask_prompt=0.15, prompt_mask_id=0),
+            REINFORCE(),
+            GroupSoftmaxWeights(psi=1.0, negative_weight=1.0),
+            KLPenalty(0.0),
+            None,
+        ),
+        num_inner_epochs=12,
+    ),
+    # d1's diffu-GRPO (diffu_grpo_mask.yaml): mean-field per token, clip 0.5, k3 KL 0.04, 12 inner epochs
+    "diffu_grpo": MethodPreset(
+        "diffu_grpo_mask.yaml",
+        lambda: (
+            MeanFieldLikelihood(p_mask_prompt=0.15, prompt_mask_id=0, per_token=True),
+            ClippedSurrogate(0.5),
+            _paper_advantage(),
+            KLPenalty(0.04, "k3"),
+            None,
+        ),
+        num_inner_epochs=12,
+    ),
+    # TraceRL's idea (trace_spans.yaml): the steps the sampler took, in spans of 2, one ratio per token
+    "trace_spans": MethodPreset(
+        "trace_spans.yaml",
+        lambda: (
+            SpanLikelihood(span=2, per_token=True),
+            ClippedSurrogate(0.2),
+            GroupAdvantage(scale="group", clip=None, eps=1e-4),
             KLPenalty(0.0),
             None,
         ),

@@ -35,7 +35,7 @@ from dflow.rl.advantages import AdvantageInput
 from dflow.sampling import Sampler
 from dflow.testbed.base import TestbedBase
 from dflow.testbed.evaluate import ExactEvaluator
-from dflow.testbed.presets import METHODS
+from dflow.testbed.presets import METHODS, MethodPreset
 from dflow.testbed.task import TestbedTask
 
 SOURCES = ("mask", "uniform")
@@ -83,14 +83,21 @@ class StudySpec:
         return cls(**data)
 
     def runs(self) -> list[dict[str, Any]]:
-        """Every run as ``{"method", "source", "reward", "seed"}``, in the order they are trained."""
+        """Every run as ``{"method", "source", "reward", "seed"}``, in the order they are trained; a
+        method is paired only with the sources its maths covers (:meth:`not_covered` lists the rest)."""
         return [
             {"method": m, "source": s, "reward": r, "seed": seed}
             for s in self.sources
             for r in self.rewards
             for m in self.methods
+            if s in METHODS[m].sources
             for seed in self.seeds
         ]
+
+    def not_covered(self) -> list[tuple[str, str]]:
+        """The ``(method, source)`` pairs of the spec left out because the method's maths does not
+        cover the source (SPG's upper bound is derived for a mask source only)."""
+        return [(m, s) for s in self.sources for m in self.methods if s not in METHODS[m].sources]
 
 
 def run_id(run: dict[str, Any]) -> str:
@@ -134,6 +141,8 @@ class Study:
                     f"{self.out} holds a study with other settings {differ} (saved, now); use another --out"
                 )
         saved.write_text(json.dumps(asdict(self.spec), indent=1))
+        for method, source in self.spec.not_covered():
+            self.log(f"{method} on a {source} source: not run (its maths covers {METHODS[method].sources} only)")
         return [self.run(run) for run in self.spec.runs()]
 
     def run(self, run: dict[str, Any]) -> Path:
@@ -144,18 +153,13 @@ class Study:
             self.log(f"{run_id(run)}: finished, skipped")
             return folder
         folder.mkdir(parents=True, exist_ok=True)
-        spec, preset = self.spec, METHODS[run["method"]]
+        spec = self.spec
         task, path = self.task(run["reward"]), _path(run["source"])
         base = self.base(run["source"])
-        likelihood, objective, advantage, kl, aggregation = preset.build()
         G = spec.group_size
-        mb = None if preset.minibatch_groups is None else preset.minibatch_groups * G
-        update = PolicyUpdate(likelihood, objective, kl, aggregation, preset.num_inner_epochs, mb)
-        sampler = Sampler(path, num_steps=spec.rollout_steps, record_draws=likelihood.needs_draws)
-        likelihood.validate(sampler)
-        update.check_advantages(advantage.per_step)
+        update, advantage, sampler = build_method(run["method"], path, G, spec.rollout_steps)
         policy = copy.deepcopy(base).eval()  # eval: no dropout, so an unchanged policy's ratio is exactly 1
-        reference = copy.deepcopy(base).requires_grad_(False) if kl.enabled else None
+        reference = copy.deepcopy(base).requires_grad_(False) if update.kl.enabled else None
         opt = torch.optim.AdamW(policy.parameters(), lr=spec.lr, weight_decay=0.0)
         gen = torch.Generator().manual_seed(run["seed"])
         compute, state = Compute(), {"step": 0, "seconds": 0.0, "faults": 0}
@@ -172,7 +176,6 @@ class Study:
             (folder / "history.csv").unlink(missing_ok=True)
         prompts = [p for p in task.prompts("rl") for _ in range(G)]  # [B = P x G]
         cond = task.encode_prompts(prompts)
-        tokens = task.seq_len + cond.shape[1]
         eval_sampler = Sampler(path, num_steps=spec.eval_steps)
         evaluators = {s: ExactEvaluator(task, eval_sampler, task.prompts(s), base=base) for s in ("rl", "test")}
         train_rewards: list[float] = []
@@ -180,15 +183,9 @@ class Study:
             self._evaluate(folder, evaluators, policy, compute, state, train_rewards)
         while state["step"] < spec.steps:
             tic = time.perf_counter()
-            traj = sampler.rollout(policy, cond, batch_size=len(prompts), seq_len=task.seq_len, generator=gen)
-            compute.add(forward=len(prompts) * traj.forward_passes, tokens_per_pass=tokens)
-            rewards = task.reward(traj.x1, prompts)
-            step_rewards = None
-            if advantage.per_step:  # the posterior-argmax decode's reward at each step, then the final one
-                cols = [task.reward(traj.posterior_argmax[k].long(), prompts) for k in range(traj.num_steps)]
-                step_rewards = torch.stack([*cols, rewards], dim=1)
-            adv = advantage(AdvantageInput(rewards, G, step_rewards))
-            batch = update.prepare(policy, reference, traj, adv, sampler, G, compute, gen)
+            batch, rewards = prepare_batch(
+                task, prompts, cond, policy, reference, sampler, advantage, update, G, compute, gen
+            )
             for _ in range(update.num_inner_epochs):
                 for idx in update.minibatches(len(prompts), G, gen):
                     loss = update.loss(policy, batch, idx, sampler, compute).loss
@@ -240,6 +237,34 @@ class Study:
                     "faults": state["faults"],
                 }
                 writer.writerow(row)
+
+
+def build_method(method: str | MethodPreset, path: MixturePath, group_size: int, rollout_steps: int):
+    """A preset's (by name in :data:`METHODS`, or given) :class:`PolicyUpdate`, advantage estimator and
+    rollout :class:`Sampler`, validated against each other: ``(update, advantage, sampler)``."""
+    preset = METHODS[method] if isinstance(method, str) else method
+    likelihood, objective, advantage, kl, aggregation = preset.build()
+    mb = None if preset.minibatch_groups is None else preset.minibatch_groups * group_size
+    update = PolicyUpdate(likelihood, objective, kl, aggregation, preset.num_inner_epochs, mb)
+    sampler = Sampler(path, num_steps=rollout_steps, record_draws=likelihood.needs_draws)
+    likelihood.validate(sampler)
+    update.check_advantages(advantage.per_step)
+    return update, advantage, sampler
+
+
+def prepare_batch(task, prompts, cond, policy, reference, sampler, advantage, update, G, compute, gen):
+    """One RL step's data: rollouts of ``prompts`` (``[B = P x G]``, encoded as ``cond``), the task's
+    rewards (and the posterior-argmax decodes' rewards for a per-step advantage), the advantage and
+    ``update.prepare`` (old values, reference units). Returns the prepared batch and the rewards ``[B]``."""
+    traj = sampler.rollout(policy, cond, batch_size=len(prompts), seq_len=task.seq_len, generator=gen)
+    compute.add(forward=len(prompts) * traj.forward_passes, tokens_per_pass=task.seq_len + cond.shape[1])
+    rewards = task.reward(traj.x1, prompts)
+    step_rewards = None
+    if advantage.per_step:  # the posterior-argmax decode's reward at each step, then the final one
+        cols = [task.reward(traj.posterior_argmax[k].long(), prompts) for k in range(traj.num_steps)]
+        step_rewards = torch.stack([*cols, rewards], dim=1)
+    adv = advantage(AdvantageInput(rewards, G, step_rewards))
+    return update.prepare(policy, reference, traj, adv, sampler, G, compute, gen), rewards
 
 
 def _truncate_history(path: Path, step: int) -> None:

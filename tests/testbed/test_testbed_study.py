@@ -142,3 +142,11 @@ def test_shipped_study_specs_load(spec) -> None:
     assert text.startswith("#") and "Command:" in text
     loaded = StudySpec.from_yaml(spec)
     assert set(loaded.methods) <= set(METHODS) and loaded.runs()
+
+
+def test_a_method_is_paired_only_with_the_sources_its_maths_covers() -> None:
+    spec = StudySpec(methods=["spg", "udm_grpo"], sources=["mask", "uniform"], seeds=[0, 1])
+    pairs = {(r["method"], r["source"]) for r in spec.runs()}
+    assert pairs == {("spg", "mask"), ("udm_grpo", "mask"), ("udm_grpo", "uniform")}
+    assert len(spec.runs()) == 3 * 2 and spec.not_covered() == [("spg", "uniform")]
+    assert METHODS["spg"].sources == ("mask",)

@@ -1,0 +1,177 @@
+"""Each method's policy-gradient estimate against the exact gradient of the expected reward.
+
+On the testbed the objective ``J(theta) = mean_c E_{x ~ p_theta(. | c)}[R(x, c)]`` is a finite sum
+(:class:`~dflow.testbed.ExactEvaluator`, the DP of :func:`~dflow.testbed.exact_distribution` kept
+differentiable), so its gradient ``g* = grad J`` is exact. A method's estimate from one RL batch is
+the direction its first optimiser step follows, ``g_i = -grad loss_i`` (the first inner update,
+on-policy, over the whole batch, before any clipping of the gradient norm). Over ``N`` independent
+batches from the same weights (``g_bar`` their mean):
+
+- ``cos_exact``: ``cos(E g, g*)``: where the method's expected update points, against the ascent
+  direction of the true objective (1: unbiased up to a positive scale; a KL term, a leave-in
+  baseline or advantage normalisation change the scale, not this direction at the base, where a
+  KL's gradient is 0). ``cos(g_bar, g*)`` underestimates it by the noise left in ``g_bar``
+  (``E|g_bar|^2 = |E g|^2 + tr(Sigma) / N``); ``cos_exact`` removes that term from the norm
+  (``|g_bar|^2 - tr(Sigma_hat) / N``, unbiased for ``|E g|^2``; NaN when the noise exceeds it). It
+  is an estimate and can exceed 1 by its sampling error; ``cos_mean`` is the raw ``cos(g_bar, g*)``;
+- ``cos_batch``: the mean over batches of ``cos(g_i, g*)``: how well one batch's update points (0
+  for a batch whose advantages are all 0);
+- ``rel_var``: ``tr(Sigma) / |E g|^2`` (the same unbiased estimates), the scale-free variance of
+  one batch's estimate; ``rel_var_per_kfwd = rel_var x fwd_equiv / 1000`` is the relative variance
+  of an average of batches worth 1,000 forward-pass equivalents, the comparison at equal passes.
+
+Example::
+
+    stats = gradient_study(base, "udm_grpo", "uniform", TestbedTask(reward="sparse"), num_batches=64)
+    stats.cos_exact, stats.rel_var_per_kfwd
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from dflow.paths import MaskSource, MixturePath, UniformSource
+from dflow.rl import Compute
+from dflow.testbed.evaluate import ExactEvaluator
+from dflow.testbed.presets import MethodPreset
+from dflow.testbed.study import build_method, prepare_batch
+from dflow.testbed.task import TestbedTask
+
+
+def flat_grad(params: list[nn.Parameter]) -> Tensor:
+    """The parameters' ``.grad`` as one float64 vector (zeros where a parameter got none)."""
+    return torch.cat(
+        [(p.grad if p.grad is not None else torch.zeros_like(p)).detach().double().flatten() for p in params]
+    )
+
+
+def exact_gradient(policy: nn.Module, evaluator: ExactEvaluator) -> tuple[Tensor, float]:
+    """``grad J`` of the evaluator's expected reward (mean over its prompts), float64 ``[D]``, and ``J``."""
+    params = [p for p in policy.parameters() if p.requires_grad]
+    policy.zero_grad(set_to_none=True)
+    value = evaluator.expected_reward(evaluator.distribution(policy, with_grad=True))
+    value.backward()
+    grad = flat_grad(params)
+    policy.zero_grad(set_to_none=True)
+    return grad, value.item()
+
+
+def cosine(a: Tensor, b: Tensor) -> float:
+    """``cos(a, b)``; 0 when either is the zero vector (a batch whose advantages are all 0 moves nothing)."""
+    denom = a.norm() * b.norm()
+    return (a @ b / denom).item() if denom > 0 else 0.0
+
+
+@dataclass
+class GradientStats:
+    """One method's estimates against the exact gradient (see the module docstring for the fields)."""
+
+    method: str
+    source: str
+    num_batches: int
+    fwd_equiv: float  # forward-pass equivalents of one batch's estimate (rollout + scoring + 2 x backward)
+    cos_exact: float
+    cos_mean: float
+    cos_batch: float
+    cos_batch_se: float
+    rel_var: float
+    rel_var_per_kfwd: float
+    exact_norm: float
+    value: float  # J at the weights the gradients are taken at
+
+
+def estimator_gradients(
+    policy: nn.Module,
+    method: str | MethodPreset,
+    path: MixturePath,
+    task: TestbedTask,
+    num_batches: int,
+    group_size: int = 8,
+    rollout_steps: int = 10,
+    seed: int = 0,
+) -> tuple[Tensor, float]:
+    """``num_batches`` independent estimates ``-grad loss`` of ``method`` at the policy's weights, each
+    from one RL batch (the ``rl`` prompts x ``group_size``): float64 ``[N, D]``, and the forward-pass
+    equivalents one estimate costs. The KL reference, where the method has one, is the policy itself."""
+    update, advantage, sampler = build_method(method, path, group_size, rollout_steps)
+    policy = policy.eval()  # no dropout: the first inner update is exactly on-policy
+    reference = copy.deepcopy(policy).requires_grad_(False) if update.kl.enabled else None
+    params = [p for p in policy.parameters() if p.requires_grad]
+    prompts = [p for p in task.prompts("rl") for _ in range(group_size)]
+    cond = task.encode_prompts(prompts)
+    gen = torch.Generator().manual_seed(seed)
+    everything = torch.arange(len(prompts))
+    grads, compute = [], Compute()
+    for _ in range(num_batches):
+        batch, _ = prepare_batch(
+            task, prompts, cond, policy, reference, sampler, advantage, update, group_size, compute, gen
+        )
+        policy.zero_grad(set_to_none=True)
+        loss = update.loss(policy, batch, everything, sampler, compute).loss
+        loss.backward()
+        grads.append(-flat_grad(params))
+    policy.zero_grad(set_to_none=True)
+    return torch.stack(grads), compute.fwd_equiv / num_batches
+
+
+def summarize(method: str, source: str, grads: Tensor, exact: Tensor, fwd_equiv: float, value: float) -> GradientStats:
+    """:class:`GradientStats` of estimates ``grads`` ``[N, D]`` against the exact gradient ``exact`` ``[D]``."""
+    N = grads.shape[0]
+    if N < 2:
+        raise ValueError(f"summarize needs at least 2 estimates for a variance, got {N}")
+    mean = grads.mean(0)
+    per_batch = torch.tensor([cosine(g, exact) for g in grads], dtype=torch.float64)
+    trace = (grads - mean).pow(2).sum(-1).sum() / (N - 1)  # tr(Sigma_hat), unbiased
+    signal = mean.pow(2).sum() - trace / N  # unbiased for |E g|^2
+    exact_norm = exact.norm()
+    if signal > 0 and exact_norm > 0:
+        cos_exact, rel_var = (mean @ exact / (signal.sqrt() * exact_norm)).item(), (trace / signal).item()
+    else:  # the noise swamps the mean at this N
+        cos_exact, rel_var = math.nan, math.inf
+    return GradientStats(
+        method=method,
+        source=source,
+        num_batches=N,
+        fwd_equiv=fwd_equiv,
+        cos_exact=cos_exact,
+        cos_mean=cosine(mean, exact),
+        cos_batch=per_batch.mean().item(),
+        cos_batch_se=(per_batch.std() / math.sqrt(N)).item(),
+        rel_var=rel_var,
+        rel_var_per_kfwd=rel_var * fwd_equiv / 1000.0,
+        exact_norm=exact_norm.item(),
+        value=value,
+    )
+
+
+def source_path(source: str, vocab_size: int) -> MixturePath:
+    if source not in ("mask", "uniform"):
+        raise ValueError(f"source must be 'mask' or 'uniform', got source={source!r}")
+    return MixturePath(MaskSource(vocab_size) if source == "mask" else UniformSource(vocab_size))
+
+
+def gradient_study(
+    policy: nn.Module,
+    method: str | MethodPreset,
+    source: str,
+    task: TestbedTask,
+    num_batches: int = 64,
+    group_size: int = 8,
+    rollout_steps: int = 10,
+    seed: int = 0,
+) -> GradientStats:
+    """One method's estimates at the policy's weights against the exact gradient of the expected
+    reward on the ``rl`` prompts, under the rollout sampler (the distribution the batches come from)."""
+    path = source_path(source, task.vocab_size)
+    _, _, sampler = build_method(method, path, group_size, rollout_steps)
+    evaluator = ExactEvaluator(task, sampler, task.prompts("rl"))
+    policy = copy.deepcopy(policy).eval()
+    exact, value = exact_gradient(policy, evaluator)
+    grads, fwd = estimator_gradients(policy, method, path, task, num_batches, group_size, rollout_steps, seed)
+    name = method if isinstance(method, str) else method.recipe
+    return summarize(name, source, grads, exact, fwd, value)
