@@ -14,6 +14,8 @@ from typing import Any
 
 from dflow.rl import (
     EPG,
+    PAR,
+    PEPG,
     REINFORCE,
     AllButLast,
     BackwardStates,
@@ -40,6 +42,17 @@ from dflow.rl import (
 def _paper_advantage() -> GroupAdvantage:
     """UDM-GRPO's (and naive GRPO's) ``(R - group mean) / (std + 1e-4)``, clipped to 5."""
     return GroupAdvantage(scale="group", clip=5.0, eps=1e-4)
+
+
+def _elbo_parts(objective: Any) -> tuple[Any, Any, Any, KLPenalty, Any]:
+    """The ELBO family's units (9 of 10 times, exact weighting, summed) and advantage ``0.1 (R - mean)``."""
+    return (
+        ELBOLikelihood(9, grid_steps=10, weighting="exact"),
+        objective,
+        GroupAdvantage(scale="none", coef=0.1, clip=None),
+        KLPenalty(0.0),
+        SampleSumAggregation(),
+    )
 
 
 @dataclass
@@ -99,16 +112,12 @@ METHODS: dict[str, MethodPreset] = {
         num_inner_epochs=2,
         minibatch_groups=2,
     ),
-    "elbo_epg": MethodPreset(
-        "elbo_epg.yaml",
-        lambda: (
-            ELBOLikelihood(9, grid_steps=10, weighting="exact"),
-            EPG(),
-            GroupAdvantage(scale="none", coef=0.1, clip=None),
-            KLPenalty(0.0),
-            SampleSumAggregation(),
-        ),
-    ),
+    "elbo_epg": MethodPreset("elbo_epg.yaml", lambda: _elbo_parts(EPG())),
+    # the ELBO family's other objectives (elbo_pepg.yaml, elbo_par.yaml, elbo_grpo.yaml): the same units
+    # and advantage as elbo_epg; with one inner epoch all four give the same gradient (ratio 1)
+    "elbo_pepg": MethodPreset("elbo_pepg.yaml", lambda: _elbo_parts(PEPG())),
+    "elbo_par": MethodPreset("elbo_par.yaml", lambda: _elbo_parts(PAR())),
+    "elbo_grpo": MethodPreset("elbo_grpo.yaml", lambda: _elbo_parts(ClippedSurrogate(1e-3))),
     "stepwise": MethodPreset(
         "stepwise.yaml",
         lambda: (

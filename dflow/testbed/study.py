@@ -68,11 +68,18 @@ class StudySpec:
     base_seed: int = 0
     pretrain_steps: int = 200
     task: dict[str, Any] = field(default_factory=dict)  # more TestbedTask arguments (not ``reward``)
+    num_inner_epochs: int | None = None  # every method's inner epochs per batch (None: each preset's own)
 
     def __post_init__(self) -> None:
         bad = [m for m in self.methods if m not in METHODS] + [s for s in self.sources if s not in SOURCES]
         if bad:
             raise ValueError(f"unknown method or source {bad}; methods: {sorted(METHODS)}, sources: {list(SOURCES)}")
+        if self.num_inner_epochs is not None and not (
+            isinstance(self.num_inner_epochs, int)
+            and not isinstance(self.num_inner_epochs, bool)
+            and self.num_inner_epochs >= 1
+        ):
+            raise ValueError(f"num_inner_epochs must be an int >= 1 or None, got {self.num_inner_epochs!r}")
         if self.steps < 1 or self.eval_every < 1:
             raise ValueError(f"steps and eval_every must be >= 1, got {self.steps} and {self.eval_every}")
 
@@ -157,7 +164,7 @@ class Study:
         task, path = self.task(run["reward"]), _path(run["source"])
         base = self.base(run["source"])
         G = spec.group_size
-        update, advantage, sampler = build_method(run["method"], path, G, spec.rollout_steps)
+        update, advantage, sampler = build_method(run["method"], path, G, spec.rollout_steps, spec.num_inner_epochs)
         policy = copy.deepcopy(base).eval()  # eval: no dropout, so an unchanged policy's ratio is exactly 1
         reference = copy.deepcopy(base).requires_grad_(False) if update.kl.enabled else None
         opt = torch.optim.AdamW(policy.parameters(), lr=spec.lr, weight_decay=0.0)
@@ -239,13 +246,21 @@ class Study:
                 writer.writerow(row)
 
 
-def build_method(method: str | MethodPreset, path: MixturePath, group_size: int, rollout_steps: int):
+def build_method(
+    method: str | MethodPreset,
+    path: MixturePath,
+    group_size: int,
+    rollout_steps: int,
+    num_inner_epochs: int | None = None,
+):
     """A preset's (by name in :data:`METHODS`, or given) :class:`PolicyUpdate`, advantage estimator and
-    rollout :class:`Sampler`, validated against each other: ``(update, advantage, sampler)``."""
+    rollout :class:`Sampler`, validated against each other: ``(update, advantage, sampler)``.
+    ``num_inner_epochs`` overrides the preset's."""
     preset = METHODS[method] if isinstance(method, str) else method
     likelihood, objective, advantage, kl, aggregation = preset.build()
     mb = None if preset.minibatch_groups is None else preset.minibatch_groups * group_size
-    update = PolicyUpdate(likelihood, objective, kl, aggregation, preset.num_inner_epochs, mb)
+    epochs = preset.num_inner_epochs if num_inner_epochs is None else num_inner_epochs
+    update = PolicyUpdate(likelihood, objective, kl, aggregation, epochs, mb)
     sampler = Sampler(path, num_steps=rollout_steps, record_draws=likelihood.needs_draws)
     likelihood.validate(sampler)
     update.check_advantages(advantage.per_step)

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from dflow.testbed.study import METHODS, Study, StudySpec
+from dflow.paths import MixturePath, UniformSource
+from dflow.testbed.study import METHODS, Study, StudySpec, build_method
 from dflow.testbed.study_report import collapse, load_results, mean_se, table_steps, write_report
 
 SPECS = sorted((Path(__file__).resolve().parents[2] / "recipes" / "testbed" / "studies").glob("*.yaml"))
@@ -150,3 +151,12 @@ def test_a_method_is_paired_only_with_the_sources_its_maths_covers() -> None:
     assert pairs == {("spg", "mask"), ("udm_grpo", "mask"), ("udm_grpo", "uniform")}
     assert len(spec.runs()) == 3 * 2 and spec.not_covered() == [("spg", "uniform")]
     assert METHODS["spg"].sources == ("mask",)
+
+
+def test_a_study_can_set_every_methods_inner_epochs() -> None:
+    path = MixturePath(UniformSource(3))
+    assert build_method("elbo_epg", path, 8, 10)[0].num_inner_epochs == 1  # the preset's own
+    assert build_method("elbo_epg", path, 8, 10, num_inner_epochs=4)[0].num_inner_epochs == 4
+    assert build_method("dflowgrpo", path, 8, 10)[0].num_inner_epochs == 2
+    with pytest.raises(ValueError, match="num_inner_epochs must be an int >= 1 or None, got 0"):
+        StudySpec(num_inner_epochs=0)
