@@ -79,17 +79,19 @@ def resolve_mask_token_id(given: int | None, config: PretrainedConfig) -> int:
     """The mask id: ``given``, else the config's ``mask_token_id``; ``ValueError`` when neither is set
     or when they disagree (a tokenizer and a config that number the mask differently)."""
     from_config = getattr(config, "mask_token_id", None)
-    if given is None and from_config is None:
+    if given is not None:
+        if from_config is not None and given != from_config:
+            raise ValueError(
+                f"mask_token_id={given!r} (given, e.g. from the tokenizer) disagrees with the model config's "
+                f"mask_token_id={from_config!r}; the model was trained with one of them: fix the tokenizer or config"
+            )
+        return given
+    if from_config is None:
         raise ValueError(
             f"mask_token_id: none given and the model config ({type(config).__name__}) has no mask_token_id; "
             "pass the tokenizer's mask id as mask_token_id"
         )
-    if given is not None and from_config is not None and given != from_config:
-        raise ValueError(
-            f"mask_token_id={given!r} (given, e.g. from the tokenizer) disagrees with the model config's "
-            f"mask_token_id={from_config!r}; the model was trained with one of them: fix the tokenizer or the config"
-        )
-    return int(from_config) if given is None else given
+    return int(from_config)
 
 
 class HFMaskedLMDenoiser(nn.Module):
