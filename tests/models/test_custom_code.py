@@ -330,3 +330,42 @@ def test_one_rl_step_from_the_recipe_builder_moves_every_parameter(folder, tmp_p
     assert trainer.global_step == 1
     unchanged = [n for n, p in module.denoiser.named_parameters() if torch.equal(p.detach(), before[n])]
     assert unchanged == []
+
+
+# ---------------------------------------------------------------------------- from a recipe
+RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "text" / "elbo_epg.yaml"
+
+
+def run_text_recipe(folder: Path, *flags: str):
+    """``dflow fit`` of the text ELBO-EPG recipe for one small RL step, its denoiser pointed at ``folder``."""
+    from dflow.cli import run_lightning_cli
+
+    return run_lightning_cli(
+        [
+            "fit",
+            "--config",
+            str(RECIPE),
+            "--model.init_args.denoiser=dflow.lightning.HFMaskedLM",
+            f"--model.init_args.denoiser.init_args.path={folder}",
+            *flags,
+            "--trainer.max_steps=1",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.enable_model_summary=false",
+            "--trainer.logger=false",
+            "--trainer.callbacks=[]",
+            "--model.init_args.evaluation.every_n_steps=0",
+            "--model.init_args.rollout.num_steps=2",
+            "--model.init_args.rollout.group_size=2",
+            "--data.init_args.prompts_per_step=1",
+        ]
+    )
+
+
+def test_a_text_recipe_points_at_the_folder_with_the_opt_in(folder, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=OPT_IN):
+        run_text_recipe(folder)
+    cli = run_text_recipe(folder, "--model.init_args.denoiser.init_args.trust_remote_code=true")
+    assert cli.trainer.global_step == 1
+    assert type(cli.model.denoiser) is HFMaskedLMDenoiser and cli.model.denoiser.custom_code
+    assert int(cli.model.denoiser.state_to_token[-1]) == MASK_ID
