@@ -66,45 +66,60 @@ def read_folder_config(folder: str | os.PathLike) -> dict[str, Any]:
     return config
 
 
-def remote_class_entry(config: Mapping[str, Any], folder: str | os.PathLike) -> tuple[str, str] | None:
-    """``(auto class, "module.Class")`` that a custom-code folder is loaded through, or ``None`` for
-    a folder without ``auto_map`` (plain ``transformers`` classes).
+def code_references(config: Mapping[str, Any], folder: str | os.PathLike) -> dict[str, str]:
+    """The ``auto_map`` of a folder's ``config.json``: auto class -> ``"module.Class"`` (``{}`` without
+    one; a tokenizer's ``[slow, fast]`` pair is joined with ``", "``).
 
     Raises:
-        ValueError: the ``auto_map`` names none of :data:`REMOTE_AUTO_CLASSES` (naming what it has),
-            or points at code in another repository (``"owner/repo--module.Class"``), which
-            ``local_files_only`` cannot fetch.
+        ValueError: a malformed entry, or one that points at code in another repository
+            (``"owner/repo--module.Class"``), which ``local_files_only`` cannot fetch.
     """
     auto_map = config.get("auto_map")
+    where = os.fspath(folder)
     if not auto_map:
-        return None
+        return {}
     if not isinstance(auto_map, Mapping):
-        raise ValueError(f"config.json auto_map of {os.fspath(folder)!r} must be an object, got {auto_map!r}")
-    for auto_class in REMOTE_AUTO_CLASSES:
-        reference = auto_map.get(auto_class)
-        if reference is None:
-            continue
-        if not isinstance(reference, str):
-            where = os.fspath(folder)
+        raise ValueError(f"config.json auto_map of {where!r} must be an object, got {auto_map!r}")
+    references = {}
+    for auto_class, reference in auto_map.items():
+        parts = reference if isinstance(reference, list) else [reference]
+        if not parts or not all(p is None or isinstance(p, str) for p in parts):
             raise ValueError(f"config.json auto_map.{auto_class} of {where!r} must be a string, got {reference!r}")
-        if "--" in reference:
+        joined = ", ".join(p for p in parts if p)
+        if "--" in joined:
             raise ValueError(
-                f"config.json auto_map.{auto_class}={reference!r} of {os.fspath(folder)!r} points at code in another "
-                "repository, which is never downloaded; copy that modelling file into the folder and write the entry "
-                "as 'module.Class'"
+                f"config.json auto_map.{auto_class}={joined!r} of {where!r} points at code in another repository, "
+                "which is never downloaded; copy that file into the folder and write the entry as 'module.Class'"
             )
-        return auto_class, reference
-    raise ValueError(
-        f"config.json auto_map of {os.fspath(folder)!r} maps {sorted(auto_map)}, none of which is a masked model; "
-        f"supported: {', '.join(REMOTE_AUTO_CLASSES)} (a custom-code bidirectional dLLM such as LLaDA or Dream)"
-    )
+        references[auto_class] = joined
+    return references
+
+
+def remote_class_entry(config: Mapping[str, Any], folder: str | os.PathLike) -> tuple[str, str] | None:
+    """``(auto class, "module.Class")`` of the folder's own model class, or ``None`` when its
+    ``auto_map`` names no model class (plain ``transformers`` model classes).
+
+    Raises:
+        ValueError: the ``auto_map`` names model classes, but none of :data:`REMOTE_AUTO_CLASSES`
+            (naming what it has); or an entry is malformed (:func:`code_references`).
+    """
+    models = {k: v for k, v in code_references(config, folder).items() if k.startswith("AutoModel")}
+    for auto_class in REMOTE_AUTO_CLASSES:
+        if auto_class in models:
+            return auto_class, models[auto_class]
+    if models:
+        raise ValueError(
+            f"config.json auto_map of {os.fspath(folder)!r} maps {sorted(models)}, none of which is a masked model; "
+            f"supported: {', '.join(REMOTE_AUTO_CLASSES)} (a custom-code bidirectional dLLM such as LLaDA or Dream)"
+        )
+    return None
 
 
 def check_remote_code_allowed(config: Mapping[str, Any], folder: str | os.PathLike, trust_remote_code: bool) -> None:
-    """Refuse a folder that ships modelling code unless the recipe opted in; runs none of that code."""
-    entry = remote_class_entry(config, folder)
-    if entry is not None and not trust_remote_code:
-        auto_class, reference = entry
+    """Refuse a folder that ships code (any ``auto_map`` entry) unless the recipe opted in; runs none of it."""
+    references = code_references(config, folder)
+    if references and not trust_remote_code:
+        auto_class, reference = remote_class_entry(config, folder) or next(iter(references.items()))
         raise ValueError(
             f"the model folder {os.fspath(folder)!r} ships its own modelling code (config.json auto_map: "
             f"{auto_class} -> {reference}), and loading it runs that code; read the folder's .py files, then opt in "
@@ -172,8 +187,9 @@ def load_masked_model(
     if entry is None:
         from transformers import AutoModelForMaskedLM
 
-        check_masked_lm_type(config, folder)
-        return LoadedModel(AutoModelForMaskedLM.from_pretrained(folder, **kwargs), custom_code=False)
+        check_masked_lm_type(config, folder)  # a built-in class (its config may still be the folder's own code)
+        model = AutoModelForMaskedLM.from_pretrained(folder, trust_remote_code=trust_remote_code, **kwargs)
+        return LoadedModel(model, custom_code=False)
     import transformers
 
     auto = getattr(transformers, entry[0])

@@ -189,6 +189,23 @@ def test_custom_code_without_logits_or_a_usable_auto_map_is_refused(tmp_path):
         HFMaskedLMDenoiser(classifier, DATA_IDS, trust_remote_code=True)
 
 
+def test_code_for_other_parts_also_needs_the_opt_in_and_a_builtin_model_class_then_loads(tmp_path):
+    """An auto_map without a model class (here a tokenizer's) still ships code: the opt-in is asked
+    for; with it the model loads through transformers' own masked-LM class, called with a mask."""
+    bert = tmp_path / "bert"
+    config = transformers.BertConfig(
+        vocab_size=16, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16
+    )
+    transformers.BertForMaskedLM(config).save_pretrained(bert)
+    saved = json.loads((bert / "config.json").read_text())
+    saved["auto_map"] = {"AutoTokenizer": ["tokenization_mine.MyTokenizer", None]}
+    (bert / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match=rf"AutoTokenizer -> tokenization_mine.MyTokenizer.*{OPT_IN}"):
+        HFMaskedLMDenoiser(bert, DATA_IDS, mask_token_id=4)
+    loaded = HFMaskedLMDenoiser(bert, DATA_IDS, mask_token_id=4, trust_remote_code=True)
+    assert type(loaded.mlm).__name__ == "BertForMaskedLM" and not loaded.custom_code
+
+
 def test_a_sequence_longer_than_the_model_holds_is_named(folder, tmp_path):
     task = TextTask()  # prompt_len 19 + seq_len 16 = 35 positions
     short = write_tiny_dllm(tmp_path / "short", max_position_embeddings=32)
