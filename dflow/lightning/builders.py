@@ -38,7 +38,12 @@ from torch import nn
 
 from dflow.lightning.tokens import load_model_tokenizer, translate_token_ids
 from dflow.models import DFlowConfig, DFlowTransformer, HFMaskedLMDenoiser, enable_gradient_checkpointing
-from dflow.models.hf_loading import check_remote_code_allowed, max_sequence_length, read_folder_config
+from dflow.models.hf_loading import (
+    check_remote_code_allowed,
+    max_sequence_length,
+    read_folder_config,
+    remote_class_entry,
+)
 from dflow.paths import ProbabilityPath
 from dflow.tasks import Task
 
@@ -281,13 +286,14 @@ class HFMaskedLM(DenoiserBuilder):
 
 
 def folder_mask_token_id(model_tokenizer: Any, folder_config: dict[str, Any], folder: Path) -> int:
-    """The mask id of a model folder: its tokenizer's mask token, else its config's ``mask_token_id``.
+    """The mask id of a model folder: its tokenizer's mask token, else the ``mask_token_id`` of a
+    custom-code model's config (``transformers``' own configs may carry an unused default: XLM's 0).
 
     Raises:
         ValueError: when both are set and differ (naming both), or when neither is.
     """
     from_tokenizer = getattr(model_tokenizer, "mask_token_id", None)
-    from_config = folder_config.get("mask_token_id")
+    from_config = folder_config.get("mask_token_id") if remote_class_entry(folder_config, folder) else None
     if from_tokenizer is not None and from_config is not None and from_tokenizer != from_config:
         raise ValueError(
             f"HFMaskedLM: the tokenizer of {str(folder)!r} has mask_token_id={from_tokenizer} but its config.json has "

@@ -75,10 +75,10 @@ def input_vocab_size(model: PreTrainedModel) -> int:
         return int(model.config.vocab_size)
 
 
-def resolve_mask_token_id(given: int | None, config: PretrainedConfig) -> int:
-    """The mask id: ``given``, else the config's ``mask_token_id``; ``ValueError`` when neither is set
-    or when they disagree (a tokenizer and a config that number the mask differently)."""
-    from_config = getattr(config, "mask_token_id", None)
+def resolve_mask_token_id(given: int | None, from_config: int | None) -> int:
+    """The mask id: ``given``, else ``from_config`` (a custom-code model config's ``mask_token_id``);
+    ``ValueError`` when neither is set or when they disagree (a tokenizer and a config that number
+    the mask differently)."""
     if given is not None:
         if from_config is not None and given != from_config:
             raise ValueError(
@@ -88,7 +88,7 @@ def resolve_mask_token_id(given: int | None, config: PretrainedConfig) -> int:
         return given
     if from_config is None:
         raise ValueError(
-            f"mask_token_id: none given and the model config ({type(config).__name__}) has no mask_token_id; "
+            "mask_token_id: none given, and no custom-code model config with a mask_token_id to take it from; "
             "pass the tokenizer's mask id as mask_token_id"
         )
     return int(from_config)
@@ -121,8 +121,8 @@ class HFMaskedLMDenoiser(nn.Module):
         dtype: load a folder's weights in this dtype (``torch.bfloat16`` or ``"bfloat16"`` for the
             released dLLM sizes); ``None`` keeps ``transformers``' default (float32).
 
-    ``mask_token_id=None`` takes the model config's ``mask_token_id`` (LLaDA: 126336); a given id
-    that disagrees with the config's is refused, naming both.
+    ``mask_token_id=None`` takes a custom-code model config's ``mask_token_id`` (LLaDA: 126336); a
+    given id that disagrees with it is refused, naming both. A ``transformers`` masked LM needs the id.
     """
 
     data_token_ids: Tensor  # buffers (register_buffer in __init__)
@@ -155,7 +155,9 @@ class HFMaskedLMDenoiser(nn.Module):
         if gradient_checkpointing:
             self.gradient_checkpointing_enable()
         model_vocab = input_vocab_size(self.mlm)
-        mask_token_id = resolve_mask_token_id(mask_token_id, self.mlm.config)
+        # only custom code: transformers' own configs may carry an unused default (XLM: 0, its mask is 5)
+        from_config = getattr(self.mlm.config, "mask_token_id", None) if self.custom_code else None
+        mask_token_id = resolve_mask_token_id(mask_token_id, from_config)
         ids = list(data_token_ids)
         if not ids or any(isinstance(i, bool) or not isinstance(i, int) for i in ids):
             raise ValueError(f"data_token_ids must be a non-empty list of ints, got {data_token_ids!r}")

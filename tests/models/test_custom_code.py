@@ -112,9 +112,20 @@ def test_mask_id_given_must_agree_with_the_config(folder, tmp_path):
     with pytest.raises(ValueError, match=r"mask_token_id=11 \(given.*disagrees.*mask_token_id=12"):
         denoiser(folder, mask_token_id=11)
     bare = write_tiny_dllm(tmp_path / "no_mask", mask_token_id=None, tokenizer=False)
-    with pytest.raises(ValueError, match="mask_token_id: none given and the model config .* has no mask_token_id"):
+    with pytest.raises(ValueError, match="mask_token_id: none given, and no custom-code model config with a mask"):
         denoiser(bare)
     assert int(denoiser(bare, mask_token_id=11).state_to_token[-1]) == 11
+
+
+def test_a_transformers_config_mask_default_is_not_taken_for_the_mask_id():
+    """XLM's config carries an unused mask_token_id=0 (its mask is mask_index, 5 by default): only
+    custom code's config is trusted for the mask id, so a given id other than 0 stands, and none is
+    taken from XLM's config."""
+    xlm = {"model_type": "xlm", "vocab_size": 16, "emb_dim": 8, "n_layers": 1, "n_heads": 2}
+    assert transformers.AutoConfig.for_model(**xlm).mask_token_id == 0
+    assert int(HFMaskedLMDenoiser(xlm, DATA_IDS, mask_token_id=4).state_to_token[-1]) == 4
+    with pytest.raises(ValueError, match="mask_token_id: none given"):
+        HFMaskedLMDenoiser(xlm, DATA_IDS)
 
 
 def test_dtype_loads_the_weights_in_it(folder):
