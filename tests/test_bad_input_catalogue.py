@@ -23,6 +23,7 @@ import contextlib
 import functools
 import html
 import io
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -72,6 +73,7 @@ from dflow.rl import (
 from dflow.sampling import Sampler, SamplerConfig
 from dflow.tasks import CountdownTask, ShapesTask, TextTask, get_task
 from tests.conftest import rl_settings
+from tests.models.tiny_dllm import write_tiny_dllm
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # tiny tensors: a second thread only contends
 
@@ -289,6 +291,37 @@ def tiny_bert(**kwargs) -> HFMaskedLMDenoiser:
         max_position_embeddings=16,
     )
     return HFMaskedLMDenoiser(config, **kwargs)
+
+
+def text_build(builder: HFMaskedLM) -> object:
+    """``builder`` built for the text task on a mask path (V = 4, prompt_len 19, seq_len 16)."""
+    return builder.build(TextTask(), MixturePath(MaskSource(TextTask().vocab_size)))
+
+
+def gpt2_folder(tmp: Path) -> Path:
+    """A tiny random GPT-2 (a causal LM) saved with save_pretrained."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(vocab_size=16, n_embd=8, n_layer=1, n_head=2, n_positions=64)
+    GPT2LMHeadModel(config).save_pretrained(tmp / "gpt2")
+    return tmp / "gpt2"
+
+
+def dllm_pointing_elsewhere(tmp: Path) -> Path:
+    """A custom-code folder whose auto_map names code in another hub repository."""
+    folder = write_tiny_dllm(tmp / "elsewhere", tokenizer=False)
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"]["AutoModel"] = "GSAI-ML/LLaDA-8B-Instruct--modeling_llada.LLaDAModelLM"
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def dllm_without_bar(tmp: Path) -> Path:
+    """A custom-code folder whose tokenizer lacks the text task's '|' token."""
+    folder = write_tiny_dllm(tmp / "no_bar")
+    vocab = folder / "tokenizer.json"
+    vocab.write_text(vocab.read_text().replace('"|"', '"bar"'))
+    return folder
 
 
 def sample_path():
@@ -518,6 +551,77 @@ CASES: list[Case] = [
         ).build(TextTask(), MixturePath(MaskSource(TextTask().vocab_size))),
         r"gradient_checkpointing=True, but AlbertForMaskedLM does not support gradient checkpointing",
         fix="set `gradient_checkpointing: false` for this model (or lower `minibatch_size` to save memory)",
+    ),
+    Case(
+        "custom-code-without-trust-remote-code",
+        "models",
+        lambda tmp: text_build(HFMaskedLM(path=str(write_tiny_dllm(tmp / "llada")))),
+        r"'.*llada' ships its own modelling code .*AutoModel -> modeling_tinydllm\.TinyDLLMModelLM.*"
+        r"model\.init_args\.denoiser\.init_args\.trust_remote_code: true",
+        fix="read the folder's .py files, then set `trust_remote_code: true` on the denoiser builder",
+    ),
+    Case(
+        "custom-code-auto-map-in-another-repository",
+        "models",
+        lambda tmp: text_build(HFMaskedLM(path=str(dllm_pointing_elsewhere(tmp)), trust_remote_code=True)),
+        r"auto_map\.AutoModel='GSAI-ML/LLaDA-8B-Instruct--modeling_llada\.LLaDAModelLM' .*another repository",
+        fix="copy the modelling file into the folder and write the auto_map entry as `module.Class`",
+    ),
+    Case(
+        "hf-folder-holds-a-causal-lm",
+        "models",
+        lambda tmp: HFMaskedLMDenoiser(gpt2_folder(tmp), data_token_ids=[5, 6], mask_token_id=4),
+        r"holds GPT2LMHeadModel \(model_type='gpt2'\), which is not a masked LM.*supported: masked LMs",
+        fix="point `path` at a masked LM (BERT, RoBERTa, ...) or a bidirectional dLLM (LLaDA, Dream)",
+    ),
+    Case(
+        "custom-code-causal-lm",
+        "models",
+        lambda tmp: text_build(
+            HFMaskedLM(
+                path=str(write_tiny_dllm(tmp / "causal", auto_class="AutoModelForCausalLM", causal=True)),
+                trust_remote_code=True,
+            )
+        ),
+        r"custom-code model TinyDLLMModelLM is causal: its logits at position 0 do not change",
+        fix="a causal LM cannot fill masks from both sides: use a masked diffusion model (LLaDA, Dream)",
+    ),
+    Case(
+        "custom-code-mask-ids-disagree",
+        "models",
+        lambda tmp: text_build(
+            HFMaskedLM(
+                path=str(write_tiny_dllm(tmp / "two_masks", mask_token_id=11, tokenizer_mask=True)),
+                trust_remote_code=True,
+            )
+        ),
+        r"tokenizer of '.*two_masks' has mask_token_id=12 but its config\.json has mask_token_id=11",
+        fix="make the tokenizer's mask token and config.json's `mask_token_id` the id the model was trained with",
+    ),
+    Case(
+        "custom-code-without-mask-token",
+        "models",
+        lambda tmp: text_build(
+            HFMaskedLM(path=str(write_tiny_dllm(tmp / "maskless", mask_token_id=None)), trust_remote_code=True)
+        ),
+        r"'.*maskless' names no mask token: its tokenizer has mask_token_id=None",
+        fix="add `mask_token_id` to the folder's config.json (LLaDA: 126336)",
+    ),
+    Case(
+        "hf-task-longer-than-model",
+        "models",
+        lambda tmp: text_build(
+            HFMaskedLM(path=str(write_tiny_dllm(tmp / "short", max_position_embeddings=32)), trust_remote_code=True)
+        ),
+        r"prompt_len \+ seq_len = 19 \+ 16 = 35 positions, but the model in '.*short' holds max_position_embeddings=32",
+        fix="shorten the task's prompt or answer, or use a model with more positions",
+    ),
+    Case(
+        "hf-task-token-missing-from-model-tokenizer",
+        "models",
+        lambda tmp: text_build(HFMaskedLM(path=str(dllm_without_bar(tmp)), trust_remote_code=True)),
+        r"the task's token '\|' \(id 6\) is not one token of the tokenizer of .*no_bar",
+        fix="use a model whose tokenizer holds every task token (`tokenizer: task` if it was trained on the task ids)",
     ),
     Case(
         "lora-target-matches-nothing",

@@ -63,6 +63,7 @@ def model_meta(
             "prompt_len": denoiser.prompt_len,
             "pad_token_id": denoiser.pad_token_id,
             "prompt_token_ids": None if denoiser.prompt_token_ids is None else denoiser.prompt_token_ids.tolist(),
+            "shift_logits": denoiser.shift_logits,
         }
     return meta
 

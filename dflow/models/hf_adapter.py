@@ -1,4 +1,4 @@
-"""Use any ``transformers`` masked language model (BERT, RoBERTa, DistilBERT, ...) as a denoiser.
+"""Use a ``transformers`` masked LM (BERT, RoBERTa, ...) or a custom-code masked dLLM (LLaDA, Dream) as a denoiser.
 
 A masked LM already predicts clean tokens at masked positions from bidirectional context, which is
 what ``p_{1|t}`` of a mask-source path is. The adapter only translates between dflow's states and
@@ -11,6 +11,14 @@ the tokenizer's ids:
   restricted to the ``data_token_ids`` columns (in that order) -> ``[B, L, V]``.
 
 It is time-agnostic (``t`` is checked, then ignored), like FUDOKI, URSA and LLaDA.
+
+A folder whose ``config.json`` has an ``auto_map`` ships its own modelling code (LLaDA, Dream); it
+loads only with ``trust_remote_code=True`` (see :mod:`dflow.models.hf_loading` for the checks), is
+called as ``model(input_ids=...)`` with no attention mask (these models attend to every position
+by design), and may take its mask id from the config's ``mask_token_id``. Dream predicts the token
+*after* each position, as the autoregressive model it was adapted from did: ``shift_logits=True``
+reads position ``i``'s logits from output position ``i - 1`` (position 0 keeps its own, as Dream's
+``generate`` does).
 
 With ``gradient_checkpointing=True`` the MLM's own checkpointing is switched on (non-reentrant), or
 a ``ValueError`` names the MLM class when it has none (ALBERT, for one). ``transformers`` layers
@@ -40,10 +48,50 @@ from dflow.models.checkpointing import (
     enable_gradient_checkpointing,
     is_gradient_checkpointing,
 )
+from dflow.models.hf_loading import load_masked_model, max_sequence_length
 
 
 def _is_integer_tensor(x: Tensor) -> bool:
     return not (x.dtype.is_floating_point or x.is_complex() or x.dtype == torch.bool)
+
+
+def as_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    """``torch.bfloat16`` from ``torch.bfloat16`` or ``"bfloat16"``; ``ValueError`` naming anything else."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    found = getattr(torch, dtype, None) if isinstance(dtype, str) else None
+    if not isinstance(found, torch.dtype) or not found.is_floating_point:
+        raise ValueError(f"dtype must be a floating torch dtype such as 'bfloat16' or 'float32', got dtype={dtype!r}")
+    return found
+
+
+def input_vocab_size(model: PreTrainedModel) -> int:
+    """Rows of the model's input embedding (ids ``0..n-1`` can be fed); the config's ``vocab_size``
+    for custom code that does not expose its embedding."""
+    try:
+        # typed nn.Module by transformers; an nn.Embedding (or a subclass) in its masked LMs
+        return cast(nn.Embedding, model.get_input_embeddings()).num_embeddings
+    except (NotImplementedError, AttributeError):
+        return int(model.config.vocab_size)
+
+
+def resolve_mask_token_id(given: int | None, from_config: int | None) -> int:
+    """The mask id: ``given``, else ``from_config`` (a custom-code model config's ``mask_token_id``);
+    ``ValueError`` when neither is set or when they disagree (a tokenizer and a config that number
+    the mask differently)."""
+    if given is not None:
+        if from_config is not None and given != from_config:
+            raise ValueError(
+                f"mask_token_id={given!r} (given, e.g. from the tokenizer) disagrees with the model config's "
+                f"mask_token_id={from_config!r}; the model was trained with one of them: fix the tokenizer or config"
+            )
+        return given
+    if from_config is None:
+        raise ValueError(
+            "mask_token_id: none given, and no custom-code model config with a mask_token_id to take it from; "
+            "pass the tokenizer's mask id as mask_token_id"
+        )
+    return int(from_config)
 
 
 class HFMaskedLMDenoiser(nn.Module):
@@ -65,6 +113,16 @@ class HFMaskedLMDenoiser(nn.Module):
             is not used. ``None`` (default): ``cond`` already holds model ids.
         gradient_checkpointing: switch on the MLM's own gradient checkpointing (see the module
             doc); ``ValueError`` naming the MLM class when it does not support it.
+        trust_remote_code: allow a folder that ships its own modelling code (``auto_map`` in its
+            ``config.json``: LLaDA, Dream) to run it. Without it such a folder is refused before
+            any of its code is imported.
+        shift_logits: read position ``i``'s logits from output position ``i - 1`` (Dream); see the
+            module doc.
+        dtype: load a folder's weights in this dtype (``torch.bfloat16`` or ``"bfloat16"`` for the
+            released dLLM sizes); ``None`` keeps ``transformers``' default (float32).
+
+    ``mask_token_id=None`` takes a custom-code model config's ``mask_token_id`` (LLaDA: 126336); a
+    given id that disagrees with it is refused, naming both. A ``transformers`` masked LM needs the id.
     """
 
     data_token_ids: Tensor  # buffers (register_buffer in __init__)
@@ -75,20 +133,31 @@ class HFMaskedLMDenoiser(nn.Module):
         self,
         model: str | os.PathLike | PretrainedConfig | Mapping[str, Any],
         data_token_ids: Sequence[int],
-        mask_token_id: int,
+        mask_token_id: int | None = None,
         prompt_len: int = 0,
         pad_token_id: int | None = None,
         prompt_token_ids: Sequence[int] | None = None,
         gradient_checkpointing: bool = False,
+        trust_remote_code: bool = False,
+        shift_logits: bool = False,
+        dtype: torch.dtype | str | None = None,
     ) -> None:
         super().__init__()
-        self.mlm = self._build_mlm(model)
-        if not isinstance(gradient_checkpointing, bool):
-            raise ValueError(f"gradient_checkpointing must be a bool, got {gradient_checkpointing!r}")
+        for name, flag in (
+            ("gradient_checkpointing", gradient_checkpointing),
+            ("trust_remote_code", trust_remote_code),
+            ("shift_logits", shift_logits),
+        ):
+            if not isinstance(flag, bool):
+                raise ValueError(f"{name} must be a bool, got {flag!r}")
+        self.mlm, self.custom_code = self._build_mlm(model, trust_remote_code, as_dtype(dtype))
+        self.shift_logits = shift_logits
         if gradient_checkpointing:
             self.gradient_checkpointing_enable()
-        # typed nn.Module by transformers; an nn.Embedding (or a subclass) in its masked LMs
-        model_vocab = cast(nn.Embedding, self.mlm.get_input_embeddings()).num_embeddings
+        model_vocab = input_vocab_size(self.mlm)
+        # only custom code: transformers' own configs may carry an unused default (XLM: 0, its mask is 5)
+        from_config = getattr(self.mlm.config, "mask_token_id", None) if self.custom_code else None
+        mask_token_id = resolve_mask_token_id(mask_token_id, from_config)
         ids = list(data_token_ids)
         if not ids or any(isinstance(i, bool) or not isinstance(i, int) for i in ids):
             raise ValueError(f"data_token_ids must be a non-empty list of ints, got {data_token_ids!r}")
@@ -130,22 +199,19 @@ class HFMaskedLMDenoiser(nn.Module):
         self.register_buffer("state_to_token", state_ids, persistent=False)
 
     @staticmethod
-    def _build_mlm(model: Any) -> PreTrainedModel:
+    def _build_mlm(model: Any, trust_remote_code: bool, dtype: torch.dtype | None) -> tuple[PreTrainedModel, bool]:
+        """The model, and whether it runs a folder's own code (then it is called without a mask)."""
         if isinstance(model, PretrainedConfig):
-            return AutoModelForMaskedLM.from_config(model)
+            return AutoModelForMaskedLM.from_config(model), False
         if isinstance(model, Mapping):
             kwargs = dict(model)
             model_type = kwargs.pop("model_type", None)
             if model_type is None:
                 raise ValueError(f"model given as a dict needs a 'model_type' key, got keys {sorted(kwargs)}")
-            return AutoModelForMaskedLM.from_config(AutoConfig.for_model(model_type, **kwargs))
+            return AutoModelForMaskedLM.from_config(AutoConfig.for_model(model_type, **kwargs)), False
         if isinstance(model, (str, os.PathLike)):
-            if not os.path.isdir(model):
-                raise FileNotFoundError(
-                    f"model path {os.fspath(model)!r} is not a directory with a saved masked LM "
-                    "(only local checkpoints are loaded, never the hub)"
-                )
-            return AutoModelForMaskedLM.from_pretrained(model, local_files_only=True)
+            loaded = load_masked_model(model, trust_remote_code=trust_remote_code, dtype=dtype)
+            return loaded.model, loaded.custom_code
         raise ValueError(f"model must be a directory path, a PretrainedConfig or a dict, got {type(model).__name__}")
 
     def gradient_checkpointing_enable(self) -> None:
@@ -185,9 +251,17 @@ class HFMaskedLMDenoiser(nn.Module):
                 prompt = prompt.masked_fill(prompt == 0, self.pad_token_id)
             input_ids = torch.cat([prompt, input_ids], dim=1)  # [B, Lc + L]
         with self._checkpointing_in_eval_mode():
-            output = self.mlm(input_ids=input_ids, attention_mask=torch.ones_like(input_ids))
-        logits = output.logits[:, self.prompt_len :, :]  # [B, L, model_vocab]
-        return logits.index_select(-1, self.data_token_ids)  # [B, L, V]
+            if self.custom_code:  # LLaDA / Dream attend everywhere without a mask; Dream's code rejects a 2-D one
+                output = self.mlm(input_ids=input_ids)
+            else:
+                output = self.mlm(input_ids=input_ids, attention_mask=torch.ones_like(input_ids))
+        if not self.shift_logits:
+            logits = output.logits[:, self.prompt_len :, :]  # [B, L, model_vocab]
+            return logits.index_select(-1, self.data_token_ids)  # [B, L, V]
+        data_logits = output.logits.index_select(-1, self.data_token_ids)  # [B, Lc + L, V]
+        # position Lc + i is predicted at output position Lc + i - 1; the very first keeps its own
+        source = (torch.arange(length, device=data_logits.device) + self.prompt_len - 1).clamp_min(0)  # [L]
+        return data_logits[:, source, :]  # [B, L, V]
 
     @contextmanager
     def _checkpointing_in_eval_mode(self) -> Iterator[None]:
@@ -226,12 +300,11 @@ class HFMaskedLMDenoiser(nn.Module):
                     f"x_t values must be in [0, {self.num_states}) (mask state {self.vocab_size}), "
                     f"got min {low.item()} and max {high.item()}"
                 )
-        max_positions = getattr(self.mlm.config, "max_position_embeddings", None)
-        if max_positions is not None and self.prompt_len + length > max_positions:
-            raise ValueError(
-                f"x_t length {length} plus prompt_len {self.prompt_len} exceeds the MLM's "
-                f"max_position_embeddings ({max_positions})"
-            )
+        positions = max_sequence_length(self.mlm.config)
+        if positions is not None and self.prompt_len + length > positions[1]:
+            field, most = positions
+            needed = f"x_t length {length} plus prompt_len {self.prompt_len}"
+            raise ValueError(f"{needed} exceeds the MLM's {field} ({most})")
         if not isinstance(t, Tensor) or tuple(t.shape) != (batch,):
             shape = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
             raise ValueError(f"t must have shape [{batch}], got {shape}")
@@ -249,5 +322,6 @@ class HFMaskedLMDenoiser(nn.Module):
         return batch, length
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
-        """Save the wrapped MLM (config + safetensors); reload with ``HFMaskedLMDenoiser(path)``."""
+        """Save the wrapped MLM (config + safetensors, and a custom-code model's .py files); reload
+        with ``HFMaskedLMDenoiser(path)`` (plus ``trust_remote_code=True`` for custom code)."""
         self.mlm.save_pretrained(path)
