@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> None:
             stats = gradient_study(base, method, source, task, num_batches=args.batches, seed=args.seed)
             rows.append({**asdict(stats), "seconds": round(time.perf_counter() - tic, 1)})
             print(
-                f"{source:8s} {method:14s} cos(E g, g*) {stats.cos_exact:6.3f}  cos(g_i, g*) {stats.cos_batch:.3f}"
+                f"{source:8s} {method:14s} cos(E g, g*) {stats.cos_exact:6.3f} ± {stats.cos_exact_se:.3f}"
+                f"  cos(g_i, g*) {stats.cos_batch:.3f}"
                 f" ± {stats.cos_batch_se:.3f}  rel. var {stats.rel_var:6.2f}  per 1k fwd {stats.rel_var_per_kfwd:6.2f}",
                 flush=True,
             )
@@ -61,13 +62,14 @@ def main(argv: list[str] | None = None) -> None:
         f"Reward `{args.reward}`, {args.batches} batches per method (4 rl prompts x 8 rollouts, 10 steps),"
         f" seed {args.seed}.",
         "",
-        "| source | method | cos(E g, g*) | cos(g_i, g*), mean ± SE | rel. variance"
+        "| source | method | cos(E g, g*) ± bootstrap SE | cos(g_i, g*), mean ± SE | rel. variance"
         " | rel. variance per 1k fwd-equiv | fwd-equiv per batch |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['source']} | {r['method']} | {r['cos_exact']:.3f} | {r['cos_batch']:.3f} ± {r['cos_batch_se']:.3f}"
+            f"| {r['source']} | {r['method']} | {r['cos_exact']:.3f} ± {r['cos_exact_se']:.3f}"
+            f" | {r['cos_batch']:.3f} ± {r['cos_batch_se']:.3f}"
             f" | {r['rel_var']:.2f} | {r['rel_var_per_kfwd']:.2f} | {r['fwd_equiv']:.0f} |"
         )
     (out / "gradients.md").write_text("\n".join(lines) + "\n")

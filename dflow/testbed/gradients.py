@@ -76,6 +76,7 @@ class GradientStats:
     num_batches: int
     fwd_equiv: float  # forward-pass equivalents of one batch's estimate (rollout + scoring + 2 x backward)
     cos_exact: float
+    cos_exact_se: float  # bootstrap over the batches
     cos_mean: float
     cos_batch: float
     cos_batch_se: float
@@ -119,32 +120,52 @@ def estimator_gradients(
     return torch.stack(grads), compute.fwd_equiv / num_batches
 
 
-def summarize(method: str, source: str, grads: Tensor, exact: Tensor, fwd_equiv: float, value: float) -> GradientStats:
-    """:class:`GradientStats` of estimates ``grads`` ``[N, D]`` against the exact gradient ``exact`` ``[D]``."""
+def _debiased(grads: Tensor, exact: Tensor) -> tuple[float, float]:
+    """``(cos(E g, g*), tr(Sigma) / |E g|^2)`` from estimates ``[N, D]`` with the noise term removed from
+    ``|g_bar|^2`` (NaN and inf when the noise swamps the mean)."""
+    N = grads.shape[0]
+    mean = grads.mean(0)
+    trace = (grads - mean).pow(2).sum(-1).sum() / (N - 1)  # tr(Sigma_hat), unbiased
+    signal = mean.pow(2).sum() - trace / N  # unbiased for |E g|^2
+    if signal > 0 and exact.norm() > 0:
+        return (mean @ exact / (signal.sqrt() * exact.norm())).item(), (trace / signal).item()
+    return math.nan, math.inf
+
+
+def summarize(
+    method: str,
+    source: str,
+    grads: Tensor,
+    exact: Tensor,
+    fwd_equiv: float,
+    value: float,
+    bootstrap: int = 200,
+) -> GradientStats:
+    """:class:`GradientStats` of estimates ``grads`` ``[N, D]`` against the exact gradient ``exact`` ``[D]``.
+    ``cos_exact_se`` is the standard deviation of ``cos_exact`` over ``bootstrap`` resamples of the
+    batches (a fixed seed, so the same estimates give the same figure)."""
     N = grads.shape[0]
     if N < 2:
         raise ValueError(f"summarize needs at least 2 estimates for a variance, got {N}")
     mean = grads.mean(0)
     per_batch = torch.tensor([cosine(g, exact) for g in grads], dtype=torch.float64)
-    trace = (grads - mean).pow(2).sum(-1).sum() / (N - 1)  # tr(Sigma_hat), unbiased
-    signal = mean.pow(2).sum() - trace / N  # unbiased for |E g|^2
-    exact_norm = exact.norm()
-    if signal > 0 and exact_norm > 0:
-        cos_exact, rel_var = (mean @ exact / (signal.sqrt() * exact_norm)).item(), (trace / signal).item()
-    else:  # the noise swamps the mean at this N
-        cos_exact, rel_var = math.nan, math.inf
+    cos_exact, rel_var = _debiased(grads, exact)
+    gen = torch.Generator().manual_seed(0)
+    resampled = [_debiased(grads[torch.randint(0, N, (N,), generator=gen)], exact)[0] for _ in range(bootstrap)]
+    finite = torch.tensor([c for c in resampled if math.isfinite(c)], dtype=torch.float64)
     return GradientStats(
         method=method,
         source=source,
         num_batches=N,
         fwd_equiv=fwd_equiv,
         cos_exact=cos_exact,
+        cos_exact_se=finite.std().item() if finite.numel() > 1 else math.nan,
         cos_mean=cosine(mean, exact),
         cos_batch=per_batch.mean().item(),
         cos_batch_se=(per_batch.std() / math.sqrt(N)).item(),
         rel_var=rel_var,
         rel_var_per_kfwd=rel_var * fwd_equiv / 1000.0,
-        exact_norm=exact_norm.item(),
+        exact_norm=exact.norm().item(),
         value=value,
     )
 

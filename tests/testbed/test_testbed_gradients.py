@@ -29,6 +29,14 @@ def test_summary_by_hand() -> None:
     sd = math.sqrt(sum((c - mean) ** 2 for c in cosines) / 3)
     assert s.cos_batch_se == pytest.approx(sd / 2)
     assert (s.num_batches, s.value, s.exact_norm) == (4, 0.25, pytest.approx(math.sqrt(2)))
+    assert s.cos_exact_se > 0
+
+
+def test_identical_estimates_have_no_spread() -> None:
+    grads = torch.tensor([[1.0, 2.0]] * 5, dtype=torch.float64)
+    s = summarize("m", "mask", grads, torch.tensor([2.0, 1.0], dtype=torch.float64), 1.0, 0.0)
+    assert s.cos_exact == pytest.approx(4 / 5) and s.cos_mean == pytest.approx(4 / 5)
+    assert s.rel_var == 0 and s.cos_exact_se == 0 and s.cos_batch_se == 0
 
 
 def test_noise_that_swamps_the_mean_gives_nan_not_a_cosine() -> None:
