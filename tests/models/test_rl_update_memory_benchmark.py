@@ -1,0 +1,75 @@
+"""benchmarks/rl_update_memory.py: in one RL update each feature alone (LoRA, checkpointing, chunked log-probs)
+holds no more than the old path, all three no more than any one alone, every variant computes the same values,
+and the old path's scoring is swapped in only while its variants run (memory only, never time)."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import dflow.logprobs
+
+pytest.importorskip("peft")
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "rl_update_memory.py"
+SLACK = 64 * 1024  # bytes: allocation order can move a peak by a few small tensors
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("rl_update_memory", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _scoring_functions(bench) -> list:
+    return [importlib.import_module(name).log_softmax_gather for name in bench.SCORING_MODULES]
+
+
+def test_quick_run_no_feature_raises_the_peak_and_all_variants_agree(monkeypatch):
+    bench = _load()
+    writes = []
+    monkeypatch.setattr(bench, "write_block", lambda *args: writes.append(args))
+    chunk = dflow.logprobs.CHUNK_ELEMENTS
+    result = bench.main(["--quick"])  # raises if the variants' values disagree
+    assert writes == []  # --quick prints only
+    # the old path's scoring and the quick chunk size are gone again
+    assert all(f is dflow.logprobs.log_softmax_gather for f in _scoring_functions(bench))
+    assert dflow.logprobs.CHUNK_ELEMENTS == chunk
+    cells = result["cells"]
+    assert {(c["V"], c["L"]) for c in cells} == {(64, 16), (64, 32), (1024, 16), (1024, 32)}
+    for c in cells:
+        peak = {name: u.peak for name, u in c["updates"].items()}
+        assert list(peak) == list(bench.VARIANTS)
+        for one in ("LoRA", "checkpointing", "chunked"):
+            assert peak[one] <= peak["baseline"] + SLACK, (c["V"], c["L"], one)
+            assert peak["all three"] <= peak[one] + SLACK, (c["V"], c["L"], one)
+        assert peak["all three"] < peak["baseline"]
+        assert max(c["diffs"].values()) <= 1e-4
+        # alone, the chunked op never holds more than the full log-softmax, in either dtype
+        for dtype in ("float32", "bfloat16"):
+            assert 0 < c["logprob"][(dtype, True)] <= c["logprob"][(dtype, False)]
+    # at V = 1024 the quick chunk (4096 elements = 4 tokens) splits the scoring: bf16 logits need less
+    big = [c for c in cells if c["V"] == 1024]
+    assert all(c["logprob"][("bfloat16", True)] < 0.5 * c["logprob"][("bfloat16", False)] for c in big)
+    text = bench.render(result, "python benchmarks/rl_update_memory.py --quick")
+    assert text.startswith(bench.BEGIN) and text.endswith(bench.END) and "| all three MiB | x |" in text
+
+
+def test_the_old_scoring_equals_the_chunked_op_and_is_restored_after_an_error():
+    bench = _load()
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 5, 11, generator=g, dtype=torch.float64)
+    index = torch.randint(0, 11, (3, 5, 2), generator=g)
+    full = bench.full_log_softmax_gather(logits, index)
+    assert torch.allclose(full, dflow.logprobs.log_softmax_gather(logits, index, chunk_size=2), rtol=0, atol=1e-12)
+    with pytest.raises(KeyError):
+        with bench.unchunked_log_probs():
+            assert all(f is bench.full_log_softmax_gather for f in _scoring_functions(bench))
+            raise KeyError("inside")
+    assert all(f is dflow.logprobs.log_softmax_gather for f in _scoring_functions(bench))
