@@ -64,8 +64,12 @@ BACKWARD = "checkpoint_memory::backward"  # a record_function range around loss.
 
 
 def _allocations(prof: profile) -> tuple[list[tuple[int, int, int]], int]:
-    """``(time ns, bytes allocated (+) or freed (-), total live)`` of every CPU allocator event, in time
-    order, and the time the backward pass starts (same clock: both come from the profiler's event tree)."""
+    """``(time ns, bytes allocated (+) or freed (-), bytes live)`` of every CPU allocator event, in time
+    order, and the time the backward pass starts (same clock: both come from the profiler's event tree).
+    Bytes live are the running sum of the sizes from the start of the profile, not the profiler's own
+    ``total_allocated``: that counter keeps an offset from tensors that an earlier profiler session saw
+    allocated and that were freed after it stopped, so a benchmark run after another in one process
+    read too much."""
     from torch._C._profiler import _EventType
 
     found: list[tuple[int, int, int]] = []
@@ -75,13 +79,17 @@ def _allocations(prof: profile) -> tuple[list[tuple[int, int, int]], int]:
         node = stack.pop()
         if node.tag == _EventType.Allocation and node.extra_fields.device.type == "cpu":
             fields = node.extra_fields
-            found.append((node.start_time_ns, fields.alloc_size, fields.total_allocated))
+            found.append((node.start_time_ns, fields.alloc_size))
         elif node.name == BACKWARD:
             backward_start = node.start_time_ns
         stack.extend(node.children)
     if backward_start is None:
         raise RuntimeError(f"the profile has no {BACKWARD!r} range")
-    return sorted(found), backward_start
+    events, live = [], 0
+    for when, size in sorted(found):
+        live += size
+        events.append((when, size, live))
+    return events, backward_start
 
 
 def build(args: argparse.Namespace) -> tuple[DFlowTransformer, tuple[torch.Tensor, ...]]:
