@@ -14,7 +14,10 @@ In a recipe::
         evaluation: {num_steps: 20, every_n_steps: 20, samples_per_category: 64}
         faults: {on_bad_reward: skip}
 
-and on the command line ``--model.init_args.optim.lr=1e-4``.
+and on the command line ``--model.init_args.optim.lr=1e-4``. ``rollout`` and ``evaluation`` take an
+optional ``block`` setting (:class:`~dflow.sampling.BlockConfig`: ``block_len`` and a ``class_path``
+kernel), each its own, which makes that sampler a :class:`~dflow.sampling.BlockSampler` with
+``num_steps`` steps per block (docs/block_sampling.md, "From a recipe").
 """
 
 from __future__ import annotations
