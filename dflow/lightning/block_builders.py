@@ -182,11 +182,12 @@ def check_block_rollouts(
     denoiser: nn.Module,
     task: Task,
     configs: dict[str, SamplerConfig],
-    samplers: dict[str, Sampler],
+    rollout: Sampler,
     likelihood: LikelihoodEstimator,
 ) -> None:
-    """Start-up checks of the block settings once the task and the denoiser exist (``ValueError``
-    naming the field, its value and the fix):
+    """Start-up checks of the block settings (``configs``: record name -> setting) once the task and the
+    denoiser exist, against the ``rollout`` sampler and ``likelihood`` (``ValueError`` naming the field,
+    its value and the fix):
 
     - ``<where>.block.block_len`` divides the task's ``seq_len``;
     - a block policy (DiffusionGemma) decodes only with a block sampler whose ``block_len`` is its
@@ -211,7 +212,6 @@ def check_block_rollouts(
                 f"{where}.block.block_len={config.block.block_len} must equal the model's canvas_length={canvas} "
                 f"({type(denoiser).__name__} denoises one canvas per block); set {where}.block.block_len={canvas}"
             )
-    rollout = samplers["rollout"]
     if not isinstance(rollout, BlockSampler) or isinstance(likelihood, (TrajectoryLikelihood, SpanLikelihood)):
         return
     name = type(likelihood).__name__

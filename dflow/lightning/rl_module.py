@@ -207,7 +207,7 @@ class RLModule(L.LightningModule):
             denoiser,
             task,
             {"rollout": self.rollout_config, "evaluation": self.eval_config},
-            {"rollout": self.rollout_sampler, "evaluation": self.eval_sampler},
+            self.rollout_sampler,
             self.update.likelihood,
         )
         self.denoiser = apply_lora(denoiser, self.lora) if self.lora is not None else denoiser

@@ -117,7 +117,7 @@ def entropy(block_len: int = 4, final_step: str = "sample") -> BlockConfig:
 # DiffusionGemma whose canvas is the whole answer)
 METHODS = {
     # max_prob: with several inner epochs a recorded `sampled` step can have probability 0 under the
-    # updated weights (log-prob -inf, a non-finite gradient; test_sampled_confidence_is_single_pass)
+    # updated weights (log-prob -inf, a non-finite gradient: see the last test of this file)
     "plain-mask-trajectory": lambda: (
         plain(),
         mask_path(),
@@ -158,9 +158,9 @@ METHODS = {
 }
 
 
-def other_eval_block(block: BlockConfig, denoiser) -> BlockConfig:
-    """An evaluation block setting unlike the rollout's: another block length where the denoiser allows
-    one (DiffusionGemma's canvas fixes it), another kernel setting otherwise."""
+def other_eval_block(block: BlockConfig) -> BlockConfig:
+    """An evaluation block setting unlike the rollout's: another block length, or for DiffusionGemma
+    (whose canvas fixes the block length) another kernel setting."""
     kernel = block.kernel
     if isinstance(kernel, EntropyBoundKernel):
         return BlockConfig(block.block_len, EntropyBoundKernel(entropy_bound=0.2, final_step="argmax"))
@@ -173,7 +173,7 @@ def test_one_rl_step_on_block_rollouts(name, tmp_path):
     objective = EPG() if isinstance(likelihood, ELBOLikelihood) else None
     # two inner epochs: the old units are genuinely computed before the first update (recorded by the
     # rollout or recomputed), not the first update's own values detached (a single pass)
-    eval_block = other_eval_block(block, denoiser)
+    eval_block = other_eval_block(block)
     module = make(denoiser, path, likelihood, block, eval_block, objective=objective, inner_epochs=2)
     module.attach_task(TASK)
     before = {k: v.clone() for k, v in module.denoiser.state_dict().items()}
