@@ -27,10 +27,17 @@ from dflow.models import DiffusionGemmaDenoiser
 from dflow.paths import MaskSource, MixturePath, UniformSource
 from dflow.rl import (
     EPG,
+    REINFORCE,
     ClippedSurrogate,
+    CoupledELBOLikelihood,
     ELBOLikelihood,
     ForwardReconstruction,
+    GroupAdvantage,
+    GroupSoftmaxWeights,
     MeanFieldLikelihood,
+    SampleSumAggregation,
+    SandwichedBounds,
+    SandwichedObjective,
     SpanLikelihood,
     TrajectoryLikelihood,
 )
@@ -155,6 +162,20 @@ METHODS = {
         entropy(16),
     ),
     "gemma-one-block-mean-field": lambda: (gemma(16), uniform_path(), MeanFieldLikelihood(), entropy(16)),
+    # the other final-sample methods the field compares, on LLaDA-style block rollouts
+    "plain-mask-spg": lambda: (plain(), mask_path(), SandwichedBounds(num_draws=2, block_length=4), unmask()),
+    "plain-mask-coupled": lambda: (plain(), mask_path(), CoupledELBOLikelihood(per_token=True), unmask()),
+    "plain-mask-wd1": lambda: (plain(), mask_path(), MeanFieldLikelihood(), unmask()),
+    "gemma-one-block-coupled": lambda: (gemma(16), uniform_path(), CoupledELBOLikelihood(), entropy(16)),
+}
+# the parts a method needs besides its likelihood (make()'s defaults otherwise: ClippedSurrogate(0.2))
+PARTS = {
+    "plain-mask-elbo": dict(objective=EPG()),
+    "gemma-one-block-elbo": dict(objective=EPG()),
+    "plain-mask-spg": dict(
+        objective=SandwichedObjective(), aggregation=SampleSumAggregation(), advantage=GroupAdvantage(scale="none")
+    ),
+    "plain-mask-wd1": dict(objective=REINFORCE(), advantage=GroupSoftmaxWeights()),
 }
 
 
@@ -170,11 +191,10 @@ def other_eval_block(block: BlockConfig) -> BlockConfig:
 @pytest.mark.parametrize("name", list(METHODS))
 def test_one_rl_step_on_block_rollouts(name, tmp_path):
     denoiser, path, likelihood, block = METHODS[name]()
-    objective = EPG() if isinstance(likelihood, ELBOLikelihood) else None
     # two inner epochs: the old units are genuinely computed before the first update (recorded by the
     # rollout or recomputed), not the first update's own values detached (a single pass)
     eval_block = other_eval_block(block)
-    module = make(denoiser, path, likelihood, block, eval_block, objective=objective, inner_epochs=2)
+    module = make(denoiser, path, likelihood, block, eval_block, inner_epochs=2, **PARTS.get(name, {}))
     module.attach_task(TASK)
     before = {k: v.clone() for k, v in module.denoiser.state_dict().items()}
     first: list[dict[str, float]] = []
