@@ -38,6 +38,7 @@ import yaml
 from dflow.cli import main as dflow_main
 from dflow.cli import run_lightning_cli
 from dflow.lightning import (
+    DiffusionGemma,
     HFMaskedLM,
     PretrainedDenoiser,
     PretrainModule,
@@ -66,11 +67,12 @@ from dflow.rl import (
     SampleSumAggregation,
     SandwichedBounds,
     SandwichedObjective,
+    SpanLikelihood,
     StepWindow,
     StepwiseGainAdvantage,
     TrajectoryLikelihood,
 )
-from dflow.sampling import Sampler, SamplerConfig
+from dflow.sampling import BlockConfig, ConfidenceUnmaskKernel, EntropyBoundKernel, Sampler, SamplerConfig
 from dflow.tasks import CountdownTask, ShapesTask, TextTask, get_task
 from tests.conftest import rl_settings
 from tests.models.tiny_dllm import write_tiny_dllm
@@ -330,6 +332,39 @@ def sample_path():
 
 def rollout_with(policy):
     return Sampler(sample_path(), num_steps=2).rollout(policy, batch_size=2, seq_len=3)
+
+
+TINY_GEMMA = {
+    "hidden_size": 16,
+    "head_dim": 8,
+    "global_head_dim": 8,
+    "intermediate_size": 32,
+    "moe_intermediate_size": 16,
+}
+
+
+def gemma(canvas: int = 4) -> DiffusionGemma:
+    """A tiny random DiffusionGemma builder over the text task's tokenizer."""
+    return DiffusionGemma(config={"canvas_length": canvas, "text_config": TINY_GEMMA})
+
+
+def block_module(rollout_block: BlockConfig | None, path=None, evaluation_block=None, **overrides) -> RLModule:
+    """A tiny RLModule on the text task (V = 4, L = 16) with block rollouts, its task attached (the
+    block checks that need the task and the denoiser run there)."""
+    args = dict(
+        denoiser=TransformerDenoiser(**TINY),
+        path=path if path is not None else MixturePath(MaskSource(4)),
+        likelihood=TrajectoryLikelihood(),
+        objective=EPG(),
+        rollout=SamplerConfig(num_steps=4, block=rollout_block),
+        evaluation=SamplerConfig(num_steps=4, block=evaluation_block),
+        group_size=2,
+        eval_every_n_steps=0,
+    )
+    args.update(overrides)
+    module = RLModule(**rl_settings(**args))
+    module.attach_task(TextTask())
+    return module
 
 
 # ---------------------------------------------------------------------------- the catalogue
@@ -1093,6 +1128,88 @@ CASES: list[Case] = [
         lambda tmp: resume_from(plain_torch_file(tmp)),
         r"checkpoint '.*weights\.pt' is not a Lightning checkpoint",
         fix="--ckpt_path takes a Lightning .ckpt; start from bare weights with PretrainedDenoiser",
+    ),
+    # ---- block decoding (rollout.block / evaluation.block, DiffusionGemma)
+    Case(
+        "block-len-below-one",
+        "sampler",
+        lambda tmp: BlockConfig(block_len=0),
+        r"block\.block_len must be an int >= 1, got block_len=0",
+        fix="`block: {block_len: C, kernel: ...}` with C >= 1 dividing the task's seq_len",
+    ),
+    Case(
+        "block-len-does-not-divide-seq-len",
+        "sampler",
+        lambda tmp: block_module(BlockConfig(3, ConfidenceUnmaskKernel())),
+        r"rollout\.block\.block_len=3 does not divide the task's seq_len=16; use one of \[1, 2, 4, 8, 16\]",
+        fix="choose a block_len that divides the task's seq_len (the message lists them)",
+    ),
+    Case(
+        "block-unmask-kernel-on-a-uniform-source",
+        "sampler",
+        lambda tmp: block_module(BlockConfig(4, ConfidenceUnmaskKernel()), path=MixturePath(UniformSource(4))),
+        r"rollout\.block\.kernel=ConfidenceUnmaskKernel\(.*source=UniformSource.*MaskSource",
+        fix="ConfidenceUnmaskKernel reveals masked tokens: use a MaskSource path, or EntropyBoundKernel / PathKernel",
+    ),
+    Case(
+        "block-entropy-kernel-on-a-mask-source",
+        "sampler",
+        lambda tmp: block_module(None, evaluation_block=BlockConfig(4, EntropyBoundKernel())),
+        r"evaluation\.block\.kernel=EntropyBoundKernel\(.*source=MaskSource.*UniformSource",
+        fix="EntropyBoundKernel re-noises uniformly: use a UniformSource path, or ConfidenceUnmaskKernel / PathKernel",
+    ),
+    Case(
+        "diffusion-gemma-on-a-mask-source",
+        "models",
+        lambda tmp: gemma().build(TextTask(), MixturePath(MaskSource(4))),
+        r"UniformSource\(vocab_size=4\), got source=MaskSource",
+        fix="DiffusionGemma is uniform-source block diffusion: `source: {class_path: dflow.paths.UniformSource}`",
+    ),
+    Case(
+        "diffusion-gemma-without-block",
+        "models",
+        lambda tmp: block_module(None, path=MixturePath(UniformSource(4)), denoiser=gemma()),
+        r"set rollout\.block with block_len=4 \(the model's canvas_length\)",
+        fix="add `rollout.block` and `evaluation.block` with block_len = the model's canvas_length and a kernel",
+    ),
+    Case(
+        "diffusion-gemma-block-len-not-canvas",
+        "models",
+        lambda tmp: block_module(
+            BlockConfig(8, EntropyBoundKernel()),
+            path=MixturePath(UniformSource(4)),
+            evaluation_block=BlockConfig(4, EntropyBoundKernel()),
+            denoiser=gemma(),
+        ),
+        r"rollout\.block\.block_len=8 must equal the model's canvas_length=4",
+        fix="set block_len to the model's canvas_length (or change config.canvas_length)",
+    ),
+    Case(
+        "final-sample-estimator-on-diffusion-gemma-blocks",
+        "rl",
+        lambda tmp: block_module(
+            BlockConfig(4, EntropyBoundKernel()),
+            path=MixturePath(UniformSource(4)),
+            evaluation_block=BlockConfig(4, EntropyBoundKernel()),
+            denoiser=gemma(),
+            likelihood=ELBOLikelihood(num_timesteps=2, grid_steps=4),
+        ),
+        r"ELBOLikelihood scores the final sample.*DiffusionGemmaDenoiser with BlockSampler\(",
+        fix="use TrajectoryLikelihood or SpanLikelihood, or a one-block answer (canvas_length = seq_len)",
+    ),
+    Case(
+        "intermediate-action-on-block-rollouts",
+        "rl",
+        lambda tmp: block_module(BlockConfig(4, ConfidenceUnmaskKernel()), likelihood=IntermediateActionLikelihood()),
+        r"IntermediateActionLikelihood scores whole-sequence posterior draws.*block rollouts \(BlockSampler",
+        fix="use TrajectoryLikelihood or SpanLikelihood on block rollouts, or drop rollout.block",
+    ),
+    Case(
+        "span-crosses-a-block",
+        "rl",
+        lambda tmp: block_module(BlockConfig(4, ConfidenceUnmaskKernel()), likelihood=SpanLikelihood(span=3)),
+        r"SpanLikelihood\(span=3\).*must divide the steps per block \(rollout\.num_steps=4\)",
+        fix="choose a span that divides rollout.num_steps (the steps per block)",
     ),
 ]
 

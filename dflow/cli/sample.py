@@ -4,7 +4,6 @@ evaluation as RL runs, write a PNG grid and print strict accuracy per category."
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import tempfile
 from collections.abc import Sequence
@@ -13,8 +12,10 @@ from typing import Any
 
 import torch
 
+from dflow.lightning.block_builders import DiffusionGemma
 from dflow.lightning.builders import PretrainedDenoiser, instantiate, read_meta, resolve_path
 from dflow.lightning.evaluation import EVAL_BATCH_SIZE, EVAL_SEED, evaluate, evaluation_prompts
+from dflow.lightning.export import sampler_meta
 from dflow.paths import LinearScheduler, MaskSource, MixturePath, ProbabilityPath, UniformSource
 from dflow.sampling import SamplerConfig
 from dflow.tasks import Task, get_task
@@ -58,10 +59,32 @@ def evaluate_base(
     (:func:`~dflow.lightning.evaluation.evaluation_prompts` and :func:`~dflow.lightning.evaluation.evaluate`):
     the same prompts, sampler, batch size and seed give the same numbers as an RL run's step-0
     evaluation. Returns ``({"acc/<category>", "acc/overall", "reward", "n"}, x1, prompts)``."""
-    denoiser = PretrainedDenoiser(checkpoint).build(task, path).to(device).eval()
+    denoiser = load_denoiser(checkpoint, task, path).to(device).eval()
     prompts = evaluation_prompts(task.prompts(split), num_prompts, samples_per_prompt, samples_per_category)
     res = evaluate(denoiser, task, sampler.build(path), prompts, batch_size, seed, device)
     return {**res.metrics, "n": len(prompts)}, res.x1, prompts
+
+
+def load_denoiser(folder: str, task: Task, path: ProbabilityPath) -> torch.nn.Module:
+    """The model folder's denoiser: a DiffusionGemma one (its meta says so) or what ``PretrainedDenoiser`` loads."""
+    meta = read_meta(resolve_path(folder))
+    if meta.get("denoiser") == "DiffusionGemmaDenoiser":
+        recorded = meta.get("diffusion_gemma", {})
+        return DiffusionGemma(path=folder, self_conditioning=recorded.get("self_conditioning", True)).build(task, path)
+    return PretrainedDenoiser(folder).build(task, path)
+
+
+def recorded_sampler(recorded: dict[str, Any], opts: argparse.Namespace) -> SamplerConfig:
+    """The evaluation sampler a model folder records (``meta["eval"]``, a block setting included), with the
+    command line's ``--steps`` / ``--guidance`` / ``--time-grid`` / ``--temperature`` over it."""
+    return SamplerConfig(
+        num_steps=opts.steps if opts.steps is not None else recorded.get("num_steps", 20),
+        guidance_scale=opts.guidance if opts.guidance is not None else recorded.get("guidance_scale", 2.0),
+        time_grid=opts.time_grid or recorded.get("time_grid", "uniform"),
+        temperature=opts.temperature if opts.temperature is not None else recorded.get("temperature", 1.0),
+        shift=recorded.get("shift", 3.0),
+        block=recorded.get("block"),  # a BlockSampler, as the run evaluated (steps are per block then)
+    )
 
 
 def parse_task_args(text: str | None) -> dict[str, Any] | None:
@@ -94,7 +117,7 @@ def sample_main(argv: Sequence[str]) -> int:
     parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: the base's eval setting)")
     parser.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the base's eval setting)")
     parser.add_argument("--time-grid", default=None, help="uniform | shifted | cosine")
-    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--temperature", type=float, default=None, help="default: the base's eval setting")
     parser.add_argument("--num", type=int, default=32, help="samples shown in the PNG grid")
     parser.add_argument("--split", default="test", help="prompt split evaluated")
     parser.add_argument(
@@ -137,13 +160,7 @@ def _sample(opts: argparse.Namespace, directory: Path, source: Path | None = Non
     meta = read_meta(directory)
     task = load_task(opts.task, meta, parse_task_args(opts.task_args))
     path = default_path(directory, meta, task.vocab_size)
-    recorded = meta.get("eval", {})
-    sampler = SamplerConfig(
-        num_steps=opts.steps if opts.steps is not None else recorded.get("num_steps", 20),
-        guidance_scale=opts.guidance if opts.guidance is not None else recorded.get("guidance_scale", 2.0),
-        time_grid=opts.time_grid or recorded.get("time_grid", "uniform"),
-        temperature=opts.temperature,
-    )
+    sampler = recorded_sampler(meta.get("eval", {}), opts)
     result, x1, prompts = evaluate_base(
         str(directory),
         task,
@@ -161,6 +178,7 @@ def _sample(opts: argparse.Namespace, directory: Path, source: Path | None = Non
     print(
         f"{task.name} {opts.split}: {result['n']} samples, steps={sampler.num_steps}, "
         f"guidance={sampler.guidance_scale}, grid={sampler.time_grid}"
+        + (f", block_len={sampler.block.block_len}, kernel={sampler.block.kernel!r}" if sampler.block else "")
     )
     for key, value in result.items():
         if key.startswith("acc/"):
@@ -169,8 +187,6 @@ def _sample(opts: argparse.Namespace, directory: Path, source: Path | None = Non
     print(f"wrote {out}")
     if opts.json:
         Path(opts.json).write_text(
-            json.dumps(
-                {"checkpoint": str(source or directory), "sampler": dataclasses.asdict(sampler), **result}, indent=2
-            )
+            json.dumps({"checkpoint": str(source or directory), "sampler": sampler_meta(sampler), **result}, indent=2)
         )
     return 0

@@ -3,6 +3,7 @@
 Recipes name these by ``class_path`` (e.g. ``dflow.lightning.PretrainModule``).
 """
 
+from dflow.lightning.block_builders import DiffusionGemma
 from dflow.lightning.builders import (
     DenoiserBuilder,
     HFMaskedLM,
@@ -35,6 +36,7 @@ __all__ = [
     "CrossEntropyLoss",
     "DFlowProgressBar",
     "DenoiserBuilder",
+    "DiffusionGemma",
     "ExportPretrained",
     "GeneralizedKLLoss",
     "HFMaskedLM",

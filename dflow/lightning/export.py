@@ -19,7 +19,7 @@ import yaml
 from torch import nn
 
 from dflow.lightning.builders import META_FILE, describe
-from dflow.models import HFMaskedLMDenoiser
+from dflow.models import DiffusionGemmaDenoiser, HFMaskedLMDenoiser
 from dflow.models.lora import base_model, has_adapters, merged_copy
 from dflow.paths import ProbabilityPath
 from dflow.sampling import SamplerConfig
@@ -52,9 +52,15 @@ def model_meta(
         "task": task_config,
         "task_name": task.name,
         "path": describe(path),
-        "eval": dataclasses.asdict(evaluation),
+        "eval": sampler_meta(evaluation),
         "training": training,
     }
+    if isinstance(denoiser, DiffusionGemmaDenoiser):
+        meta["diffusion_gemma"] = {
+            "data_token_ids": denoiser.data_token_ids,
+            "canvas_length": denoiser.canvas_length,
+            "self_conditioning": denoiser.self_conditioning,
+        }
     if isinstance(denoiser, HFMaskedLMDenoiser):
         meta["hf_adapter"] = {
             "data_token_ids": list(getattr(task, "data_token_ids", None) or denoiser.data_token_ids.tolist()),
@@ -68,6 +74,15 @@ def model_meta(
     return meta
 
 
+def sampler_meta(config: SamplerConfig) -> dict[str, Any]:
+    """A sampler setting as JSON: its fields, a block setting's kernel as ``{class_path, init_args}``
+    (what ``SamplerConfig(**meta["eval"])`` reads back in ``dflow sample``)."""
+    out = {f.name: getattr(config, f.name) for f in dataclasses.fields(SamplerConfig)}
+    if config.block is not None:
+        out["block"] = {"block_len": config.block.block_len, "kernel": describe(config.block.kernel)}
+    return out
+
+
 def write_model_folder(denoiser: nn.Module, meta: dict[str, Any], directory: str | Path) -> Path:
     """``save_pretrained`` weights and config plus ``dflow_meta.json`` in ``directory`` (created).
 
@@ -77,7 +92,8 @@ def write_model_folder(denoiser: nn.Module, meta: dict[str, Any], directory: str
     directory.mkdir(parents=True, exist_ok=True)
     if has_adapters(denoiser):
         denoiser = merged_copy(denoiser)
-    # nn.Module has no save_pretrained; both denoisers the builders make (DFlowTransformer, HFMaskedLMDenoiser) do
+    # nn.Module has no save_pretrained; every denoiser the builders make (DFlowTransformer, HFMaskedLMDenoiser,
+    # DiffusionGemmaDenoiser) does
     denoiser.save_pretrained(directory)  # type: ignore[operator]
     (directory / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     return directory

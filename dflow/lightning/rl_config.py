@@ -14,7 +14,10 @@ In a recipe::
         evaluation: {num_steps: 20, every_n_steps: 20, samples_per_category: 64}
         faults: {on_bad_reward: skip}
 
-and on the command line ``--model.init_args.optim.lr=1e-4``.
+and on the command line ``--model.init_args.optim.lr=1e-4``. ``rollout`` and ``evaluation`` take an
+optional ``block`` setting (:class:`~dflow.sampling.BlockConfig`: ``block_len`` and a ``class_path``
+kernel), each its own, which makes that sampler a :class:`~dflow.sampling.BlockSampler` with
+``num_steps`` steps per block (docs/block_sampling.md, "From a recipe").
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import Any, Literal, TypeVar
 import torch
 
 from dflow.lightning.schedules import check_schedule
-from dflow.sampling import SamplerConfig
+from dflow.sampling import BlockConfig, ConfidenceUnmaskKernel, EntropyBoundKernel, PathKernel, SamplerConfig
 
 
 @dataclass
@@ -43,6 +46,7 @@ class RolloutConfig(SamplerConfig):
     seed_per_prompt: bool = False
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _int_at_least("rollout.group_size", self.group_size, 1)
 
 
@@ -108,6 +112,7 @@ class EvalConfig(SamplerConfig):
     num_grid_prompts: int = 16
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _int_at_least("evaluation.every_n_steps", self.every_n_steps, 0)
         if self.num_prompts is not None:
             _int_at_least("evaluation.num_prompts", self.num_prompts, 1)
@@ -219,9 +224,9 @@ def allow_in_checkpoints() -> None:
     global: dflow.lightning.rl_config.RolloutConfig"."""
     from dflow.lightning.rewards import RewardSpec
 
-    torch.serialization.add_safe_globals(
-        [SamplerConfig, RolloutConfig, OptimConfig, EvalConfig, FaultPolicy, RewardSpec]
-    )
+    records: list[Any] = [SamplerConfig, RolloutConfig, OptimConfig, EvalConfig, FaultPolicy, RewardSpec, BlockConfig]
+    kernels: list[Any] = [PathKernel, ConfidenceUnmaskKernel, EntropyBoundKernel]  # a block setting's (plain data)
+    torch.serialization.add_safe_globals(records + kernels)
 
 
 allow_in_checkpoints()

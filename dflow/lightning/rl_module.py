@@ -24,6 +24,7 @@ import torch
 from lightning.pytorch.core.optimizer import LightningOptimizer
 from torch import Tensor
 
+from dflow.lightning.block_builders import check_block_rollouts
 from dflow.lightning.builders import DenoiserBuilder
 from dflow.lightning.evaluation import evaluate, evaluation_prompts, spread_prompts, write_grid
 from dflow.lightning.export import model_meta, task_description, write_model_folder
@@ -62,11 +63,12 @@ class RLModule(L.LightningModule):
         denoiser: a builder (``dflow.lightning.builders.PretrainedDenoiser(path=...)`` for a base model).
         path: the probability path the base was trained on.
         likelihood / objective / advantage / kl / aggregation: the swappable parts (``dflow.rl``).
-        rollout: the rollout sampler and ``group_size`` (:class:`~dflow.lightning.rl_config.RolloutConfig`).
+        rollout: the rollout sampler and ``group_size`` (:class:`~dflow.lightning.rl_config.RolloutConfig`;
+            with ``rollout.block`` a :class:`~dflow.sampling.BlockSampler`, docs/block_sampling.md).
         optim: AdamW, the learning-rate schedule, clipping and the inner loop
             (:class:`~dflow.lightning.rl_config.OptimConfig`).
         evaluation: the evaluation sampler, its prompts and cadence
-            (:class:`~dflow.lightning.rl_config.EvalConfig`).
+            (:class:`~dflow.lightning.rl_config.EvalConfig`; its own ``evaluation.block``).
         rewards: reward terms and weights (default: the task's partial-credit reward).
         faults: what a step with a bad reward or gradient does (:class:`~dflow.lightning.rl_config.FaultPolicy`).
         lora: train LoRA adapters instead of the denoiser's weights (:class:`~dflow.models.lora.LoRAConfig`;
@@ -126,8 +128,8 @@ class RLModule(L.LightningModule):
             raise ValueError(
                 f"kl.beta={self.kl.beta} > 0 needs a reference model: set reference_from_initial: true or beta: 0"
             )
-        self.rollout_sampler = self.rollout_config.build(path, record_draws=likelihood.needs_draws)
-        self.eval_sampler = self.eval_config.build(path)
+        self.rollout_sampler = self.rollout_config.build(path, record_draws=likelihood.needs_draws, where="rollout")
+        self.eval_sampler = self.eval_config.build(path, where="evaluation")
         likelihood.validate(self.rollout_sampler)
         group_size = self.rollout_config.group_size
         if group_size == 1 and isinstance(self.advantage, GroupAdvantage):
@@ -201,6 +203,13 @@ class RLModule(L.LightningModule):
         self.eval_prompts = evaluation_prompts(test, ev.num_prompts, ev.samples_per_prompt, ev.samples_per_category)
         self.grid_prompts = spread_prompts(test, ev.num_grid_prompts)
         denoiser = self.builder.build(task, self.path)
+        check_block_rollouts(
+            denoiser,
+            task,
+            {"rollout": self.rollout_config, "evaluation": self.eval_config},
+            self.rollout_sampler,
+            self.update.likelihood,
+        )
         self.denoiser = apply_lora(denoiser, self.lora) if self.lora is not None else denoiser
         # kept outside nn.Module's registry: the compiled wrapper must not add a second copy of the
         # weights to state_dict (checkpoints stay loadable with or without compilation)

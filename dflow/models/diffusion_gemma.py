@@ -34,6 +34,7 @@ Example::
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -52,8 +53,13 @@ class DiffusionGemmaDenoiser(nn.Module):
         self_conditioning: feed the previous step's sampling logits back (as ``generate`` does).
         self_conditioning_grad: let the gradient flow through the fed-back logits when rescoring.
 
-    ``cond`` is the prompt as the model's token ids ``[B, P]`` (``P >= 1``, no padding); the data
-    values ``0..V-1`` are the model's token ids (``V = text_config.vocab_size``).
+        data_token_ids: the model id of each data value (a task with its own tokenizer, e.g. ``text``:
+            ``task.data_token_ids``). The policy is then the model's posterior restricted to those ids
+            (its logits at them, ``V = len(data_token_ids)``), and the self-conditioning fed back is that
+            restricted posterior (zero probability on every other id). None: the data values
+            ``0..V-1`` are the model's ids (``V = text_config.vocab_size``).
+
+    ``cond`` is the prompt as the model's token ids ``[B, P]`` (``P >= 1``, no padding).
     """
 
     def __init__(
@@ -61,6 +67,7 @@ class DiffusionGemmaDenoiser(nn.Module):
         model: DiffusionGemmaForBlockDiffusion,
         self_conditioning: bool = True,
         self_conditioning_grad: bool = True,
+        data_token_ids: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         from transformers import DiffusionGemmaForBlockDiffusion
@@ -71,6 +78,20 @@ class DiffusionGemmaDenoiser(nn.Module):
             )
         self.model = model
         self.self_conditioning, self.self_conditioning_grad = bool(self_conditioning), bool(self_conditioning_grad)
+        self.data_token_ids: list[int] | None = None
+        if data_token_ids is not None:
+            ids = [int(i) for i in data_token_ids]
+            size = self.model_vocab_size
+            if not ids or len(set(ids)) != len(ids) or min(ids) < 0 or max(ids) >= size:
+                raise ValueError(
+                    f"DiffusionGemmaDenoiser: data_token_ids must be distinct ids in [0, {size}) (the model's "
+                    f"vocab_size), got {ids}"
+                )
+            self.data_token_ids = ids
+        # data value -> model id (not saved with the weights: a model folder records it in dflow_meta.json)
+        self.data_ids: Tensor
+        ids_tensor = torch.tensor(self.data_token_ids if self.data_token_ids is not None else [], dtype=torch.long)
+        self.register_buffer("data_ids", ids_tensor, persistent=False)
 
     @classmethod
     def from_pretrained(
@@ -93,8 +114,33 @@ class DiffusionGemmaDenoiser(nn.Module):
         return cls(model.eval(), **kwargs)
 
     @property
-    def vocab_size(self) -> int:
+    def model_vocab_size(self) -> int:
         return int(self.model.config.get_text_config().vocab_size)
+
+    @property
+    def vocab_size(self) -> int:
+        """``V``: the data values the policy scores (``len(data_token_ids)``, else the model's vocabulary)."""
+        return len(self.data_token_ids) if self.data_token_ids is not None else self.model_vocab_size
+
+    def to_model_ids(self, x: Tensor) -> Tensor:
+        """Data values ``[B, n]`` -> the model's token ids (long)."""
+        x = x.long()
+        return self.data_ids[x] if self.data_token_ids is not None else x
+
+    def to_data_logits(self, logits: Tensor) -> Tensor:
+        """The model's logits ``[B, C, V_model]`` -> those of the data values ``[B, C, V]``."""
+        return logits.index_select(-1, self.data_ids) if self.data_token_ids is not None else logits
+
+    def to_model_logits(self, logits: Tensor) -> Tensor:
+        """Data-value logits ``[B, C, V]`` -> ``[B, C, V_model]`` with ``-inf`` (probability 0) elsewhere."""
+        if self.data_token_ids is None:
+            return logits
+        full = logits.new_full((*logits.shape[:-1], self.model_vocab_size), float("-inf"))
+        return full.index_copy(-1, self.data_ids, logits)
+
+    def save_pretrained(self, directory: str | os.PathLike, **kwargs: Any) -> None:
+        """The wrapped model's ``save_pretrained`` (``data_token_ids`` go into the folder's dflow_meta.json)."""
+        self.model.save_pretrained(directory, **kwargs)
 
     @property
     def canvas_length(self) -> int:
@@ -133,9 +179,9 @@ class DiffusionGemmaSession:
         if not torch.is_tensor(cond) or cond.dim() != 2 or cond.shape[0] != batch_size or cond.shape[1] < 1:
             got = tuple(cond.shape) if torch.is_tensor(cond) else cond
             raise ValueError(f"DiffusionGemma needs a prompt cond of token ids [B={batch_size}, P >= 1], got {got}")
-        if cond.dtype.is_floating_point or int(cond.min()) < 0 or int(cond.max()) >= owner.vocab_size:
+        if cond.dtype.is_floating_point or int(cond.min()) < 0 or int(cond.max()) >= owner.model_vocab_size:
             raise ValueError(
-                f"DiffusionGemma: prompt ids must be integers in [0, {owner.vocab_size}), "
+                f"DiffusionGemma: prompt ids must be integers in [0, {owner.model_vocab_size}), "
                 f"got dtype={cond.dtype}, range [{cond.min().item()}, {cond.max().item()}]"
             )
         limit = model.config.get_text_config().max_position_embeddings
@@ -165,23 +211,24 @@ class DiffusionGemmaSession:
             raise ValueError(f"DiffusionGemma session: blocks go left to right; block {block} is already cached")
         while self.cached_blocks < block:  # one encoder call per finished block, as generate appends them
             b = self.cached_blocks
-            self._encode(x[:, b * C : (b + 1) * C].long(), P + b * C)
+            self._encode(self.owner.to_model_ids(x[:, b * C : (b + 1) * C]), P + b * C)
             self.cached_blocks += 1
         self.block, self.self_cond = block, None
 
     def logits(self, x: Tensor, t: Tensor) -> Tensor:
         C, start = self.canvas_length, self.block * self.canvas_length
-        canvas = x[:, start : start + C].long()  # [B, C]
+        canvas = self.owner.to_model_ids(x[:, start : start + C])  # [B, C] model ids
         out = self.model(
             decoder_input_ids=canvas,
             cache=self.cache,
             self_conditioning_logits=self.self_cond,
             decoder_position_ids=self._positions(self.prompt_len + start, C),
         )
-        return out.logits  # [B, C, V] float32
+        return self.owner.to_data_logits(out.logits)  # [B, C, V] float32
 
     def feedback(self, logits: Tensor) -> None:
         if not self.owner.self_conditioning:
             return
         sc = logits if self.owner.self_conditioning_grad else logits.detach()
+        sc = self.owner.to_model_logits(sc)  # [B, C, V_model]
         self.self_cond = sc.to(self.model.model.decoder.embed_tokens.weight.dtype)

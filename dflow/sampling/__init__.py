@@ -1,7 +1,7 @@
 """The MDP denoising sampler, its block variant and kernels, its time grids and the Trajectory record."""
 
 from dflow.sampling.block import BlockSampler, BlockSession, PolicySession
-from dflow.sampling.config import SamplerConfig
+from dflow.sampling.config import BlockConfig, SamplerConfig
 from dflow.sampling.grids import TIME_GRIDS, time_grid
 from dflow.sampling.kernels import (
     BlockKernel,
@@ -15,6 +15,7 @@ from dflow.sampling.trajectory import Trajectory, compact_dtype
 
 __all__ = [
     "TIME_GRIDS",
+    "BlockConfig",
     "BlockKernel",
     "BlockSampler",
     "BlockSession",

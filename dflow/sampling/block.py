@@ -148,6 +148,12 @@ class BlockSampler(Sampler):
 
     def _block_logits(self, session: BlockSession, x: Tensor, step: BlockStep, blk: slice) -> Tensor:
         """Sampling logits of the block ``[B, C, V]``: float32, temperature, the kernel's schedule; fed back."""
+        out = self._sampling_logits(session, x, step, blk)
+        session.feedback(out)
+        return out
+
+    def _sampling_logits(self, session: BlockSession, x: Tensor, step: BlockStep, blk: slice) -> Tensor:
+        """As :meth:`_block_logits`, without feeding them back to the session."""
         out = session.logits(x, step.t)
         want = (x.shape[0], x.shape[1], self.path.vocab_size)
         if not torch.is_tensor(out) or out.dim() != 3 or out.shape[0] != x.shape[0] or out.shape[2] != want[2]:
@@ -161,9 +167,7 @@ class BlockSampler(Sampler):
             out = out.float()
         if self.temperature != 1.0:
             out = out / self.temperature
-        out = self.kernel.sampling_logits(out, step)
-        session.feedback(out)
-        return out
+        return self.kernel.sampling_logits(out, step)
 
     def _check_shape(self, where: str, seq_len: int) -> int:
         if seq_len % self.block_len:
@@ -254,4 +258,42 @@ class BlockSampler(Sampler):
         x, x_s = traj.state(k), traj.state(k + 1)
         out = torch.zeros_like(x, dtype=torch.bool)
         out[:, blk] = self.kernel.moving(self.path, x[:, blk], x_s[:, blk])
+        return out
+
+    def span_token_log_probs(self, policy: Policy, traj: Trajectory, spans: Sequence[tuple[int, int]]) -> Tensor:
+        """TraceRL-style span units on block rollouts: per token ``[B, len(spans), L]``, with gradient.
+
+        Span ``(b, e)`` covers steps ``b .. e - 1`` of one block. It is scored in one pass at the
+        recorded state ``x_b``: the path's own kernel for one coarse step of the block from block-local
+        time ``t_b`` to ``t_e``, around the posterior the sampler would use at step ``b`` (temperature and
+        the kernel's own schedule included, no self-conditioning: a session is not replayed), on the
+        block's positions only (0 elsewhere). It is a surrogate, like the plain sampler's spans: the
+        sampler took ``e - b`` finer kernel steps."""
+        K, (B, L) = traj.num_steps, traj.x1.shape
+        self._check_shape("BlockSampler.span_token_log_probs", L)
+        S, C = self.steps_per_block, self.block_len
+        for b, e in spans:
+            if not (0 <= b < e <= K) or b // S != (e - 1) // S:
+                raise ValueError(
+                    f"span ({b}, {e}) must lie inside one block of steps_per_block={S} steps (trajectory of {K} steps)"
+                )
+        session = self.session(policy, traj.cond, B, L)
+        scores: dict[tuple[int, int], Tensor] = {}
+        for blk_index in sorted({b // S for b, _ in spans}):
+            blk = slice(blk_index * C, (blk_index + 1) * C)
+            session.begin_block(traj.state(blk_index * S), blk_index)
+            for b, e in sorted(span for span in spans if span[0] // S == blk_index):
+                x_b, x_e = traj.state(b), traj.state(e)
+                _, step = self.step_of(b, B, x_b.device)
+                logits = self._sampling_logits(session, x_b, step, blk)  # [B, C, V]
+                s = self.times[e - blk_index * S].to(x_b.device).expand(B)  # block-local t_e (1 at a block's end)
+                lp = self.path.step_log_prob(logits, x_b[:, blk], x_e[:, blk], step.t, s)  # [B, C]
+                scores[(b, e)] = torch.nn.functional.pad(lp, (blk.start, L - blk.stop))  # [B, L]
+        return torch.stack([scores[(b, e)] for b, e in spans], dim=1)
+
+    def block_positions(self, k: int, seq_len: int, device: torch.device | str) -> Tensor:
+        """bool ``[L]``: the positions of step ``k``'s block."""
+        b = k // self.steps_per_block
+        out = torch.zeros(seq_len, dtype=torch.bool, device=device)
+        out[b * self.block_len : (b + 1) * self.block_len] = True
         return out

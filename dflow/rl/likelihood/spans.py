@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from dflow.rl.likelihood.base import LikelihoodEstimator, UnitPlan, counted_tokens, stack_masks
-from dflow.sampling import Sampler, Trajectory
+from dflow.sampling import BlockSampler, Sampler, Trajectory
 
 
 class SpanLikelihood(LikelihoodEstimator):
@@ -28,6 +28,11 @@ class SpanLikelihood(LikelihoodEstimator):
     fresher posterior), so a span's unit is TraceRL's surrogate, not the recorded log-probability:
     old values are recomputed, never read from the rollout.
 
+    On block rollouts (:class:`~dflow.sampling.BlockSampler`) a span stays inside one block (``span``
+    must divide the steps per block): the coarse kernel runs on the block's positions with the
+    block-local times, from the block policy's posterior at ``x_{t_b}``
+    (:meth:`~dflow.sampling.BlockSampler.span_token_log_probs`), and only the block's tokens count.
+
     Args:
         span: consecutive sampler steps per unit (TraceRL's ``shrink``; 8 of 512 steps for LLaDA).
         token_mean / per_token: see :class:`~dflow.rl.likelihood.base.LikelihoodEstimator`
@@ -47,7 +52,17 @@ class SpanLikelihood(LikelihoodEstimator):
     def plan(self, traj, sampler, generator=None) -> UnitPlan:
         return UnitPlan(steps=list(range(0, traj.num_steps, self.span)))  # the first step of each span
 
+    def validate(self, sampler: Sampler) -> None:
+        super().validate(sampler)
+        if isinstance(sampler, BlockSampler) and sampler.steps_per_block % self.span:
+            raise ValueError(
+                f"SpanLikelihood(span={self.span}) on block rollouts: a span must not cross a block, so span "
+                f"must divide the steps per block (rollout.num_steps={sampler.steps_per_block})"
+            )
+
     def token_log_probs(self, policy, traj, plan, sampler) -> Tensor:
+        if isinstance(sampler, BlockSampler):  # one coarse kernel step inside the span's block
+            return sampler.span_token_log_probs(policy, traj, self._bounds(traj, plan))
         out, times = [], traj.times
         for b, e in self._bounds(traj, plan):
             x_b, x_e = traj.state(b), traj.state(e)
@@ -63,8 +78,10 @@ class SpanLikelihood(LikelihoodEstimator):
         V, masks = sampler.path.vocab_size, []
         for b, e in self._bounds(traj, plan):
             movable = counted_tokens(sampler.path, traj.state(b))
-            data = traj.state(e) < V
-            masks.append(data if movable is None else movable & data)
+            counted = traj.state(e) < V
+            if isinstance(sampler, BlockSampler):  # a block span moves its own block only
+                counted = counted & sampler.block_positions(b, counted.shape[1], counted.device)
+            masks.append(counted if movable is None else movable & counted)
         if all(bool(m.all()) for m in masks):
             return None
         return stack_masks(masks, traj.x1)
