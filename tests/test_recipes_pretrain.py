@@ -34,6 +34,8 @@ def test_there_are_pretraining_recipes():
         "shapes/pretrain_mask.yaml",
         "glyphs/pretrain_uniform.yaml",
         "text/pretrain_mask.yaml",
+        "sudoku/pretrain_mask.yaml",
+        "sudoku/pretrain_uniform.yaml",
     } <= names
 
 

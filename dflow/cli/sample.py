@@ -58,7 +58,8 @@ def evaluate_base(
     """Score a base on ``split`` with the same functions as RL evaluation
     (:func:`~dflow.lightning.evaluation.evaluation_prompts` and :func:`~dflow.lightning.evaluation.evaluate`):
     the same prompts, sampler, batch size and seed give the same numbers as an RL run's step-0
-    evaluation. Returns ``({"acc/<category>", "acc/overall", "reward", "n"}, x1, prompts)``."""
+    evaluation. Returns ``({"acc/<category>", "acc/overall", "reward", "n"}, x1, prompts)``, plus the
+    task's extra metrics (sudoku: ``"cells/<category>"``, ``"cells/overall"``)."""
     denoiser = load_denoiser(checkpoint, task, path).to(device).eval()
     prompts = evaluation_prompts(task.prompts(split), num_prompts, samples_per_prompt, samples_per_category)
     res = evaluate(denoiser, task, sampler.build(path), prompts, batch_size, seed, device)
@@ -181,7 +182,7 @@ def _sample(opts: argparse.Namespace, directory: Path, source: Path | None = Non
         + (f", block_len={sampler.block.block_len}, kernel={sampler.block.kernel!r}" if sampler.block else "")
     )
     for key, value in result.items():
-        if key.startswith("acc/"):
+        if "/" in key:  # the strict accuracy and the task's extra metrics (sudoku's cells/*)
             print(f"  {key:<24} {value:.3f}")
     print(f"  {'reward (mean)':<24} {result['reward']:.3f}")
     print(f"wrote {out}")

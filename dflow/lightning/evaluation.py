@@ -23,8 +23,10 @@ from dflow.tasks.base import Prompt, Task
 class EvalResult:
     """Attributes:
     metrics: ``{"acc/<category>": float, "acc/overall": float, "reward": float}``, ``reward`` the
-        task's partial-credit reward; with ``rewards`` also ``"reward/<name>"`` per reward term and
-        ``"reward/total"``, the weighted sum RL maximises.
+        task's partial-credit reward (the mean over samples); the task's extra metrics
+        (:meth:`~dflow.tasks.base.Task.extra_metrics`, e.g. sudoku's pooled blank-cell accuracy
+        ``"cells/<category>"``, ``"cells/overall"``); with ``rewards`` also ``"reward/<name>"`` per
+        reward term and ``"reward/total"``, the weighted sum RL maximises.
     x1: long ``[N, L]`` the samples, in prompt order.
     """
 
@@ -59,18 +61,22 @@ def evaluate(
         raise ValueError(f"batch_size must be an int >= 1, got batch_size={batch_size!r}")
     prompts = [p for p in prompts for _ in range(samples_per_prompt)]
     gen = torch.Generator(device=device).manual_seed(seed)
-    metric = task.metric()
+    metric, extra = task.metric(), task.extra_metrics()
     task_rewards, samples, records = [], [], []
     for start in range(0, len(prompts), batch_size):
         chunk = list(prompts[start : start + batch_size])
         cond = task.encode_prompts(chunk).to(device)
         traj = sampler.rollout(policy, cond, batch_size=len(chunk), seq_len=task.seq_len, generator=gen, device=device)
         metric.update(task.correct(traj.x1.cpu(), chunk), chunk)
+        for m in extra:
+            m.update(traj.x1.cpu(), chunk)
         task_rewards.append(task.reward(traj.x1.cpu(), chunk))
         if rewards is not None:
             records.append(rewards(traj.x1.cpu(), chunk))
         samples.append(traj.x1.cpu())
     values = {k: float(v) for k, v in metric.compute().items()}
+    for m in extra:
+        values.update({k: float(v) for k, v in m.compute().items()})
     values["reward"] = float(torch.cat(task_rewards).mean())
     if records:
         for name in records[0].components:

@@ -6,7 +6,7 @@ from dflow.tasks.arithmetic import ArithmeticTask
 from dflow.tasks.base import Prompt, Task, TaskBatch
 from dflow.tasks.countdown import CountdownTask
 from dflow.tasks.glyphs import GlyphsTask
-from dflow.tasks.metrics import BlankCellAccuracy, CategoryAccuracy
+from dflow.tasks.metrics import BlankCellAccuracy, CategoryAccuracy, SampleMetric
 from dflow.tasks.reasoning import ReasoningTask, Verdict
 from dflow.tasks.registry import TASKS, get_task
 from dflow.tasks.shapes import ShapesTask
@@ -22,6 +22,7 @@ __all__ = [
     "GlyphsTask",
     "Prompt",
     "ReasoningTask",
+    "SampleMetric",
     "ShapesTask",
     "SudokuTask",
     "Task",

@@ -25,7 +25,7 @@ import torch
 import torchmetrics
 from torch import Tensor
 
-from dflow.tasks.metrics import CategoryAccuracy
+from dflow.tasks.metrics import CategoryAccuracy, SampleMetric
 
 # The held-out protocol (DESIGN.md): what the base saw, what RL trains on, what is scored. The three
 # prompt lists are disjoint; RL recipes train on "rl" and evaluate on "test".
@@ -137,6 +137,12 @@ class Task(ABC):
     def metric(self) -> torchmetrics.Metric:
         """Per-category strict accuracy; ``update(correct [B] bool, prompts)``."""
         return CategoryAccuracy(self.categories)
+
+    def extra_metrics(self) -> list[SampleMetric]:
+        """Metrics an evaluation logs beside :meth:`metric`, each fed from the samples (``update(x1,
+        prompts)``); their keys must not start with ``acc/``. None by default; sudoku adds its pooled
+        blank-cell accuracy (``cells/*``). Fresh metrics on every call."""
+        return []
 
     # ---- shared input checks -------------------------------------------------------------
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -117,3 +118,30 @@ class BlankCellAccuracy(torchmetrics.Metric):
             (self.num_right.sum().double() / total).float() if total > 0 else torch.tensor(float("nan"))
         )
         return out
+
+
+@dataclass
+class SampleMetric:
+    """A metric fed from the samples themselves, so that an evaluation loop can update any task's
+    extra metrics without knowing what they read: ``update(x1, prompts)`` calls
+    ``metric.update(*inputs(x1, prompts), prompts)``.
+
+    Example (sudoku's pooled cell accuracy)::
+
+        extra = SampleMetric(task.cell_metric(), task.blank_cells)
+        extra.update(x1, prompts)   # x1 long [B, L]
+        extra.compute()             # {"cells/blanks_7": ..., "cells/overall": ...}
+
+    Attributes:
+        metric: a torchmetrics metric whose ``update`` takes the tensors ``inputs`` returns, then the prompts.
+        inputs: ``(x1 [B, L], prompts) -> tuple of tensors`` (e.g. blank cells right and blank cells, ``[B]`` each).
+    """
+
+    metric: torchmetrics.Metric
+    inputs: Callable[..., tuple[Tensor, ...]]
+
+    def update(self, x1: Tensor, prompts: Sequence[Any]) -> None:
+        self.metric.update(*self.inputs(x1, prompts), prompts)
+
+    def compute(self) -> dict[str, Tensor]:
+        return self.metric.compute()

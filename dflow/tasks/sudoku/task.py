@@ -13,7 +13,7 @@ from torch import Tensor
 
 from dflow.tasks.base import Prompt, check_positive_int
 from dflow.tasks.grid import save_grid
-from dflow.tasks.metrics import BlankCellAccuracy
+from dflow.tasks.metrics import BlankCellAccuracy, SampleMetric
 from dflow.tasks.reasoning import AnswerAlphabet, ReasoningTask, Verdict
 from dflow.tasks.sudoku.split import DIGITS, PROMPT_STYLES, SudokuProblem, build_problems, prompt_text
 from dflow.tasks.text.sudoku import BLANK, CELLS, SIZE, all_solutions
@@ -117,6 +117,10 @@ class SudokuTask(ReasoningTask):
     def cell_metric(self) -> BlankCellAccuracy:
         """Cell accuracy on the blank cells per category and pooled (``update(right, blanks, prompts)``)."""
         return BlankCellAccuracy(self.categories)
+
+    def extra_metrics(self) -> list[SampleMetric]:
+        """The pooled blank-cell accuracy (``cells/*``), which evaluations log beside the solve rate."""
+        return [SampleMetric(self.cell_metric(), self.blank_cells)]
 
     def check_prompts(self, prompts) -> None:
         super().check_prompts(prompts)
