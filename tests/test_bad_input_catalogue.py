@@ -74,6 +74,7 @@ from dflow.rl import (
 )
 from dflow.sampling import BlockConfig, ConfidenceUnmaskKernel, EntropyBoundKernel, Sampler, SamplerConfig
 from dflow.tasks import CountdownTask, ShapesTask, TextTask, get_task
+from dflow.testbed import exact_distribution
 from tests.conftest import rl_settings
 from tests.models.tiny_dllm import write_tiny_dllm
 
@@ -895,6 +896,19 @@ CASES: list[Case] = [
         ),
         r"SandwichedBounds \(SPG\).*MaskSource.*source=UniformSource",
         fix="SPG's upper bound is derived for masked diffusion: use a MaskSource path (recipes/shapes/spg_mask.yaml)",
+    ),
+    Case(
+        "testbed-state-space-too-large",
+        "sampler",
+        lambda tmp: exact_distribution(
+            lambda x, t, c: torch.zeros(*x.shape, 4),
+            Sampler(MixturePath(MaskSource(4)), num_steps=2),
+            torch.ones(2, 8, dtype=torch.long),
+            8,
+        ),
+        r"5\*\*8 = 390,625 states is above the limit max_states=65,536",
+        fix="the exact testbed enumerates every state: use a shorter sequence or fewer symbols "
+        "(the DP's cost grows with the square of the states)",
     ),
     Case(
         "spg-bounds-with-another-objective",
