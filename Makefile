@@ -38,6 +38,8 @@ bench: install
 	$(BIN)/python benchmarks/logprob_memory.py
 	$(BIN)/python benchmarks/checkpoint_memory.py
 	$(BIN)/python benchmarks/lora_memory.py
+	$(BIN)/python benchmarks/block_rollout_speed.py
+	$(BIN)/python benchmarks/rl_update_memory.py
 
 # The README's main command: RL fine-tuning of the embedded shapes base (160 steps; 37 min on 2 CPU cores with the setup),
 # scored on held-out test prompts; prints strict accuracy before/after and writes runs/demo/{before,after,reward_curve}.png.
