@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from dflow.paths import MixturePath, UniformSource
+from dflow.rl import PolicyUpdate
 from dflow.testbed.study import METHODS, Study, StudySpec, build_method
 from dflow.testbed.study_report import collapse, load_results, mean_se, table_steps, write_report
 
@@ -160,3 +161,27 @@ def test_a_study_can_set_every_methods_inner_epochs() -> None:
     assert build_method("dflowgrpo", path, 8, 10)[0].num_inner_epochs == 2
     with pytest.raises(ValueError, match="num_inner_epochs must be an int >= 1 or None, got 0"):
         StudySpec(num_inner_epochs=0)
+
+
+def test_a_studys_inner_epochs_reach_its_runs(tmp_path, monkeypatch) -> None:
+    # the spec's num_inner_epochs must reach the runs, not only build_method: one step of udm_grpo
+    # (one epoch, the whole batch per update by its preset) takes 3 updates with the override
+    calls: list[int] = []
+    loss = PolicyUpdate.loss
+
+    def counted(self, *args, **kwargs):
+        calls.append(self.num_inner_epochs)
+        return loss(self, *args, **kwargs)
+
+    monkeypatch.setattr(PolicyUpdate, "loss", counted)
+    spec = tiny(methods=["udm_grpo"], seeds=[0], steps=1, num_inner_epochs=3)
+    Study(spec, tmp_path, log=lambda _: None).run_all()
+    assert calls == [3, 3, 3]
+
+
+def test_a_presets_mini_batches_are_whole_prompt_groups() -> None:
+    # minibatch_groups counts prompt groups; the update's minibatch_size counts rows (groups x G)
+    path = MixturePath(UniformSource(3))
+    assert METHODS["dflowgrpo"].minibatch_groups == 2
+    assert build_method("dflowgrpo", path, 8, 10)[0].minibatch_size == 2 * 8
+    assert build_method("udm_grpo", path, 8, 10)[0].minibatch_size is None
