@@ -185,3 +185,17 @@ def test_a_presets_mini_batches_are_whole_prompt_groups() -> None:
     assert METHODS["dflowgrpo"].minibatch_groups == 2
     assert build_method("dflowgrpo", path, 8, 10)[0].minibatch_size == 2 * 8
     assert build_method("udm_grpo", path, 8, 10)[0].minibatch_size is None
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_a_preset_builds_the_classes_its_shapes_recipe_names(name) -> None:
+    # a preset stands for its shapes recipe in the study; one that built another objective (PAR's
+    # preset building EPG: with one inner epoch they train alike) would compare the wrong method
+    import yaml
+
+    preset = METHODS[name]
+    recipe = Path(__file__).resolve().parents[2] / "recipes" / "shapes" / preset.recipe.split()[0]  # "x.yaml + ..."
+    parts = yaml.safe_load(recipe.read_text())["model"]["init_args"]
+    likelihood, objective, advantage, _, _ = preset.build()
+    for field_name, built in (("likelihood", likelihood), ("objective", objective), ("advantage", advantage)):
+        assert parts[field_name]["class_path"].rsplit(".", 1)[1] == type(built).__name__, (name, field_name)
