@@ -8,11 +8,13 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from dflow.paths import MixturePath, UniformSource
-from dflow.rl import PolicyUpdate
-from dflow.testbed.study import METHODS, Study, StudySpec, build_method
+from dflow.rl import Compute, PolicyUpdate
+from dflow.testbed import TestbedBase, TestbedTask
+from dflow.testbed.study import METHODS, Study, StudySpec, build_method, prepare_batch
 from dflow.testbed.study_report import collapse, load_results, mean_se, table_steps, write_report
 
 SPECS = sorted((Path(__file__).resolve().parents[2] / "recipes" / "testbed" / "studies").glob("*.yaml"))
@@ -199,3 +201,30 @@ def test_a_preset_builds_the_classes_its_shapes_recipe_names(name) -> None:
     likelihood, objective, advantage, _, _ = preset.build()
     for field_name, built in (("likelihood", likelihood), ("objective", objective), ("advantage", advantage)):
         assert parts[field_name]["class_path"].rsplit(".", 1)[1] == type(built).__name__, (name, field_name)
+
+
+def test_per_step_rewards_are_each_steps_decode_in_order_then_the_final_sample() -> None:
+    # a per-step advantage (stepwise) reads column k as step k's posterior-argmax decode and the last
+    # column as the final sample; the final reward put first would credit every step with the next's gain
+    task = TestbedTask(vocab_size=2, seq_len=3, num_rl_prompts=2, num_test_prompts=2, reward="partial")
+    path = MixturePath(UniformSource(2))
+    policy = TestbedBase(hidden_size=8, num_layers=1, seed=0, pretrain_steps=0).build(task, path).eval()
+    update, advantage, sampler = build_method("stepwise", path, 4, 4)
+    seen: dict = {}
+    rollout = sampler.rollout
+    sampler.rollout = lambda *a, **k: seen.setdefault("traj", rollout(*a, **k))  # type: ignore[method-assign]
+
+    class Spy:
+        per_step = advantage.per_step
+
+        def __call__(self, inp):
+            seen["inp"] = inp
+            return advantage(inp)
+
+    prompts = [p for p in task.prompts("rl") for _ in range(4)]
+    cond, gen = task.encode_prompts(prompts), torch.Generator().manual_seed(0)
+    _, rewards = prepare_batch(task, prompts, cond, policy, None, sampler, Spy(), update, 4, Compute(), gen)
+    traj = seen["traj"]
+    decodes = [task.reward(traj.posterior_argmax[k].long(), prompts) for k in range(traj.num_steps)]
+    assert torch.equal(seen["inp"].step_rewards, torch.stack([*decodes, rewards], dim=1))
+    assert not torch.equal(decodes[0], rewards)  # the check can tell the columns apart
