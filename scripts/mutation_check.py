@@ -1,7 +1,9 @@
 """Plant known RL wiring bugs one at a time and check that the test suite fails on each.
 
 A test earns trust by failing: each mutant below is a one-line bug that once passed every test (the
-first four were found by an outside review) or that a fix of issue 13 removed. For every mutant the
+first four were found by an outside review) or that a fix of issue 13 removed; later ones were planted
+by a review of new code (testbed gradients and presets, custom-code dLLM loading, block decoding from
+recipes, sudoku's pooled cell metric, the demo), some caught only by the tests it added. For every mutant the
 script copies ``dflow/`` and ``tests/`` to a scratch folder, applies the edit there (the working tree
 is never touched), runs the test files that should see it, and reports whether they failed.
 
@@ -42,6 +44,13 @@ SPG = "tests/rl/test_spg.py"
 COUPLED = "tests/rl/test_coupled.py"
 WD1 = "tests/rl/test_wd1.py"
 SPANS = "tests/rl/test_spans.py"
+GRADIENTS = "tests/testbed/test_testbed_gradients.py"
+STUDY = "tests/testbed/test_testbed_study.py"
+CUSTOM_CODE = "tests/models/test_custom_code.py"
+BLOCK_RL = "tests/lightning/test_block_rl.py"
+EVAL_METRICS = "tests/lightning/test_evaluation_metrics.py"
+DEMO = "tests/test_demo.py"
+BAD_INPUT = "tests/test_bad_input_catalogue.py"
 
 MUTANTS = (
     Mutant(
@@ -415,10 +424,275 @@ MUTANTS = (
     Mutant(
         "spans-count-still-masked-tokens",
         "dflow/rl/likelihood/spans.py",
-        "data = traj.state(e) < V",
-        "data = traj.state(e) <= V",
+        "counted = traj.state(e) < V",
+        "counted = traj.state(e) <= V",
         (SPANS,),
         "tokens still masked at the span's end counted (their term has no theta)",
+    ),
+    Mutant(
+        "grad-estimate-sign",
+        "dflow/testbed/gradients.py",
+        "grads.append(-flat_grad(params))",
+        "grads.append(flat_grad(params))",
+        (GRADIENTS,),
+        "the gradient study's estimate taken as +grad(loss) instead of -grad(loss)",
+    ),
+    Mutant(
+        "exact-grad-on-test-prompts",
+        "dflow/testbed/gradients.py",
+        'evaluator = ExactEvaluator(task, sampler, task.prompts("rl"))',
+        'evaluator = ExactEvaluator(task, sampler, task.prompts("test"))',
+        (GRADIENTS,),
+        "the exact gradient taken on the test prompts while the batches come from the rl prompts",
+    ),
+    Mutant(
+        "debiased-norm-without-N",
+        "dflow/testbed/gradients.py",
+        "signal = mean.pow(2).sum() - trace / N",
+        "signal = mean.pow(2).sum() - trace",
+        (GRADIENTS,),
+        "|E g|^2 debiased by tr(Sigma) instead of tr(Sigma) / N",
+    ),
+    Mutant(
+        "variance-over-N",
+        "dflow/testbed/gradients.py",
+        "trace = (grads - mean).pow(2).sum(-1).sum() / (N - 1)",
+        "trace = (grads - mean).pow(2).sum(-1).sum() / N",
+        (GRADIENTS,),
+        "tr(Sigma) estimated over N instead of N - 1 (biased)",
+    ),
+    Mutant(
+        "study-epochs-override-ignored",
+        "dflow/testbed/study.py",
+        "epochs = preset.num_inner_epochs if num_inner_epochs is None else num_inner_epochs",
+        "epochs = preset.num_inner_epochs",
+        (STUDY,),
+        "build_method ignoring its num_inner_epochs override",
+    ),
+    Mutant(
+        "study-run-drops-epochs",
+        "dflow/testbed/study.py",
+        'build_method(run["method"], path, G, spec.rollout_steps, spec.num_inner_epochs)',
+        'build_method(run["method"], path, G, spec.rollout_steps)',
+        (STUDY,),
+        "a study's num_inner_epochs never passed to its runs",
+    ),
+    Mutant(
+        "minibatch-in-prompts-not-rows",
+        "dflow/testbed/study.py",
+        "mb = None if preset.minibatch_groups is None else preset.minibatch_groups * group_size",
+        "mb = preset.minibatch_groups",
+        (STUDY,),
+        "a preset's minibatch_groups used as rows instead of groups x G",
+    ),
+    Mutant(
+        "spg-preset-wrong-source",
+        "dflow/testbed/presets.py",
+        'sources=("mask",),',
+        'sources=("uniform",),',
+        (STUDY, GRADIENTS),
+        "SPG's preset paired with the uniform source its maths does not cover",
+    ),
+    Mutant(
+        "runs-ignore-sources",
+        "dflow/testbed/study.py",
+        "            if s in METHODS[m].sources\n",
+        "",
+        (STUDY,),
+        "a study pairing every method with every source",
+    ),
+    Mutant(
+        "elbo-par-preset-builds-epg",
+        "dflow/testbed/presets.py",
+        '"elbo_par": MethodPreset("elbo_par.yaml", lambda: _elbo_parts(PAR())),',
+        '"elbo_par": MethodPreset("elbo_par.yaml", lambda: _elbo_parts(EPG())),',
+        (STUDY, GRADIENTS),
+        "the PAR preset building EPG (same gradient with one inner epoch)",
+    ),
+    Mutant(
+        "opt-in-check-skipped",
+        "dflow/models/hf_loading.py",
+        "    if references and not trust_remote_code:",
+        "    if False:",
+        (CUSTOM_CODE,),
+        "a folder's own modelling code loaded without trust_remote_code",
+    ),
+    Mutant(
+        "mask-id-from-any-config",
+        "dflow/models/hf_adapter.py",
+        'from_config = getattr(self.mlm.config, "mask_token_id", None) if self.custom_code else None',
+        'from_config = getattr(self.mlm.config, "mask_token_id", None)',
+        (CUSTOM_CODE,),
+        "the mask id read from a transformers config's unused default (XLM: 0)",
+    ),
+    Mutant(
+        "shift-logits-wrong-way",
+        "dflow/models/hf_adapter.py",
+        "source = (torch.arange(length, device=data_logits.device) + self.prompt_len - 1).clamp_min(0)",
+        "source = (torch.arange(length, device=data_logits.device) + self.prompt_len + 1)"
+        ".clamp_max(self.prompt_len + length - 1)",
+        (CUSTOM_CODE,),
+        "Dream's shifted logits read from position i + 1 instead of i - 1",
+    ),
+    Mutant(
+        "shift-logits-ignores-prompt",
+        "dflow/models/hf_adapter.py",
+        "source = (torch.arange(length, device=data_logits.device) + self.prompt_len - 1).clamp_min(0)",
+        "source = (torch.arange(length, device=data_logits.device) - 1).clamp_min(0)",
+        (CUSTOM_CODE,),
+        "shifted logits read from the prompt's positions (prompt length forgotten)",
+    ),
+    Mutant(
+        "custom-code-given-attention-mask",
+        "dflow/models/hf_adapter.py",
+        "            if self.custom_code:  # LLaDA",
+        "            if False:  # LLaDA",
+        (CUSTOM_CODE,),
+        "custom code called with a 2-D attention mask (Dream rejects it)",
+    ),
+    Mutant(
+        "remote-other-repo-accepted",
+        "dflow/models/hf_loading.py",
+        '        if "--" in joined:',
+        "        if False:",
+        (CUSTOM_CODE, BAD_INPUT),
+        "an auto_map entry into another hub repository accepted",
+    ),
+    Mutant(
+        "bidirectional-check-skipped",
+        "dflow/models/hf_loading.py",
+        "    if torch.equal(logits[0, 0], logits[1, 0]):",
+        "    if False:",
+        (CUSTOM_CODE, BAD_INPUT),
+        "a custom-code causal LM accepted as a masked denoiser",
+    ),
+    Mutant(
+        "export-drops-shift-logits",
+        "dflow/lightning/export.py",
+        '"shift_logits": denoiser.shift_logits,',
+        '"shift_logits": False,',
+        (CUSTOM_CODE,),
+        "an exported custom-code model losing shift_logits",
+    ),
+    Mutant(
+        "rollout-built-from-eval-config",
+        "dflow/lightning/rl_module.py",
+        'self.rollout_sampler = self.rollout_config.build(path, record_draws=likelihood.needs_draws, where="rollout")',
+        'self.rollout_sampler = self.eval_config.build(path, record_draws=likelihood.needs_draws, where="rollout")',
+        (BLOCK_RL,),
+        "block rollouts built from the evaluation's sampler settings",
+    ),
+    Mutant(
+        "block-check-on-eval-sampler",
+        "dflow/lightning/rl_module.py",
+        "            self.rollout_sampler,\n            self.update.likelihood,",
+        "            self.eval_sampler,\n            self.update.likelihood,",
+        (BLOCK_RL, BAD_INPUT),
+        "the block likelihood check run on the evaluation sampler, not the rollout one",
+    ),
+    Mutant(
+        "export-block-kernel-dropped",
+        "dflow/lightning/export.py",
+        'out["block"] = {"block_len": config.block.block_len, "kernel": describe(config.block.kernel)}',
+        'out["block"] = {"block_len": config.block.block_len}',
+        (BLOCK_RL,),
+        "a model folder's block setting recorded without its kernel (reloads PathKernel)",
+    ),
+    Mutant(
+        "block-len-divisibility-unchecked",
+        "dflow/sampling/config.py",
+        "        if seq_len % self.block_len:",
+        "        if False:",
+        (BLOCK_RL, BAD_INPUT),
+        "a block_len that does not divide the task's seq_len accepted",
+    ),
+    Mutant(
+        "block-len-canvas-unchecked",
+        "dflow/lightning/block_builders.py",
+        "        if config.block.block_len != canvas:",
+        "        if False:",
+        (BLOCK_RL, BAD_INPUT),
+        "DiffusionGemma decoding blocks unlike its canvas_length",
+    ),
+    Mutant(
+        "block-steps-total-not-per-block",
+        "dflow/sampling/config.py",
+        "steps_per_block=self.num_steps",
+        "steps_per_block=max(1, self.num_steps // self.block.block_len)",
+        (BLOCK_RL,),
+        "a block setting's num_steps taken as total steps, not steps per block",
+    ),
+    Mutant(
+        "block-kernel-fit-unchecked",
+        "dflow/sampling/config.py",
+        "            kernel.check(path)\n",
+        "            pass\n",
+        (BLOCK_RL, BAD_INPUT),
+        "a block kernel that does not fit the path's source accepted",
+    ),
+    Mutant(
+        "cells-per-puzzle-mean",
+        "dflow/tasks/metrics.py",
+        "(self.num_right.sum().double() / total).float() if total > 0",
+        "(acc.nanmean()).float() if total > 0",
+        (EVAL_METRICS,),
+        "sudoku's overall cell accuracy averaged per category, not pooled over cells",
+    ),
+    Mutant(
+        "extra-metrics-not-updated-per-chunk",
+        "dflow/lightning/evaluation.py",
+        "            m.update(traj.x1.cpu(), chunk)",
+        "            m.update(traj.x1.cpu(), chunk) if start == 0 else None",
+        (EVAL_METRICS,),
+        "a task's extra metrics fed only the first evaluation chunk",
+    ),
+    Mutant(
+        "sudoku-no-extra-metrics",
+        "dflow/tasks/sudoku/task.py",
+        "return [SampleMetric(self.cell_metric(), self.blank_cells)]",
+        "return []",
+        (EVAL_METRICS, DEMO),
+        "sudoku evaluations without the pooled cell accuracy",
+    ),
+    Mutant(
+        "demo-sudoku-runs-shapes",
+        "dflow/demo.py",
+        '"sudoku": "recipes/sudoku/demo.yaml"',
+        '"sudoku": "recipes/shapes/demo.yaml"',
+        (DEMO,),
+        "dflow demo --task sudoku running the shapes recipe",
+    ),
+    Mutant(
+        "demo-task-ignored",
+        "dflow/demo.py",
+        "name = DEFAULT_TASK if task is None else task",
+        "name = DEFAULT_TASK",
+        (DEMO,),
+        "dflow demo's --task ignored (always the default)",
+    ),
+    Mutant(
+        "fwd-equiv-not-per-batch",
+        "dflow/testbed/gradients.py",
+        "return torch.stack(grads), compute.fwd_equiv / num_batches",
+        "return torch.stack(grads), compute.fwd_equiv",
+        (GRADIENTS,),
+        "a gradient estimate priced at the whole study's forward passes, not one batch's",
+    ),
+    Mutant(
+        "step-rewards-final-first",
+        "dflow/testbed/study.py",
+        "step_rewards = torch.stack([*cols, rewards], dim=1)",
+        "step_rewards = torch.stack([rewards, *cols], dim=1)",
+        (STUDY,),
+        "a testbed batch's per-step rewards with the final sample's reward first",
+    ),
+    Mutant(
+        "kernel-init-args-dropped",
+        "dflow/sampling/config.py",
+        'return cls(**dict(description.get("init_args") or {}))',
+        "return cls()",
+        (BLOCK_RL,),
+        "a recorded block kernel rebuilt without its init_args (a model folder's settings lost)",
     ),
 )
 

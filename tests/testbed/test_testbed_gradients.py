@@ -96,3 +96,13 @@ def test_every_preset_gives_an_estimate_on_the_sources_it_covers(tiny) -> None:
             )
             s = gradient_study(policy, name, source, task, num_batches=2, group_size=4, rollout_steps=4)
             assert s.method == name and s.num_batches == 2 and s.fwd_equiv > 0, s
+
+
+def test_forward_cost_is_per_batch_not_per_study(tiny) -> None:
+    # fwd_equiv prices one batch's estimate (rel_var_per_kfwd scales by it): more batches, same price
+    task, base = tiny
+    costs = [
+        gradient_study(base, _reinforce(1.0), "uniform", task, num_batches=n, group_size=4, rollout_steps=4).fwd_equiv
+        for n in (2, 4)
+    ]
+    assert costs[0] > 0 and costs[0] == pytest.approx(costs[1])

@@ -8,10 +8,13 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from dflow.paths import MixturePath, UniformSource
-from dflow.testbed.study import METHODS, Study, StudySpec, build_method
+from dflow.rl import Compute, PolicyUpdate
+from dflow.testbed import TestbedBase, TestbedTask
+from dflow.testbed.study import METHODS, Study, StudySpec, build_method, prepare_batch
 from dflow.testbed.study_report import collapse, load_results, mean_se, table_steps, write_report
 
 SPECS = sorted((Path(__file__).resolve().parents[2] / "recipes" / "testbed" / "studies").glob("*.yaml"))
@@ -160,3 +163,68 @@ def test_a_study_can_set_every_methods_inner_epochs() -> None:
     assert build_method("dflowgrpo", path, 8, 10)[0].num_inner_epochs == 2
     with pytest.raises(ValueError, match="num_inner_epochs must be an int >= 1 or None, got 0"):
         StudySpec(num_inner_epochs=0)
+
+
+def test_a_studys_inner_epochs_reach_its_runs(tmp_path, monkeypatch) -> None:
+    # the spec's num_inner_epochs must reach the runs, not only build_method: one step of udm_grpo
+    # (one epoch, the whole batch per update by its preset) takes 3 updates with the override
+    calls: list[int] = []
+    loss = PolicyUpdate.loss
+
+    def counted(self, *args, **kwargs):
+        calls.append(self.num_inner_epochs)
+        return loss(self, *args, **kwargs)
+
+    monkeypatch.setattr(PolicyUpdate, "loss", counted)
+    spec = tiny(methods=["udm_grpo"], seeds=[0], steps=1, num_inner_epochs=3)
+    Study(spec, tmp_path, log=lambda _: None).run_all()
+    assert calls == [3, 3, 3]
+
+
+def test_a_presets_mini_batches_are_whole_prompt_groups() -> None:
+    # minibatch_groups counts prompt groups; the update's minibatch_size counts rows (groups x G)
+    path = MixturePath(UniformSource(3))
+    assert METHODS["dflowgrpo"].minibatch_groups == 2
+    assert build_method("dflowgrpo", path, 8, 10)[0].minibatch_size == 2 * 8
+    assert build_method("udm_grpo", path, 8, 10)[0].minibatch_size is None
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_a_preset_builds_the_classes_its_shapes_recipe_names(name) -> None:
+    # a preset stands for its shapes recipe in the study; one that built another objective (PAR's
+    # preset building EPG: with one inner epoch they train alike) would compare the wrong method
+    import yaml
+
+    preset = METHODS[name]
+    recipe = Path(__file__).resolve().parents[2] / "recipes" / "shapes" / preset.recipe.split()[0]  # "x.yaml + ..."
+    parts = yaml.safe_load(recipe.read_text())["model"]["init_args"]
+    likelihood, objective, advantage, _, _ = preset.build()
+    for field_name, built in (("likelihood", likelihood), ("objective", objective), ("advantage", advantage)):
+        assert parts[field_name]["class_path"].rsplit(".", 1)[1] == type(built).__name__, (name, field_name)
+
+
+def test_per_step_rewards_are_each_steps_decode_in_order_then_the_final_sample() -> None:
+    # a per-step advantage (stepwise) reads column k as step k's posterior-argmax decode and the last
+    # column as the final sample; the final reward put first would credit every step with the next's gain
+    task = TestbedTask(vocab_size=2, seq_len=3, num_rl_prompts=2, num_test_prompts=2, reward="partial")
+    path = MixturePath(UniformSource(2))
+    policy = TestbedBase(hidden_size=8, num_layers=1, seed=0, pretrain_steps=0).build(task, path).eval()
+    update, advantage, sampler = build_method("stepwise", path, 4, 4)
+    seen: dict = {}
+    rollout = sampler.rollout
+    sampler.rollout = lambda *a, **k: seen.setdefault("traj", rollout(*a, **k))  # type: ignore[method-assign]
+
+    class Spy:
+        per_step = advantage.per_step
+
+        def __call__(self, inp):
+            seen["inp"] = inp
+            return advantage(inp)
+
+    prompts = [p for p in task.prompts("rl") for _ in range(4)]
+    cond, gen = task.encode_prompts(prompts), torch.Generator().manual_seed(0)
+    _, rewards = prepare_batch(task, prompts, cond, policy, None, sampler, Spy(), update, 4, Compute(), gen)
+    traj = seen["traj"]
+    decodes = [task.reward(traj.posterior_argmax[k].long(), prompts) for k in range(traj.num_steps)]
+    assert torch.equal(seen["inp"].step_rewards, torch.stack([*decodes, rewards], dim=1))
+    assert not torch.equal(decodes[0], rewards)  # the check can tell the columns apart
