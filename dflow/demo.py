@@ -45,17 +45,21 @@ def standard_error(mean: float, n: int) -> float:
     return math.sqrt(max(mean * (1.0 - mean), 0.0) / max(n, 1))
 
 
-def prompts_per_category(prompts) -> dict[str, int]:
-    """Distinct prompts per category (repeated samples of one prompt are not independent)."""
-    seen: dict[str, set[str]] = {}
+def samples_per_category(prompts) -> dict[str, int]:
+    """Evaluated samples per category (``prompts`` lists one entry per sample). The test prompts are
+    fixed, so one evaluation's randomness is its samples, drawn independently given their prompts:
+    its standard error is over samples (docs/results.md, "How precise is one evaluation"). Counting
+    distinct prompts instead would bound the error of generalising to new prompts, a larger and
+    different quantity."""
+    counts: dict[str, int] = {}
     for p in prompts:
-        seen.setdefault(p.category, set()).add(p.text)
-    return {c: len(texts) for c, texts in seen.items()}
+        counts[p.category] = counts.get(p.category, 0) + 1
+    return counts
 
 
 def metric_se(key: str, value: float, metrics: dict[str, float], counts: dict[str, int]) -> float | None:
     """The SE bound of one logged metric of an evaluation (``metrics``): a category's over its
-    distinct prompts; an ``overall`` (the mean over categories) from its categories' bounds;
+    samples; an ``overall`` (the mean over categories) from its categories' bounds;
     ``None`` for other keys."""
     prefix, _, name = key.removeprefix("eval/").partition("_")
     if name in counts:
@@ -154,10 +158,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             "dflow demo: the recipe must evaluate before and after training (evaluation.every_n_steps > 0)"
         )
     before, after = module.eval_history[0], module.eval_history[-1]
-    counts = prompts_per_category(module.eval_prompts)
+    counts = samples_per_category(module.eval_prompts)
+    distinct = len({(p.category, p.text) for p in module.eval_prompts})
     table = Table(
-        title=f"{module.task.name}: test split, {len(module.eval_prompts)} samples of {sum(counts.values())} "
-        "prompts; (SE) = bound on one evaluation's standard error, sqrt(m (1 - m) / prompts)"
+        title=f"{module.task.name}: test split, {len(module.eval_prompts)} samples of {distinct} "
+        "prompts; (SE) = bound on one evaluation's standard error, sqrt(m (1 - m) / samples)"
     )
     for col in ("", "before (SE)", f"after {after['rl_step']} RL steps (SE)", "change"):
         table.add_column(col, justify="right" if col else "left")

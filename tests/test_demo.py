@@ -34,15 +34,15 @@ def test_demo_recipe_picks_by_task_and_refuses_unknown_tasks():
 
 
 def test_standard_error_bounds():
-    # a category: sqrt(m (1 - m) / n) over its distinct prompts, whatever the samples per prompt
+    # a category: sqrt(m (1 - m) / n) over its samples (the prompts are fixed; the samples are the noise)
     prompts = [Prompt(f"p{i}", "a", None) for i in range(4) for _ in range(3)] + [Prompt("q", "b", None)] * 5
-    counts = demo.prompts_per_category(prompts)
-    assert counts == {"a": 4, "b": 1}
+    counts = demo.samples_per_category(prompts)
+    assert counts == {"a": 12, "b": 5}
     before = {"eval/acc_a": 0.5, "eval/acc_b": 0.0, "eval/acc_overall": 0.25}
-    assert demo.metric_se("eval/acc_a", 0.5, before, counts) == pytest.approx(0.25)  # sqrt(0.25 / 4)
+    assert demo.metric_se("eval/acc_a", 0.5, before, counts) == pytest.approx(math.sqrt(0.25 / 12))
     assert demo.metric_se("eval/acc_b", 0.0, before, counts) == 0.0
-    # the mean over two categories: sqrt(0.25^2 + 0^2) / 2
-    assert demo.metric_se("eval/acc_overall", 0.25, before, counts) == pytest.approx(math.sqrt(0.25**2) / 2)
+    # the mean over two categories: sqrt(se_a^2 + se_b^2) / 2
+    assert demo.metric_se("eval/acc_overall", 0.25, before, counts) == pytest.approx(math.sqrt(0.25 / 12) / 2)
     assert demo.metric_se("eval/reward", 0.7, before, counts) is None
 
 
