@@ -34,6 +34,7 @@ import torch
 from transformers import DiffusionGemmaConfig, DiffusionGemmaForBlockDiffusion
 from transformers.models.diffusion_gemma.generation_diffusion_gemma import EntropyBoundSamplerConfig
 
+from dflow.lightning.block_builders import TINY_VISION
 from dflow.models import DiffusionGemmaDenoiser
 from dflow.paths import MixturePath, UniformSource
 from dflow.sampling import BlockSampler, EntropyBoundKernel
@@ -47,7 +48,7 @@ BEGIN, END = "<!-- block_rollout_speed:begin -->", "<!-- block_rollout_speed:end
 
 
 def build(args: argparse.Namespace) -> DiffusionGemmaForBlockDiffusion:
-    """A small random DiffusionGemma (text tower sized by ``args``, a one-layer vision stub)."""
+    """A small random DiffusionGemma (text tower sized by ``args``, the recipe builder's vision stub)."""
     V = args.vocab
     text = dict(
         vocab_size=V,
@@ -68,20 +69,9 @@ def build(args: argparse.Namespace) -> DiffusionGemmaForBlockDiffusion:
         eos_token_id=1,
         bos_token_id=2,
     )
-    vision = dict(
-        model_type="gemma4_vision",
-        hidden_size=8,
-        intermediate_size=8,
-        num_hidden_layers=1,
-        num_attention_heads=1,
-        num_key_value_heads=1,
-        head_dim=8,
-        patch_size=2,
-        position_embedding_size=8,
-    )
     config = DiffusionGemmaConfig(
         text_config=text,
-        vision_config=vision,
+        vision_config=TINY_VISION,  # the recipe builder's one-layer stub
         canvas_length=args.canvas,
         boi_token_id=V - 3,
         eoi_token_id=V - 2,

@@ -20,9 +20,10 @@ from pathlib import Path
 
 import torch
 
-from dflow.testbed import TestbedBase, TestbedTask
-from dflow.testbed.gradients import gradient_study, source_path
+from dflow.testbed import TestbedTask
+from dflow.testbed.gradients import gradient_study
 from dflow.testbed.presets import METHODS
+from dflow.testbed.study import Study, StudySpec
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     task = TestbedTask(reward=args.reward)
     rows = []
     for source in args.sources:
-        base = TestbedBase(seed=0, pretrain_steps=200).build(TestbedTask(reward="partial"), source_path(source, 3))
+        base = Study(StudySpec(), out).base(source)  # the studies' base (seed 0, 200 pretraining steps)
         for method in args.methods:
             if source not in METHODS[method].sources:
                 print(f"{method} on a {source} source: not covered, skipped", flush=True)

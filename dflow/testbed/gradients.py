@@ -31,15 +31,16 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from dflow.paths import MaskSource, MixturePath, UniformSource
-from dflow.rl import Compute
+from dflow.rl import Compute, PolicyUpdate
+from dflow.sampling import Sampler
 from dflow.testbed.evaluate import ExactEvaluator
 from dflow.testbed.presets import MethodPreset
-from dflow.testbed.study import build_method, prepare_batch
+from dflow.testbed.study import build_method, prepare_batch, source_path
 from dflow.testbed.task import TestbedTask
 
 
@@ -88,18 +89,17 @@ class GradientStats:
 
 def estimator_gradients(
     policy: nn.Module,
-    method: str | MethodPreset,
-    path: MixturePath,
+    parts: tuple[PolicyUpdate, Any, Sampler],
     task: TestbedTask,
     num_batches: int,
     group_size: int = 8,
-    rollout_steps: int = 10,
     seed: int = 0,
 ) -> tuple[Tensor, float]:
-    """``num_batches`` independent estimates ``-grad loss`` of ``method`` at the policy's weights, each
+    """``num_batches`` independent estimates ``-grad loss`` of a method (``parts``: the update, advantage
+    and rollout sampler of :func:`~dflow.testbed.study.build_method`) at the policy's weights, each
     from one RL batch (the ``rl`` prompts x ``group_size``): float64 ``[N, D]``, and the forward-pass
     equivalents one estimate costs. The KL reference, where the method has one, is the policy itself."""
-    update, advantage, sampler = build_method(method, path, group_size, rollout_steps)
+    update, advantage, sampler = parts
     policy = policy.eval()  # no dropout: the first inner update is exactly on-policy
     reference = copy.deepcopy(policy).requires_grad_(False) if update.kl.enabled else None
     params = [p for p in policy.parameters() if p.requires_grad]
@@ -170,12 +170,6 @@ def summarize(
     )
 
 
-def source_path(source: str, vocab_size: int) -> MixturePath:
-    if source not in ("mask", "uniform"):
-        raise ValueError(f"source must be 'mask' or 'uniform', got source={source!r}")
-    return MixturePath(MaskSource(vocab_size) if source == "mask" else UniformSource(vocab_size))
-
-
 def gradient_study(
     policy: nn.Module,
     method: str | MethodPreset,
@@ -188,11 +182,11 @@ def gradient_study(
 ) -> GradientStats:
     """One method's estimates at the policy's weights against the exact gradient of the expected
     reward on the ``rl`` prompts, under the rollout sampler (the distribution the batches come from)."""
-    path = source_path(source, task.vocab_size)
-    _, _, sampler = build_method(method, path, group_size, rollout_steps)
+    parts = build_method(method, source_path(source, task.vocab_size), group_size, rollout_steps)
+    sampler = parts[2]  # the rollout sampler: the distribution the batches come from
     evaluator = ExactEvaluator(task, sampler, task.prompts("rl"))
     policy = copy.deepcopy(policy).eval()
     exact, value = exact_gradient(policy, evaluator)
-    grads, fwd = estimator_gradients(policy, method, path, task, num_batches, group_size, rollout_steps, seed)
+    grads, fwd = estimator_gradients(policy, parts, task, num_batches, group_size, seed)
     name = method if isinstance(method, str) else method.recipe
     return summarize(name, source, grads, exact, fwd, value)

@@ -117,8 +117,11 @@ HISTORY_FIELDS = (
 )  # fmt: skip
 
 
-def _path(source: str) -> MixturePath:
-    return MixturePath(MaskSource(3) if source == "mask" else UniformSource(3))
+def source_path(source: str, vocab_size: int = 3) -> MixturePath:
+    """The mixture path of a study's ``source`` (``"mask"`` or ``"uniform"``) over ``vocab_size`` symbols."""
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {list(SOURCES)}, got source={source!r}")
+    return MixturePath(MaskSource(vocab_size) if source == "mask" else UniformSource(vocab_size))
 
 
 class Study:
@@ -134,7 +137,9 @@ class Study:
     def base(self, source: str) -> torch.nn.Module:
         if source not in self._bases:
             builder = TestbedBase(seed=self.spec.base_seed, pretrain_steps=self.spec.pretrain_steps)
-            self._bases[source] = builder.build(self.task("partial"), _path(source))
+            self._bases[source] = builder.build(
+                self.task("partial"), source_path(source, self.task("partial").vocab_size)
+            )
         return self._bases[source]
 
     def run_all(self) -> list[Path]:
@@ -161,7 +166,8 @@ class Study:
             return folder
         folder.mkdir(parents=True, exist_ok=True)
         spec = self.spec
-        task, path = self.task(run["reward"]), _path(run["source"])
+        task = self.task(run["reward"])
+        path = source_path(run["source"], task.vocab_size)
         base = self.base(run["source"])
         G = spec.group_size
         update, advantage, sampler = build_method(run["method"], path, G, spec.rollout_steps, spec.num_inner_epochs)
