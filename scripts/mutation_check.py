@@ -641,8 +641,8 @@ MUTANTS = (
     Mutant(
         "extra-metrics-not-updated-per-chunk",
         "dflow/lightning/evaluation.py",
-        "            m.update(traj.x1.cpu(), chunk)",
-        "            m.update(traj.x1.cpu(), chunk) if start == 0 else None",
+        "            m.update(x1, chunk)",
+        "            m.update(x1, chunk) if start == 0 else None",
         (EVAL_METRICS,),
         "a task's extra metrics fed only the first evaluation chunk",
     ),

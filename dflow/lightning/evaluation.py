@@ -67,13 +67,14 @@ def evaluate(
         chunk = list(prompts[start : start + batch_size])
         cond = task.encode_prompts(chunk).to(device)
         traj = sampler.rollout(policy, cond, batch_size=len(chunk), seq_len=task.seq_len, generator=gen, device=device)
-        metric.update(task.correct(traj.x1.cpu(), chunk), chunk)
+        x1 = traj.x1.cpu()  # one device-to-host copy per chunk, shared by every score below
+        metric.update(task.correct(x1, chunk), chunk)
         for m in extra:
-            m.update(traj.x1.cpu(), chunk)
-        task_rewards.append(task.reward(traj.x1.cpu(), chunk))
+            m.update(x1, chunk)
+        task_rewards.append(task.reward(x1, chunk))
         if rewards is not None:
-            records.append(rewards(traj.x1.cpu(), chunk))
-        samples.append(traj.x1.cpu())
+            records.append(rewards(x1, chunk))
+        samples.append(x1)
     values = {k: float(v) for k, v in metric.compute().items()}
     for m in extra:
         values.update({k: float(v) for k, v in m.compute().items()})
