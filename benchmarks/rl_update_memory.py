@@ -12,11 +12,13 @@ rollouts with the same scored states. Five variants:
 - **LoRA**, **checkpointing**, **chunked**: the old path with one feature switched on;
 - **all three**.
 
-**Unchunked log-probs.** The library always scores with the chunked op (``dflow.logprobs.log_softmax_gather``).
-For the unchunked variants :func:`unchunked_log_probs` swaps, for the duration of the variant, the name
-``log_softmax_gather`` in every module that imports it (:data:`SCORING_MODULES`) for
+**Chunked log-probs** are the library's scoring: ``DFlowTransformer`` gives its last hidden state and head
+(``dflow.logprobs.HeadLogits``) and ``log_softmax_gather`` makes each chunk's logits from them under activation
+checkpointing, so no unit's logits outlive one chunk. **Unchunked** (the old path): :func:`unchunked_log_probs`
+switches the fused head off (``set_fused_head(False)``: the denoiser's full logits) and swaps, for the duration of
+the variant, the name ``log_softmax_gather`` in every module that imports it (:data:`SCORING_MODULES`) for
 :func:`full_log_softmax_gather`: one float32 ``log_softmax`` over the whole ``[B, L, V]``, then a gather (the
-code before chunking). The names are restored when the variant ends, also on an error. The variants' values
+code before chunking). Both are restored when the variant ends, also on an error. The variants' values
 are checked against each other: reference values and policy log-probs to float tolerance (chunked against
 unchunked), gradients by their norm per parameter, within the same trainable set.
 
@@ -25,11 +27,12 @@ during the update, above what existed before it (the base weights and the rollou
 ``torch.profiler``'s allocator events (``common.cpu_peak``): the tensors' own accounting, not resident memory.
 
 **The log-prob part** of the peak is measured alone (:func:`logprob_part`): the scoring of the update's ``U``
-units of logits ``[B, L, V]``, forward for every unit, then one backward, from logits made inside the measured
-pass by an op that, like the model's head, keeps nothing of their size for its own backward (so the logits
-live exactly as long as the scoring keeps them, and their gradient is transient, as in the update). It is
-measured in float32 (this CPU's model dtype) and in bfloat16 (a bf16 model's logits, which chunking is for).
-Beside it the in-update difference: baseline peak less the chunked variant's peak.
+units of logits ``[B, L, V]``, forward for every unit, then one backward, from a head (a ``[V, 16]`` weight) applied
+inside the measured pass to a hidden state of width 16, three ways: the full float32 log-softmax of the logits
+(old), the chunked op on the logits (what dflow does for a denoiser without ``head_logits``), and the head fused
+into the chunks (``HeadLogits``, what it does for ``DFlowTransformer``). It is measured in float32 (this CPU's
+model dtype) and in bfloat16 (a bf16 model's logits). Beside it the in-update difference: baseline peak less the
+chunked variant's peak.
 
 **Estimate** (``--estimate``): per-GPU memory of an RL update of two large models, from their parameter
 counts and per-token costs measured here (:func:`measure_costs`); arithmetic, not a measurement (see
@@ -60,7 +63,14 @@ import torch
 from torch import Tensor
 
 import dflow.logprobs
-from dflow.logprobs import CHUNK_ELEMENTS, compute_dtype, log_softmax_gather, set_chunk_elements
+from dflow.logprobs import (
+    CHUNK_ELEMENTS,
+    HeadLogits,
+    compute_dtype,
+    log_softmax_gather,
+    set_chunk_elements,
+    set_fused_head,
+)
 from dflow.models import DFlowConfig, DFlowTransformer, enable_gradient_checkpointing
 from dflow.models.lora import AdaptersOff, LoRAConfig, apply_lora
 from dflow.paths import MixturePath, UniformSource
@@ -98,16 +108,19 @@ def full_log_softmax_gather(logits: Tensor, index: Tensor, *, chunk_size: int | 
 
 @contextmanager
 def unchunked_log_probs() -> Iterator[None]:
-    """Within the block, every module in :data:`SCORING_MODULES` scores with :func:`full_log_softmax_gather`."""
+    """Within the block, denoisers give their full logits and every module in :data:`SCORING_MODULES` scores
+    them with :func:`full_log_softmax_gather`."""
     modules = [importlib.import_module(name) for name in SCORING_MODULES]
     for module in modules:
         if getattr(module, "log_softmax_gather", None) is not log_softmax_gather:
             raise RuntimeError(f"{module.__name__} no longer imports log_softmax_gather: update SCORING_MODULES")
+    fused = set_fused_head(False)
     try:
         for module in modules:
             module.log_softmax_gather = full_log_softmax_gather  # type: ignore[attr-defined]
         yield
     finally:
+        set_fused_head(fused)
         for module in modules:
             module.log_softmax_gather = log_softmax_gather  # type: ignore[attr-defined]
 
@@ -228,24 +241,37 @@ def check_agreement(updates: dict[str, Update], rtol: float) -> dict[str, float]
 
 
 # ---------------------------------------------------------------------------------------------- log-prob part
-def logprob_part(B: int, L: int, V: int, units: int, dtype: torch.dtype, chunked: bool) -> int:
+SCORINGS = ("full", "chunked", "fused")  # logprob_part's three ways to score
+PART_WIDTH = 16  # the hidden width of logprob_part's head: small, so the head's matmul costs little
+
+
+def logprob_part(B: int, L: int, V: int, units: int, dtype: torch.dtype, scoring: str) -> int:
     """Peak bytes of scoring ``units`` logits ``[B, L, V]`` of ``dtype`` (forward for all, then one backward).
 
-    Each unit's logits are ``noise + a[..., None] + w`` with leaves ``a [B, L]`` and ``w [V]``: made inside the
-    measured pass, and their op saves nothing of ``[B, L, V]`` size for backward (as the head's matmul keeps
-    only its input and weight), so they live as long as the scoring keeps them (while they are made, one more
-    ``[B, L, V]`` temporary, ``noise + a``, exists). ``noise`` exists before the pass and is not counted. The
-    score is the update's: the per-unit mean over tokens of ``log p(x_1)``."""
+    Each unit's logits are ``h @ W.T`` with ``h = noise + a[..., None]`` ``[B, L, 16]`` (leaf ``a [B, L]``) and a
+    head weight ``W [V, 16]`` with a gradient: the head's matmul keeps only its input and weight for backward,
+    so the logits live as long as the scoring keeps them. ``noise`` and ``W`` exist before the pass and are not
+    counted (``W``'s gradient is). ``scoring``: ``"full"`` (a float32 log-softmax of the logits, the old path),
+    ``"chunked"`` (:func:`dflow.logprobs.log_softmax_gather` on the logits) or ``"fused"`` (on
+    :class:`~dflow.logprobs.HeadLogits`: the logits made a chunk of tokens at a time). The score is the
+    update's: the per-unit mean over tokens of ``log p(x_1)``."""
+    if scoring not in SCORINGS:
+        raise ValueError(f"logprob_part: scoring must be one of {SCORINGS}, got {scoring!r}")
     g = torch.Generator().manual_seed(0)
-    noise = torch.randn(B, L, V, generator=g).to(dtype)  # [B, L, V], not counted
+    noise = torch.randn(B, L, PART_WIDTH, generator=g).to(dtype)  # [B, L, 16], not counted
+    weight = (0.3 * torch.randn(V, PART_WIDTH, generator=g)).to(dtype).requires_grad_(True)  # [V, 16]
     a = torch.zeros(B, L, dtype=dtype, requires_grad=True)  # [B, L]
-    w = torch.zeros(V, dtype=dtype, requires_grad=True)  # [V]
     target = torch.randint(0, V, (B, L, 1), generator=g)  # [B, L, 1]
-    score = log_softmax_gather if chunked else full_log_softmax_gather
+
+    def head(h: Tensor) -> Tensor:
+        return h @ weight.T  # [..., V]
 
     def unit() -> Tensor:
-        logits = noise + a[..., None] + w  # [B, L, V], freed here unless the scoring keeps it
-        return score(logits, target).mean(dim=(1, 2))  # [B]
+        h = noise + a[..., None]  # [B, L, 16]
+        if scoring == "fused":
+            return log_softmax_gather(HeadLogits(h, head, V), target).mean(dim=(1, 2))  # [B]
+        score = log_softmax_gather if scoring == "chunked" else full_log_softmax_gather
+        return score(head(h), target).mean(dim=(1, 2))  # [B]; the logits freed here unless the scoring keeps them
 
     def step() -> None:
         torch.stack([unit() for _ in range(units)], dim=1).sum().backward()
@@ -263,9 +289,9 @@ def run_cell(args: argparse.Namespace, vocab: int, seq_len: int) -> dict:
     diffs = check_agreement(updates, args.rtol)
     part = {}
     for dtype in (torch.float32, torch.bfloat16):
-        for chunked in (False, True):
-            part[(str(dtype).removeprefix("torch."), chunked)] = logprob_part(
-                args.batch, seq_len, vocab, args.units, dtype, chunked
+        for scoring in SCORINGS:
+            part[(str(dtype).removeprefix("torch."), scoring)] = logprob_part(
+                args.batch, seq_len, vocab, args.units, dtype, scoring
             )
     return {"V": vocab, "L": seq_len, "updates": updates, "diffs": diffs, "logprob": part}
 
@@ -281,8 +307,9 @@ def run(args: argparse.Namespace) -> dict:
             f"{str(args.dtype).removeprefix('torch.')}; rollouts of {args.batch} = {args.batch // args.group} "
             f"prompts x {args.group}, {args.prompt_len} prompt tokens + L state tokens, {args.steps} sampler "
             f"steps; UDM-GRPO with {args.units} scored states per rollout, one mini-batch, k3 KL 0.05; LoRA rank "
-            f"{args.rank}, alpha {2 * args.rank} on qkv / out / up / down; chunked op: "
-            f"{dflow.logprobs.CHUNK_ELEMENTS:,} float32 elements per chunk"
+            f"{args.rank}, alpha {2 * args.rank} on qkv / out / up / down; chunked log-probs: the head fused into "
+            f"chunks of {dflow.logprobs.CHUNK_ELEMENTS:,} float32 elements (3 per logit: logits, float32 copy, "
+            "log-softmax)"
         ),
     }
 
@@ -301,7 +328,8 @@ def render(result: dict, command: str) -> str:
         "",
         f"One RL update (set-up of the reference and AdamW, reference values, loss, backward, the first AdamW step) "
         f"of {result['sizes']}. Baseline = the old path: full fine-tuning, deep-copy reference, no checkpointing, "
-        "float32 `log_softmax` over `[B, L, V]` then gather. Peak: tensor MiB above the base weights and the "
+        "the denoiser's full logits and a float32 `log_softmax` over `[B, L, V]` then gather. "
+        "Peak: tensor MiB above the base weights and the "
         "rollouts (`torch.profiler` allocator events); x = baseline peak / variant peak.",
         "",
         "| V | L | " + " | ".join(f"{n} MiB | x" for n in names) + " |",
@@ -314,24 +342,25 @@ def render(result: dict, command: str) -> str:
     lines += [
         "",
         f"**Log-prob part of the peak.** Measured alone: scoring the update's {result['units']} units of logits "
-        f"`[{result['batch']}, L, V]` (forward for every unit, then one backward), logits made inside the pass by an "
-        "op that keeps nothing of their size (as the head), so they live as long as the scoring keeps them; their "
-        "gradient is counted. In float32 (the model's dtype here) and bfloat16 (a bf16 model's logits). In the "
-        "update: baseline peak less the chunked variant's peak (what chunking removed).",
+        f"`[{result['batch']}, L, V]` (forward for every unit, then one backward), made inside the pass by a head "
+        f"of width {PART_WIDTH} (whose matmul keeps nothing of their size), so they live as long as the scoring "
+        "keeps them; their gradient and the head weight's are counted. Three ways: full (a float32 log-softmax, "
+        "the old path), chunked (the chunked op on the logits: a denoiser without `head_logits`) and fused (the "
+        "head fused into the chunks: `DFlowTransformer`); x = full / that way. In float32 (the model's dtype "
+        "here) and bfloat16 (a bf16 model's logits). In the update: baseline peak less the chunked variant's peak.",
         "",
-        "| V | L | f32 unchunked MiB | f32 chunked MiB | x | bf16 unchunked MiB | bf16 chunked MiB | x | "
-        "in the update: baseline - chunked MiB |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| V | L | f32 full MiB | f32 chunked MiB | x | f32 fused MiB | x | bf16 full MiB | bf16 chunked MiB | x "
+        "| bf16 fused MiB | x | in the update: baseline - chunked MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in result["cells"]:
         p = c["logprob"]
-        f_full, f_ch = p[("float32", False)], p[("float32", True)]
-        b_full, b_ch = p[("bfloat16", False)], p[("bfloat16", True)]
+        cols = []
+        for dtype in ("float32", "bfloat16"):
+            full, ch, fu = (p[(dtype, s)] for s in SCORINGS)
+            cols.append(f"{full / MIB:.0f} | {ch / MIB:.0f} | {full / ch:.1f} | {fu / MIB:.1f} | {full / fu:.0f}")
         removed = c["updates"]["baseline"].peak - c["updates"]["chunked"].peak
-        lines.append(
-            f"| {c['V']:,} | {c['L']} | {f_full / MIB:.0f} | {f_ch / MIB:.0f} | {f_full / f_ch:.1f} "
-            f"| {b_full / MIB:.0f} | {b_ch / MIB:.0f} | {b_full / b_ch:.1f} | {removed / MIB:.0f} |"
-        )
+        lines.append(f"| {c['V']:,} | {c['L']} | {' | '.join(cols)} | {removed / MIB:.0f} |")
     worst = {k: max(c["diffs"][k] for c in result["cells"]) for k in result["cells"][0]["diffs"]}
     seconds = ", ".join(
         f"V = {c['V']:,}, L = {c['L']}: {sum(u.cpu_s for u in c['updates'].values()):.0f} s" for c in result["cells"]
@@ -418,9 +447,9 @@ class Costs:
     """Per-token costs measured on this machine (:func:`measure_costs`)."""
 
     act_per_layer: float  # activation values kept for backward per token per layer, in units of D (no checkpointing)
-    logit_kept: dict[bool, float]  # bf16 logits: bytes per logit each scored unit keeps until backward (by chunked)
-    logit_transient: dict[bool, float]  # bytes per logit of the last unit's forward and backward beyond what it keeps
-    logit_fixed: dict[bool, float]  # bytes that do not grow with the logits (the chunked op's chunk)
+    logit_kept: dict[str, float]  # bf16 logits: bytes per logit each scored unit keeps until backward (by scoring)
+    logit_transient: dict[str, float]  # bytes per logit of the last unit's forward and backward beyond what it keeps
+    logit_fixed: dict[str, float]  # bytes that do not grow with the logits (the chunks)
 
 
 def measure_costs(hidden: int = 256, tokens: int = 256, batch: int = 2, vocab: int = 65_536) -> Costs:
@@ -449,15 +478,15 @@ def measure_costs(hidden: int = 256, tokens: int = 256, batch: int = 2, vocab: i
     act = (saved[1] - saved[0]) / (batch * tokens * hidden * 4)  # float32 values, in units of D
     kept, transient, fixed = {}, {}, {}
     short, long = 512, 1024
-    for chunked in (False, True):
+    for scoring in ("full", "fused"):
         one_short, one_long, two_short = (
-            logprob_part(1, length, vocab, units, torch.bfloat16, chunked)
+            logprob_part(1, length, vocab, units, torch.bfloat16, scoring)
             for length, units in ((short, 1), (long, 1), (short, 2))
         )
-        kept[chunked] = (two_short - one_short) / (short * vocab)
+        kept[scoring] = (two_short - one_short) / (short * vocab)
         per_unit = (one_long - one_short) / ((long - short) * vocab)
-        transient[chunked] = per_unit - kept[chunked]
-        fixed[chunked] = one_short - per_unit * short * vocab
+        transient[scoring] = per_unit - kept[scoring]
+        fixed[scoring] = one_short - per_unit * short * vocab
     return Costs(act, kept, transient, fixed)
 
 
@@ -480,13 +509,13 @@ def estimate(costs: Costs, rank: int = 16, seq_len: int = 512, steps: int = 64, 
                 logits = {
                     c: (costs.logit_kept[c] * tok + costs.logit_transient[c] * tok / units) * shape.vocab
                     + costs.logit_fixed[c]
-                    for c in (False, True)
+                    for c in ("full", "fused")
                 }
                 parts = {
                     "weights": weights + gather,
                     "activations": act_ckpt,
-                    "logits": logits[True],
-                    "old path": weights + gather + act_plain + logits[False],
+                    "logits": logits["fused"],
+                    "old path": weights + gather + act_plain + logits["full"],
                 }
                 parts["total"] = parts["weights"] + parts["activations"] + parts["logits"]
                 rows.append((shape, method, gpus, parts))
@@ -535,12 +564,14 @@ def render_estimate(costs: Costs, rank: int = 16, seq_len: int = 512, steps: int
         f"{a:.1f} values of width D per token per layer is measured (saved-tensor hooks, 1- and 2-layer "
         "`DFlowTransformer`, float32, halved for bf16); other blocks keep other amounts (SwiGLU, GQA, experts): "
         "read the activation column to about +-50%.",
-        f"- logits (bf16): chunked: {costs.logit_kept[True]:.2f} bytes per logit that every scored unit keeps until "
-        f"backward (x T x V) + {costs.logit_transient[True]:.2f} bytes per logit of the last unit's own forward and "
-        f"backward (x T / {units} x V) + {costs.logit_fixed[True] / MIB:.0f} MiB (the chunk); unchunked (the old "
-        f"path): {costs.logit_kept[False]:.2f} + {costs.logit_transient[False]:.2f} bytes per logit + "
-        f"{costs.logit_fixed[False] / MIB:.0f} MiB. Measured: the log-prob part alone (as in the grid above) at "
-        "V = 65,536, 512 and 1,024 tokens, 1 and 2 units.",
+        f"- logits (bf16): head fused into chunks: {costs.logit_kept['fused']:.3f} bytes per logit that every scored "
+        f"unit keeps until backward (x T x V) + {costs.logit_transient['fused']:.3f} bytes per logit of the last "
+        f"unit's own forward and backward (x T / {units} x V) + {costs.logit_fixed['fused'] / MIB:.0f} MiB (the "
+        f"chunks); unchunked (the old path): {costs.logit_kept['full']:.2f} + {costs.logit_transient['full']:.2f} "
+        f"bytes per logit + {costs.logit_fixed['full'] / MIB:.0f} MiB. Measured: the log-prob part alone (as in "
+        "the grid above) at V = 65,536, 512 and 1,024 tokens, 1 and 2 units. A denoiser without `head_logits` "
+        "(the HF adapters) is scored from its logits, chunked: about 2 bytes per logit kept per unit, 2 more for "
+        "the last (see the grid's chunked column).",
         "- old path: full fine-tuning or LoRA as in the row, without checkpointing and without chunking.",
         "",
         "| model | method | GPUs | weights, grads, AdamW (GiB) | activations (GiB) | logits (GiB) | "

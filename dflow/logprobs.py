@@ -12,6 +12,13 @@ of tokens (rows of the flattened ``[B * L, V]``) at a time:
 - :func:`map_token_chunks` applies any per-token function to chunks of tokens under activation
   checkpointing, for losses whose backward is not worth writing by hand (the metric path's
   generalized KL).
+- :class:`HeadLogits` goes one step further: the logits of a denoiser that can give its last hidden
+  state ``[B, L, D]`` and its output head separately (:func:`scoring_logits`). ``log_softmax_gather``
+  then makes each chunk's logits from the hidden state under activation checkpointing, so neither
+  the logits nor their gradient ever exist for more than one chunk of tokens; what an RL update
+  keeps per scored unit until its backward is the hidden state (``D`` values per token, not ``V``).
+  Denoisers opt in with a ``head_logits(x_t, t, cond) -> HeadLogits`` method
+  (:class:`~dflow.models.DFlowTransformer` has one); the others are scored from their logits.
 
 ``chunk_size`` is the number of tokens per chunk; ``None`` picks ``max(1, CHUNK_ELEMENTS // work)``
 where ``work`` is the float32 elements one token needs (``V`` for a log-softmax). It only moves the
@@ -26,6 +33,8 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -54,6 +63,21 @@ def resolve_chunk_size(chunk_size: int | None, work_per_token: int) -> int:
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be an int >= 1 (tokens per chunk) or None, got chunk_size={chunk_size!r}")
     return chunk_size
+
+
+# scoring_logits() hands out HeadLogits when True (set_fused_head); benchmarks switch it off to
+# measure the logits path against it
+FUSED_HEAD = True
+
+
+def set_fused_head(enabled: bool) -> bool:
+    """Let :func:`scoring_logits` fuse the output head into the scoring (process-wide; default on);
+    returns the previous setting. Values are the same either way up to float rounding."""
+    global FUSED_HEAD
+    if not isinstance(enabled, bool):
+        raise ValueError(f"set_fused_head: enabled must be a bool, got {enabled!r}")
+    previous, FUSED_HEAD = FUSED_HEAD, enabled
+    return previous
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -100,11 +124,98 @@ class _LogSoftmaxGather(torch.autograd.Function):
         return grad, None, None
 
 
-def log_softmax_gather(logits: Tensor, index: Tensor, *, chunk_size: int | None = None) -> Tensor:
+@dataclass(frozen=True)
+class HeadLogits:
+    """Logits ``[..., V]`` held as the hidden state ``[..., D]`` they are computed from, and the head.
+
+    Attributes:
+        hidden: ``[..., D]`` the denoiser's last hidden state (with gradient when it was computed with one).
+        head: maps rows ``[n, D]`` to logits ``[n, V]``, row by row (the output layer, plus whatever the
+            denoiser applies after it: a temperature, a soft cap). Called once per chunk of tokens.
+        vocab_size: ``V``.
+
+    Reads like a logits tensor where the scoring code checks one (``shape``, ``dim()``, ``device``);
+    :meth:`materialize` gives the full tensor for code that needs every logit.
+    """
+
+    hidden: Tensor
+    head: Callable[[Tensor], Tensor]
+    vocab_size: int
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((*self.hidden.shape[:-1], self.vocab_size))
+
+    @property
+    def device(self) -> torch.device:
+        return self.hidden.device
+
+    def dim(self) -> int:
+        return self.hidden.dim()
+
+    def with_head(self, wrap: Callable[[Tensor], Tensor]) -> HeadLogits:
+        """The same hidden state with ``wrap`` applied to the head's output (e.g. a temperature)."""
+        head = self.head
+        return HeadLogits(self.hidden, lambda h: wrap(head(h)), self.vocab_size)
+
+    def materialize(self) -> Tensor:
+        """The full logits ``[..., V]`` (as the denoiser's forward would return them)."""
+        return self.head(self.hidden)
+
+
+def can_fuse_head(policy: Any) -> bool:
+    """Whether :func:`scoring_logits` gives ``policy``'s :class:`HeadLogits`: it has a ``head_logits``
+    method and is neither sharded nor compiled. FSDP2 gathers a sharded root's own weights (the
+    embeddings, the head) in its forward hook, which a call of another method skips; a
+    ``torch.compile`` wrapper would run the method uncompiled."""
+    if not FUSED_HEAD or not callable(getattr(policy, "head_logits", None)) or hasattr(policy, "_orig_mod"):
+        return False
+    if isinstance(policy, torch.nn.Module):
+        return not any(type(p).__name__ == "DTensor" for p in policy.parameters())
+    return True
+
+
+def scoring_logits(policy: Any, x_t: Tensor, t: Tensor, cond: Any = None) -> Tensor | HeadLogits:
+    """What a likelihood estimator scores: ``policy.head_logits(x_t, t, cond)`` where the policy has
+    it (and :func:`set_fused_head` is on, and the policy is neither sharded nor compiled), else the
+    logits ``policy(x_t, t, cond)``. Both go to :func:`log_softmax_gather` unchanged."""
+    if can_fuse_head(policy):
+        return policy.head_logits(x_t, t, cond)
+    return policy(x_t, t, cond)
+
+
+def materialize(logits: Tensor | HeadLogits) -> Tensor:
+    """The logits tensor, from a tensor (itself) or :class:`HeadLogits`."""
+    return logits.materialize() if isinstance(logits, HeadLogits) else logits
+
+
+def _head_log_softmax_gather(logits: HeadLogits, index: Tensor, chunk_size: int | None) -> Tensor:
+    """:func:`log_softmax_gather` for :class:`HeadLogits`: each chunk's logits made from its rows of
+    the hidden state and scored under activation checkpointing (recomputed in backward)."""
+    head, K = logits.head, index.shape[-1]
+
+    def rows(h: Tensor, idx: Tensor) -> Tensor:  # [n, D], [n, K] -> [n, K]
+        x = head(h)  # [n, V]
+        return torch.log_softmax(x.to(compute_dtype(x.dtype)), dim=-1).gather(-1, idx)
+
+    out = map_token_chunks(
+        rows,
+        logits.hidden,
+        index.long(),
+        lead=index.dim() - 1,
+        chunk_size=chunk_size,
+        work_per_token=3 * logits.vocab_size,  # the logits, their float32 copy and the log-softmax
+        always_checkpoint=True,  # the head's weight has a gradient even where the hidden state has none
+    )
+    return out.view(*index.shape[:-1], K)
+
+
+def log_softmax_gather(logits: Tensor | HeadLogits, index: Tensor, *, chunk_size: int | None = None) -> Tensor:
     """``torch.log_softmax(logits.float(), -1).gather(-1, index)`` without a full float32 ``[..., V]`` tensor.
 
     Args:
-        logits: ``[..., V]`` any floating dtype (bfloat16, float16, float32, float64).
+        logits: ``[..., V]`` any floating dtype (bfloat16, float16, float32, float64), or
+            :class:`HeadLogits` (then no chunk's logits outlive it, in forward or backward).
         index: long ``[..., K]`` with the same leading shape: the entries to read (``K = 1`` for one
             target per token), each in ``[0, V)``.
         chunk_size: tokens per chunk (see the module docstring); None picks one from ``V``.
@@ -118,6 +229,8 @@ def log_softmax_gather(logits: Tensor, index: Tensor, *, chunk_size: int | None 
             f"log_softmax_gather: index must be [..., K] with the leading shape of logits [..., V], "
             f"got logits {tuple(logits.shape)} and index {tuple(index.shape)}"
         )
+    if isinstance(logits, HeadLogits):
+        return _head_log_softmax_gather(logits, index, chunk_size)
     V, K = logits.shape[-1], index.shape[-1]
     chunk = resolve_chunk_size(chunk_size, V)
     flat = logits.reshape(-1, V)  # [N, V]; a view for contiguous logits
@@ -126,7 +239,12 @@ def log_softmax_gather(logits: Tensor, index: Tensor, *, chunk_size: int | None 
 
 
 def map_token_chunks(
-    fn: Callable[..., Tensor], *tensors: Tensor, lead: int = 2, chunk_size: int | None = None, work_per_token: int = 1
+    fn: Callable[..., Tensor],
+    *tensors: Tensor,
+    lead: int = 2,
+    chunk_size: int | None = None,
+    work_per_token: int = 1,
+    always_checkpoint: bool = False,
 ) -> Tensor:
     """``fn(*tensors)`` evaluated over chunks of tokens, each under activation checkpointing.
 
@@ -135,13 +253,15 @@ def map_token_chunks(
     With gradients on, each chunk keeps only its inputs (views of the originals) for backward and
     recomputes its intermediates there, so no intermediate exists for more than one chunk at once.
     ``work_per_token`` sizes the default chunk (float32 elements ``fn`` needs per token).
+    ``always_checkpoint``: checkpoint whenever gradients are on, also when no input needs one (``fn``
+    uses parameters of its own).
 
     Returns ``fn``'s output with the first ``lead`` dimensions restored.
     """
     shape = tensors[0].shape[:lead]
     flat = [x.reshape(-1, *x.shape[lead:]) for x in tensors]  # each [N, ...]
     N, chunk = flat[0].shape[0], resolve_chunk_size(chunk_size, work_per_token)
-    grad = torch.is_grad_enabled() and any(x.requires_grad for x in flat)
+    grad = torch.is_grad_enabled() and (always_checkpoint or any(x.requires_grad for x in flat))
     parts = []
     for start in range(0, N, chunk):
         args = [x[start : start + chunk] for x in flat]

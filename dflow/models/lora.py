@@ -33,6 +33,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from dflow.logprobs import HeadLogits, can_fuse_head
+
 # DFlowTransformer's attention and MLP projections (blocks.*.attn.qkv / .out, blocks.*.mlp.up / .down):
 # where the weights are. The adaptive-norm modulations, the time MLP and the output head stay frozen.
 DFLOW_TRANSFORMER_TARGETS = ["qkv", "out", "up", "down"]
@@ -240,6 +242,23 @@ class AdaptersOff:
     def __call__(self, *args: Any, **kwargs: Any) -> Tensor:
         with self.model.disable_adapter():  # type: ignore[operator]  # a peft.PeftModel (checked in __init__)
             return self.model(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        # head_logits only where the model has it (dflow.logprobs.scoring_logits looks for it), and
+        # with the adapters off in the head as well: scoring calls the head after this returns
+        if name != "head_logits" or not can_fuse_head(self.model):
+            raise AttributeError(name)
+        return self._head_logits
+
+    def _head_logits(self, *args: Any, **kwargs: Any) -> HeadLogits:
+        with self.model.disable_adapter():  # type: ignore[operator]
+            logits = self.model.head_logits(*args, **kwargs)  # type: ignore[operator]
+
+        def head(h: Tensor) -> Tensor:
+            with self.model.disable_adapter():  # type: ignore[operator]
+                return logits.head(h)
+
+        return HeadLogits(logits.hidden, head, logits.vocab_size)
 
 
 def merged_copy(model: nn.Module) -> nn.Module:

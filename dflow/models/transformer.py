@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 from transformers import AutoConfig, AutoModel, PreTrainedModel
 
+from dflow.logprobs import HeadLogits
 from dflow.models.checkpointing import CHECKPOINT_KWARGS
 from dflow.models.config import DFlowConfig
 from dflow.models.layers import (
@@ -148,6 +149,15 @@ class DFlowTransformer(PreTrainedModel):
         Returns:
             ``[B, L, V]`` logits (no column for the mask id).
         """
+        return self.head(self.hidden_states(x_t, t, cond))  # [B, L, V]
+
+    def head_logits(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> HeadLogits:
+        """:meth:`forward`'s logits as the last hidden state and the head, so that scoring
+        (:func:`dflow.logprobs.log_softmax_gather`) makes them one chunk of tokens at a time."""
+        return HeadLogits(self.hidden_states(x_t, t, cond), self.head, self.config.vocab_size)
+
+    def hidden_states(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        """The last hidden state ``[B, L, D]`` (after the final norm) that the head maps to logits."""
         config = self.config
         cond = self._check_inputs(x_t, t, cond)
         # any integer dtype is accepted (the sampler stores states compactly); embeddings want long
@@ -166,8 +176,7 @@ class DFlowTransformer(PreTrainedModel):
                 h = self._gradient_checkpointing_func(self._layer, i, h, tau)  # [B, Lc + L, D]
             else:
                 h = self._layer(i, h, tau)  # [B, Lc + L, D]
-        h = self.final_norm(h[:, config.prompt_len :], tau)  # [B, L, D]
-        return self.head(h)  # [B, L, V]
+        return self.final_norm(h[:, config.prompt_len :], tau)  # [B, L, D]
 
     def _layer(self, i: int, h: Tensor, tau: Tensor | None) -> Tensor:
         """Block ``i``, after its local mixing when the config has one: ``[B, Lc + L, D]`` -> same.

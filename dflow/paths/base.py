@@ -36,6 +36,9 @@ class ProbabilityPath(ABC):
     """Base class. ``source`` gives ``p_0``; subclasses implement the four methods below."""
 
     source: Source
+    # generalized_kl may be given dflow.logprobs.HeadLogits instead of a logits tensor (it scores
+    # them through log_softmax_gather only); a path that reads the logits otherwise leaves it False
+    accepts_head_logits: bool = False
 
     @property
     def vocab_size(self) -> int:

@@ -36,6 +36,8 @@ class MixturePath(ProbabilityPath):
         x_t = path.sample_xt(x1, torch.full((B,), 0.3))
     """
 
+    accepts_head_logits = True  # generalized_kl reads the logits through log_softmax_gather only
+
     def __init__(self, source: Source, scheduler: Scheduler | None = None, discretization: str = "exact") -> None:
         if not isinstance(source, Source):
             raise ValueError(f"MixturePath: source must be a dflow.paths Source, got {source!r}")

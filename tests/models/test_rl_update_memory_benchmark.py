@@ -51,12 +51,18 @@ def test_quick_run_no_feature_raises_the_peak_and_all_variants_agree(monkeypatch
             assert peak["all three"] <= peak[one] + SLACK, (c["V"], c["L"], one)
         assert peak["all three"] < peak["baseline"]
         assert max(c["diffs"].values()) <= 1e-4
-        # alone, the chunked op never holds more than the full log-softmax, in either dtype
+        # alone, the chunked op never holds more than the full log-softmax, nor the fused head more than
+        # the chunked op, in either dtype
         for dtype in ("float32", "bfloat16"):
-            assert 0 < c["logprob"][(dtype, True)] <= c["logprob"][(dtype, False)]
-    # at V = 1024 the quick chunk (4096 elements = 4 tokens) splits the scoring: bf16 logits need less
+            part = {s: c["logprob"][(dtype, s)] for s in bench.SCORINGS}
+            assert 0 < part["fused"] <= part["chunked"] <= part["full"], (c["V"], c["L"], dtype, part)
+    # at V = 1024 the quick chunk (4096 elements = 4 tokens) splits the scoring: bf16 logits need less, and
+    # with the head fused into the chunks no unit's logits outlive a chunk (the issue's >= 4x)
     big = [c for c in cells if c["V"] == 1024]
-    assert all(c["logprob"][("bfloat16", True)] < 0.5 * c["logprob"][("bfloat16", False)] for c in big)
+    assert all(c["logprob"][("bfloat16", "chunked")] < 0.5 * c["logprob"][("bfloat16", "full")] for c in big)
+    assert all(
+        c["logprob"][(d, "fused")] * 4 <= c["logprob"][(d, "full")] for c in big for d in ("float32", "bfloat16")
+    )
     text = bench.render(result, "python benchmarks/rl_update_memory.py --quick")
     assert text.startswith(bench.BEGIN) and text.endswith(bench.END) and "| all three MiB | x |" in text
 
@@ -71,5 +77,7 @@ def test_the_old_scoring_equals_the_chunked_op_and_is_restored_after_an_error():
     with pytest.raises(KeyError):
         with bench.unchunked_log_probs():
             assert all(f is bench.full_log_softmax_gather for f in _scoring_functions(bench))
+            assert dflow.logprobs.FUSED_HEAD is False  # the denoiser's full logits
             raise KeyError("inside")
     assert all(f is dflow.logprobs.log_softmax_gather for f in _scoring_functions(bench))
+    assert dflow.logprobs.FUSED_HEAD is True

@@ -243,7 +243,9 @@ def test_elbo_units_are_negated_generalized_kl_at_the_plan_draws(source_name, co
         with torch.no_grad():
             logits = policy(x_t, t, traj.cond)
         by_path = -path.generalized_kl(logits, traj.x1, x_t, t).sum(-1)
-        torch.testing.assert_close(units[:, u], by_path, rtol=0, atol=1e-6)
+        # the estimator makes the logits a chunk of tokens at a time from the hidden state (fused
+        # head): the same rows, rounded differently by the matmul, so float32 rounding apart
+        torch.testing.assert_close(units[:, u], by_path, rtol=1e-6, atol=1e-6)
         hand = _hand_elbo_unit(logits, traj.x1, x_t, t, source)
         torch.testing.assert_close(units[:, u].double(), hand, rtol=1e-6, atol=1e-6)
         # "uniform" drops the jump coefficient d_kappa / (1 - kappa) = 1 / (1 - t)

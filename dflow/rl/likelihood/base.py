@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dflow.logprobs import log_softmax_gather
+from dflow.logprobs import HeadLogits, log_softmax_gather, scoring_logits
 from dflow.paths.base import ProbabilityPath
 from dflow.sampling import Sampler, Trajectory
 
@@ -160,11 +160,20 @@ def forward_states(path: ProbabilityPath, x1: Tensor, times: Tensor, generator, 
     return torch.stack([path.sample_xt(x1, times[:, u], generator) for u in range(times.shape[1])]).to(dtype)
 
 
-def token_scores(logits: Tensor, target: Tensor, *, chunk_size: int | None = None) -> Tensor:
-    """``log softmax(logits)[target]`` per token: logits ``[B, L, V]`` (any float dtype), target long
-    ``[B, L]`` -> float32 ``[B, L]`` (float64 for float64 logits), computed ``chunk_size`` tokens at a
-    time so no float32 ``[B, L, V]`` tensor exists (:func:`dflow.logprobs.log_softmax_gather`)."""
+def token_scores(logits: Tensor | HeadLogits, target: Tensor, *, chunk_size: int | None = None) -> Tensor:
+    """``log softmax(logits)[target]`` per token: logits ``[B, L, V]`` (any float dtype) or
+    :class:`~dflow.logprobs.HeadLogits`, target long ``[B, L]`` -> float32 ``[B, L]`` (float64 for
+    float64 logits), computed ``chunk_size`` tokens at a time so no float32 ``[B, L, V]`` tensor
+    exists (:func:`dflow.logprobs.log_softmax_gather`)."""
     return log_softmax_gather(logits, target[..., None], chunk_size=chunk_size).squeeze(-1)
+
+
+def path_scoring_logits(path: ProbabilityPath, policy, x_t: Tensor, t: Tensor, cond) -> Tensor | HeadLogits:
+    """The logits a path's ``generalized_kl`` scores: :func:`dflow.logprobs.scoring_logits` where the
+    path takes :class:`~dflow.logprobs.HeadLogits` (``path.accepts_head_logits``), else ``policy(...)``."""
+    if getattr(path, "accepts_head_logits", False):
+        return scoring_logits(policy, x_t, t, cond)
+    return policy(x_t, t, cond)
 
 
 def counted_tokens(path: ProbabilityPath, x_in: Tensor) -> Tensor | None:

@@ -19,8 +19,16 @@ import math
 import torch
 from torch import Tensor
 
+from dflow.logprobs import scoring_logits
 from dflow.paths.mixture import MixturePath
-from dflow.rl.likelihood.base import LikelihoodEstimator, UnitPlan, counted_tokens, stack_masks, token_scores
+from dflow.rl.likelihood.base import (
+    LikelihoodEstimator,
+    UnitPlan,
+    counted_tokens,
+    path_scoring_logits,
+    stack_masks,
+    token_scores,
+)
 from dflow.rng import draw_device
 from dflow.sampling import Sampler, Trajectory
 
@@ -124,12 +132,13 @@ class CoupledELBOLikelihood(LikelihoodEstimator):
         draws = []
         for d in range(2 * J):
             x_in, t = plan.states[d].long(), plan.times[:, d]
-            bracket = -path.generalized_kl(policy(x_in, t, traj.cond), traj.x1, x_in, t, weighted=False)  # [B, L]
+            logits = path_scoring_logits(path, policy, x_in, t, traj.cond)
+            bracket = -path.generalized_kl(logits, traj.x1, x_in, t, weighted=False)  # [B, L]
             draws.append(plan.weights[:, d, None].to(bracket.dtype) * bracket)
         pairs = 0.5 * (torch.stack(draws[0::2], dim=1) + torch.stack(draws[1::2], dim=1))  # [B, J, L]
         if self.full_noise:
             x0, t0 = plan.states[2 * J].long(), plan.times[:, 2 * J]
-            pairs = pairs + 0.5 * token_scores(policy(x0, t0, traj.cond), traj.x1)[:, None]
+            pairs = pairs + 0.5 * token_scores(scoring_logits(policy, x0, t0, traj.cond), traj.x1)[:, None]
         return pairs
 
     def token_mask(self, traj, plan, sampler) -> Tensor | None:

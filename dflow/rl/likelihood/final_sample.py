@@ -7,11 +7,13 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from dflow.logprobs import scoring_logits
 from dflow.rl.likelihood.base import (
     LikelihoodEstimator,
     UnitPlan,
     counted_tokens,
     forward_states,
+    path_scoring_logits,
     stack_masks,
     token_scores,
 )
@@ -79,7 +81,10 @@ class ForwardReconstruction(LikelihoodEstimator):
         for u in range(plan.num_units):
             x_in = plan.states[u].long()
             t = plan.times[:, u]
-            logits = sampler.logits(policy, x_in, t, traj.cond) if self.use_guidance else policy(x_in, t, traj.cond)
+            if self.use_guidance:
+                logits = sampler.scoring_logits(policy, x_in, t, traj.cond)
+            else:
+                logits = scoring_logits(policy, x_in, t, traj.cond)
             out.append(token_scores(logits, traj.x1))
         return torch.stack(out, dim=1)  # [B, U, L]
 
@@ -146,7 +151,8 @@ class ELBOLikelihood(LikelihoodEstimator):
         weighted = self.weighting == "exact"
         for u in range(plan.num_units):
             x_in, t = plan.states[u].long(), plan.times[:, u]
-            gkl = sampler.path.generalized_kl(policy(x_in, t, traj.cond), traj.x1, x_in, t, weighted=weighted)
+            logits = path_scoring_logits(sampler.path, policy, x_in, t, traj.cond)
+            gkl = sampler.path.generalized_kl(logits, traj.x1, x_in, t, weighted=weighted)
             out.append(-plan.weights[:, u, None].to(gkl.dtype) * gkl)  # [B, L]
         return torch.stack(out, dim=1)  # [B, U, L]
 
@@ -192,5 +198,5 @@ class MeanFieldLikelihood(LikelihoodEstimator):
         return UnitPlan(times=times, states=x0[None].to(traj.states.dtype), cond=cond)
 
     def token_log_probs(self, policy, traj, plan, sampler) -> Tensor:
-        logits = policy(plan.states[0].long(), plan.times[:, 0], plan.cond)
+        logits = scoring_logits(policy, plan.states[0].long(), plan.times[:, 0], plan.cond)
         return token_scores(logits, traj.x1)[:, None]  # [B, 1, L]

@@ -98,7 +98,7 @@ class IntermediateActionLikelihood(LikelihoodEstimator):
         out = []
         for u, k in enumerate(plan.steps):
             x_in = self._state(traj, plan, u)
-            logits = sampler.logits(policy, x_in, traj.times[k].expand(x_in.shape[0]), traj.cond)
+            logits = sampler.scoring_logits(policy, x_in, traj.times[k].expand(x_in.shape[0]), traj.cond)
             out.append(token_scores(logits, traj.draws[k].long()))
         return torch.stack(out, dim=1)  # [B, U, L]
 

@@ -18,6 +18,7 @@ import math
 import torch
 from torch import Tensor
 
+from dflow.logprobs import scoring_logits
 from dflow.paths.mixture import MixturePath
 from dflow.paths.sources import MaskSource
 from dflow.rl.likelihood.base import LikelihoodEstimator, UnitPlan, token_scores
@@ -148,7 +149,7 @@ class SandwichedBounds(LikelihoodEstimator):
         lp, scored = [], []
         for j in range(M):
             x_in = plan.states[j].long()
-            lp.append(token_scores(policy(x_in, plan.times[:, j], traj.cond), traj.x1))  # [B, L]
+            lp.append(token_scores(scoring_logits(policy, x_in, plan.times[:, j], traj.cond), traj.x1))  # [B, L]
             scored.append(self._scored(x_in, mask_id))
         logp = torch.stack(lp, dim=1)  # [B, M, L] log p_ij
         sc = torch.stack(scored, dim=1)  # [B, M, L]
