@@ -234,3 +234,40 @@ def test_estimators_score_through_the_head_one_chunk_at_a_time(name) -> None:
         torch.testing.assert_close(fused_grads[n], p.grad, rtol=1e-9, atol=1e-10)
     # (use_guidance with the sampler's default scale of 1 is unguided, so it is fused too)
     assert max(seen.sizes) <= chunk * V < B * 8 * V, (name, max(seen.sizes), chunk * V)
+
+
+# ---------------------------------------------------------------------------------------------- pretraining
+@pytest.mark.parametrize("loss_name", ["cross_entropy", "generalized_kl"])
+def test_pretraining_losses_score_through_the_head_one_chunk_at_a_time(loss_name) -> None:
+    from dflow.lightning import CrossEntropyLoss, GeneralizedKLLoss, PretrainModule, TransformerDenoiser
+    from dflow.tasks import ShapesTask
+
+    task = ShapesTask(height=8, width=8, pretrain_prompts_per_category=4, test_prompts_per_category=2)
+    loss = CrossEntropyLoss() if loss_name == "cross_entropy" else GeneralizedKLLoss()
+    torch.manual_seed(0)
+    module = PretrainModule(
+        TransformerDenoiser(hidden_size=16, num_layers=1, num_heads=2), MixturePath(UniformSource(7)), loss=loss
+    )
+    module.bind(task)
+    module.double()
+    assert loss.takes_head_logits(module.path)
+    batch = task.sample_data(4, torch.Generator().manual_seed(0))
+    tokens = batch.x1.numel()
+    previous = set_chunk_elements(2 * 3 * 7)  # 2 tokens per chunk
+    try:
+        with _VocabSizes(7, 16) as seen:
+            fused = module.loss_on(batch.x1, batch.cond, torch.Generator().manual_seed(1))
+            fused.backward()
+        grads = {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+        module.zero_grad()
+        set_fused_head(False)
+        plain = module.loss_on(batch.x1, batch.cond, torch.Generator().manual_seed(1))
+        plain.backward()
+    finally:
+        set_chunk_elements(previous)
+        set_fused_head(True)
+    torch.testing.assert_close(fused, plain, rtol=1e-10, atol=1e-12)
+    for n, p in module.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(grads[n], p.grad, rtol=1e-9, atol=1e-12)
+    assert max(seen.sizes) <= 2 * 7 < tokens * 7, (max(seen.sizes), tokens)

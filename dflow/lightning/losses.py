@@ -10,7 +10,7 @@ from abc import ABC, abstractmethod
 import torch
 from torch import Tensor, nn
 
-from dflow.logprobs import log_softmax_gather
+from dflow.logprobs import HeadLogits, log_softmax_gather
 from dflow.paths import ProbabilityPath
 
 
@@ -18,8 +18,14 @@ class PretrainLoss(nn.Module, ABC):
     """Base class of the pretraining losses (no parameters; a module so YAML can swap it)."""
 
     @abstractmethod
-    def forward(self, logits: Tensor, x1: Tensor, x_t: Tensor, t: Tensor, path: ProbabilityPath) -> Tensor:
+    def forward(self, logits: Tensor | HeadLogits, x1: Tensor, x_t: Tensor, t: Tensor, path: ProbabilityPath) -> Tensor:
         """Scalar loss for the posterior ``logits`` ``[B, L, V]`` at ``(x_t [B, L], t [B])`` of data ``x1``."""
+
+    def takes_head_logits(self, path: ProbabilityPath) -> bool:
+        """Whether :meth:`forward` may be given :class:`~dflow.logprobs.HeadLogits` (it reads the logits
+        through ``log_softmax_gather`` only); then ``PretrainModule`` passes them where the denoiser has
+        them, and no logits outlive one chunk of tokens. Default False: always a logits tensor."""
+        return False
 
 
 def noisy_positions(x_t: Tensor, path: ProbabilityPath) -> Tensor:
@@ -44,7 +50,10 @@ class CrossEntropyLoss(PretrainLoss):
     The mean is over all counted tokens of the batch (a batch with none gives 0).
     """
 
-    def forward(self, logits: Tensor, x1: Tensor, x_t: Tensor, t: Tensor, path: ProbabilityPath) -> Tensor:
+    def takes_head_logits(self, path: ProbabilityPath) -> bool:
+        return True
+
+    def forward(self, logits: Tensor | HeadLogits, x1: Tensor, x_t: Tensor, t: Tensor, path: ProbabilityPath) -> Tensor:
         # float32, a chunk of tokens at a time: no float32 [B, L, V] copy of half-precision logits
         ce = -log_softmax_gather(logits, x1[..., None])[..., 0]  # [B, L]
         counted = noisy_positions(x_t, path).to(ce.dtype)  # [B, L]
@@ -59,5 +68,8 @@ class GeneralizedKLLoss(PretrainLoss):
     ``t -> 1``, so train it with ``PretrainModule(t_max=...)`` a little below 1.
     """
 
-    def forward(self, logits: Tensor, x1: Tensor, x_t: Tensor, t: Tensor, path: ProbabilityPath) -> Tensor:
+    def takes_head_logits(self, path: ProbabilityPath) -> bool:
+        return bool(getattr(path, "accepts_head_logits", False))
+
+    def forward(self, logits: Tensor | HeadLogits, x1: Tensor, x_t: Tensor, t: Tensor, path: ProbabilityPath) -> Tensor:
         return path.generalized_kl(logits, x1, x_t, t).mean()  # scored in float32 chunk by chunk

@@ -33,6 +33,7 @@ from dflow.lightning.export import model_meta, task_description, write_model_fol
 from dflow.lightning.loggers import log_image
 from dflow.lightning.losses import CrossEntropyLoss, PretrainLoss
 from dflow.lightning.schedules import check_schedule, warmup_cosine, with_schedule
+from dflow.logprobs import scoring_logits
 from dflow.paths import ProbabilityPath
 from dflow.sampling import SamplerConfig
 from dflow.tasks import Task
@@ -185,7 +186,10 @@ class PretrainModule(L.LightningModule):
         x_t = self.path.sample_xt(x1, t, generator)  # [B, L]
         if cond is not None:
             cond = self.drop_cond(cond, generator)
-        logits = denoiser(x_t, t, cond)  # [B, L, V]
+        if self.loss_fn.takes_head_logits(self.path):  # the head fused into the loss's chunks, where it can be
+            logits = scoring_logits(denoiser, x_t, t, cond)
+        else:
+            logits = denoiser(x_t, t, cond)  # [B, L, V]
         return self.loss_fn(logits, x1, x_t, t, self.path)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:

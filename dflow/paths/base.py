@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from dflow.logprobs import HeadLogits
 from dflow.paths.sources import Source
 
 
@@ -84,7 +85,7 @@ class ProbabilityPath(ABC):
     @abstractmethod
     def generalized_kl(
         self,
-        logits: Tensor,
+        logits: Tensor | HeadLogits,
         x1: Tensor,
         x_t: Tensor,
         t: Tensor,
@@ -102,6 +103,8 @@ class ProbabilityPath(ABC):
         Half-precision logits are scored in float32, ``chunk_size`` tokens at a time (None: a default
         from the vocabulary, :mod:`dflow.logprobs`), so no float32 ``[B, L, V]`` tensor exists beyond
         one chunk (DESIGN.md section 8). The chunking changes memory, never the values.
+        ``logits`` is :class:`~dflow.logprobs.HeadLogits` only for a path that sets
+        ``accepts_head_logits``.
         """
 
     # ------------------------------------------------------------------ shared input checks
@@ -134,7 +137,7 @@ class ProbabilityPath(ABC):
             raise ValueError(f"x_s shape {tuple(x_s.shape)} must equal x_t shape {tuple(x_t.shape)}")
         self._check_posterior("logits", logits, x_t)
 
-    def _check_posterior(self, name: str, p: Tensor, x_t: Tensor) -> None:
+    def _check_posterior(self, name: str, p: Tensor | HeadLogits, x_t: Tensor) -> None:
         if p.dim() != 3 or p.shape[:2] != x_t.shape:
             raise ValueError(f"{name} must have shape [B, L, V]={(*x_t.shape, self.vocab_size)}, got {tuple(p.shape)}")
         if p.shape[-1] != self.vocab_size:

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from dflow.logprobs import compute_dtype, map_token_chunks
+from dflow.logprobs import HeadLogits, compute_dtype, map_token_chunks, materialize
 from dflow.paths.base import ProbabilityPath, StepSample
 from dflow.paths.sources import Source, UniformSource
 
@@ -273,7 +273,7 @@ class MetricPath(ProbabilityPath):
     # ------------------------------------------------------------------ loss
     def generalized_kl(
         self,
-        logits: Tensor,
+        logits: Tensor | HeadLogits,
         x1: Tensor,
         x_t: Tensor,
         t: Tensor,
@@ -299,6 +299,7 @@ class MetricPath(ProbabilityPath):
         self._check_time("t", t, x1.shape[0])
         if x_t.shape != x1.shape:
             raise ValueError(f"x_t shape {tuple(x_t.shape)} must equal x1 shape {tuple(x1.shape)}")
+        logits = materialize(logits)  # reads every logit: HeadLogits are made whole
         self._check_posterior("logits", logits, x1)
         if not self.exact or self._gap is None:  # the gap tensor exists in exact mode only
             raise ValueError(f"MetricPath.generalized_kl needs V <= exact_max_vocab, V={self.vocab_size}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from dflow.logprobs import log_softmax_gather
+from dflow.logprobs import HeadLogits, log_softmax_gather
 from dflow.paths.base import ProbabilityPath, StepSample
 from dflow.paths.schedulers import LinearScheduler, Scheduler
 from dflow.paths.sources import Source
@@ -116,7 +116,7 @@ class MixturePath(ProbabilityPath):
     # ------------------------------------------------------------------ loss
     def generalized_kl(
         self,
-        logits: Tensor,
+        logits: Tensor | HeadLogits,
         x1: Tensor,
         x_t: Tensor,
         t: Tensor,
