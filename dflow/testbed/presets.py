@@ -33,6 +33,7 @@ from dflow.rl import (
     SandwichedBounds,
     SandwichedObjective,
     SpanLikelihood,
+    StepWindow,
     StepwiseGainAdvantage,
     TrajectoryLikelihood,
     UnitMeanAggregation,
@@ -60,7 +61,7 @@ class MethodPreset:
     """A method's parts, with the settings of its shapes recipe (``recipes/shapes/<recipe>.yaml``).
     ``build()`` returns ``PolicyUpdate``'s parts and the advantage estimator, fresh each call."""
 
-    recipe: str
+    recipe: str  # recipes/shapes/<recipe>, or "<grid>.yaml:<method>" for a method of recipes/ablations/<grid>.yaml
     build: Callable[[], tuple[Any, Any, Any, KLPenalty, Any]]  # likelihood, objective, advantage, kl, aggregation
     num_inner_epochs: int = 1
     minibatch_groups: int | None = None  # mini-batches of this many prompt groups (None: the whole batch)
@@ -186,6 +187,39 @@ METHODS: dict[str, MethodPreset] = {
             ClippedSurrogate(0.2),
             GroupAdvantage(scale="group", clip=None, eps=1e-4),
             KLPenalty(0.0),
+            None,
+        ),
+    ),
+    # UDM-GRPO's 2x2 (recipes/ablations/shapes_udm_2x2.yaml): udm_grpo with only the likelihood
+    # replaced, so the cells differ in which states are scored and which sample is the action; the
+    # intermediate-action cells score the same window of 3 early steps from a start in {0, 1, 2}
+    "udm_fwd_intermediate": MethodPreset(
+        "shapes_udm_2x2.yaml:fwd_intermediate",
+        lambda: (
+            IntermediateActionLikelihood(StepWindow(3, 0, 2), states=ForwardStates(), token_mean=True),
+            ClippedSurrogate(1e-4),
+            _paper_advantage(),
+            KLPenalty(0.05, "k3"),
+            None,
+        ),
+    ),
+    "udm_bwd_final": MethodPreset(
+        "shapes_udm_2x2.yaml:bwd_final",
+        lambda: (
+            ForwardReconstruction(3, grid_steps=10, max_start=2, states=BackwardStates()),
+            ClippedSurrogate(1e-4),
+            _paper_advantage(),
+            KLPenalty(0.05, "k3"),
+            None,
+        ),
+    ),
+    "udm_bwd_intermediate": MethodPreset(
+        "shapes_udm_2x2.yaml:bwd_intermediate",
+        lambda: (
+            IntermediateActionLikelihood(StepWindow(3, 0, 2), states=BackwardStates(), token_mean=True),
+            ClippedSurrogate(1e-4),
+            _paper_advantage(),
+            KLPenalty(0.05, "k3"),
             None,
         ),
     ),

@@ -196,11 +196,25 @@ def test_a_preset_builds_the_classes_its_shapes_recipe_names(name) -> None:
     import yaml
 
     preset = METHODS[name]
-    recipe = Path(__file__).resolve().parents[2] / "recipes" / "shapes" / preset.recipe.split()[0]  # "x.yaml + ..."
-    parts = yaml.safe_load(recipe.read_text())["model"]["init_args"]
+    recipes = Path(__file__).resolve().parents[2] / "recipes"
+    if ":" in preset.recipe:  # a method of an ablation grid: its recipe with the grid's overrides
+        grid, method = preset.recipe.split(":")
+        spec = yaml.safe_load((recipes / "ablations" / grid).read_text())["methods"][method]
+        parts = yaml.safe_load((recipes.parent / spec["recipe"]).read_text())["model"]["init_args"]
+        for key, value in spec.get("overrides", {}).items():
+            field_name = key.split(".")[2]
+            if key.count(".") == 2:
+                parts[field_name] = value
+            else:  # a nested override leaves the part's class as it was
+                assert key.startswith(f"model.init_args.{field_name}.init_args."), key
+    else:
+        recipe = recipes / "shapes" / preset.recipe.split()[0]  # "x.yaml + ..."
+        parts = yaml.safe_load(recipe.read_text())["model"]["init_args"]
     likelihood, objective, advantage, _, _ = preset.build()
     for field_name, built in (("likelihood", likelihood), ("objective", objective), ("advantage", advantage)):
         assert parts[field_name]["class_path"].rsplit(".", 1)[1] == type(built).__name__, (name, field_name)
+    if ":" in preset.recipe and hasattr(likelihood, "states"):  # the 2x2's other axis: which states
+        assert type(likelihood.states).__name__ == ("ForwardStates" if "fwd" in method else "BackwardStates")
 
 
 def test_per_step_rewards_are_each_steps_decode_in_order_then_the_final_sample() -> None:
