@@ -51,6 +51,7 @@ BLOCK_RL = "tests/lightning/test_block_rl.py"
 EVAL_METRICS = "tests/lightning/test_evaluation_metrics.py"
 DEMO = "tests/test_demo.py"
 BAD_INPUT = "tests/test_bad_input_catalogue.py"
+HEAD_LOGITS = "tests/test_head_logits.py"
 
 MUTANTS = (
     Mutant(
@@ -693,6 +694,38 @@ MUTANTS = (
         "return cls()",
         (BLOCK_RL,),
         "a recorded block kernel rebuilt without its init_args (a model folder's settings lost)",
+    ),
+    Mutant(
+        "udm-scores-full-logits",
+        "dflow/rl/likelihood/final_sample.py",
+        "                logits = scoring_logits(policy, x_in, t, traj.cond)",
+        "                logits = policy(x_in, t, traj.cond)",
+        (HEAD_LOGITS,),
+        "UDM-GRPO's units scored from full logits again: every unit's [B, L, V] kept until backward",
+    ),
+    Mutant(
+        "lora-reference-head-adapters-on",
+        "dflow/models/lora.py",
+        "            with self.model.disable_adapter():  # type: ignore[operator]\n                return logits.head(h)",
+        "            return logits.head(h)",
+        (HEAD_LOGITS,),
+        "the LoRA reference's fused head applied with the adapters on (a LoRA-targeted head scores as the policy)",
+    ),
+    Mutant(
+        "fused-head-temperature-dropped",
+        "dflow/sampling/sampler.py",
+        "        return out.with_head(tempered)",
+        "        return out",
+        (HEAD_LOGITS,),
+        "intermediate actions scored at temperature 1 through the fused head while the rollout sampled tempered",
+    ),
+    Mutant(
+        "pretrain-scores-full-logits",
+        "dflow/lightning/pretrain.py",
+        "            logits = scoring_logits(denoiser, x_t, t, cond)",
+        "            logits = denoiser(x_t, t, cond)",
+        (HEAD_LOGITS,),
+        "pretraining losses given full logits again (no chunk-only memory for SFT)",
     ),
 )
 
