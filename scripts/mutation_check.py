@@ -706,7 +706,8 @@ MUTANTS = (
     Mutant(
         "lora-reference-head-adapters-on",
         "dflow/models/lora.py",
-        "            with self.model.disable_adapter():  # type: ignore[operator]\n                return logits.head(h)",
+        "            with self.model.disable_adapter():  # type: ignore[operator]\n"
+        "                return logits.head(h)",
         "            return logits.head(h)",
         (HEAD_LOGITS,),
         "the LoRA reference's fused head applied with the adapters on (a LoRA-targeted head scores as the policy)",
