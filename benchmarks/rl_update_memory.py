@@ -478,7 +478,7 @@ def measure_costs(hidden: int = 256, tokens: int = 256, batch: int = 2, vocab: i
     act = (saved[1] - saved[0]) / (batch * tokens * hidden * 4)  # float32 values, in units of D
     kept, transient, fixed = {}, {}, {}
     short, long = 512, 1024
-    for scoring in ("full", "fused"):
+    for scoring in SCORINGS:
         one_short, one_long, two_short = (
             logprob_part(1, length, vocab, units, torch.bfloat16, scoring)
             for length, units in ((short, 1), (long, 1), (short, 2))
@@ -509,15 +509,17 @@ def estimate(costs: Costs, rank: int = 16, seq_len: int = 512, steps: int = 64, 
                 logits = {
                     c: (costs.logit_kept[c] * tok + costs.logit_transient[c] * tok / units) * shape.vocab
                     + costs.logit_fixed[c]
-                    for c in ("full", "fused")
+                    for c in SCORINGS
                 }
                 parts = {
                     "weights": weights + gather,
                     "activations": act_ckpt,
-                    "logits": logits["fused"],
+                    "logits": logits["chunked"],  # these models' adapters have no head_logits yet
+                    "logits fused": logits["fused"],
                     "old path": weights + gather + act_plain + logits["full"],
                 }
                 parts["total"] = parts["weights"] + parts["activations"] + parts["logits"]
+                parts["total fused"] = parts["weights"] + parts["activations"] + parts["logits fused"]
                 rows.append((shape, method, gpus, parts))
     return rows
 
@@ -564,24 +566,27 @@ def render_estimate(costs: Costs, rank: int = 16, seq_len: int = 512, steps: int
         f"{a:.1f} values of width D per token per layer is measured (saved-tensor hooks, 1- and 2-layer "
         "`DFlowTransformer`, float32, halved for bf16); other blocks keep other amounts (SwiGLU, GQA, experts): "
         "read the activation column to about +-50%.",
-        f"- logits (bf16): head fused into chunks: {costs.logit_kept['fused']:.3f} bytes per logit that every scored "
-        f"unit keeps until backward (x T x V) + {costs.logit_transient['fused']:.3f} bytes per logit of the last "
-        f"unit's own forward and backward (x T / {units} x V) + {costs.logit_fixed['fused'] / MIB:.0f} MiB (the "
-        f"chunks); unchunked (the old path): {costs.logit_kept['full']:.2f} + {costs.logit_transient['full']:.2f} "
-        f"bytes per logit + {costs.logit_fixed['full'] / MIB:.0f} MiB. Measured: the log-prob part alone (as in "
-        "the grid above) at V = 65,536, 512 and 1,024 tokens, 1 and 2 units. A denoiser without `head_logits` "
-        "(the HF adapters) is scored from its logits, chunked: about 2 bytes per logit kept per unit, 2 more for "
-        "the last (see the grid's chunked column).",
+        f"- logits (bf16), chunked from the logits (what the HF adapters and DiffusionGemma get today: they have "
+        f"no `head_logits`): {costs.logit_kept['chunked']:.2f} bytes per logit that every scored unit keeps until "
+        f"backward (x T x V) + {costs.logit_transient['chunked']:.2f} bytes per logit of the last unit's own "
+        f"forward and backward (x T / {units} x V) + {costs.logit_fixed['chunked'] / MIB:.0f} MiB (the chunk); "
+        f"with the head fused into the chunks (`DFlowTransformer` today; these models once their adapters give "
+        f"`head_logits`): {costs.logit_kept['fused']:.3f} + {costs.logit_transient['fused']:.3f} bytes per logit + "
+        f"{costs.logit_fixed['fused'] / MIB:.0f} MiB; unchunked (the old path): {costs.logit_kept['full']:.2f} + "
+        f"{costs.logit_transient['full']:.2f} bytes per logit + {costs.logit_fixed['full'] / MIB:.0f} MiB. "
+        "Measured: the log-prob part alone (as in the grid above) at V = 65,536, 512 and 1,024 tokens, 1 and 2 "
+        "units.",
         "- old path: full fine-tuning or LoRA as in the row, without checkpointing and without chunking.",
         "",
-        "| model | method | GPUs | weights, grads, AdamW (GiB) | activations (GiB) | logits (GiB) | "
-        "**total (GiB)** | old path (GiB) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | method | GPUs | weights, grads, AdamW (GiB) | activations (GiB) | logits, chunked (GiB) | "
+        "**total (GiB)** | logits, fused head (GiB) | total, fused head (GiB) | old path (GiB) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for shape, method, gpus, p in rows:
         lines.append(
             f"| {shape.name} | {method} | {gpus} | {p['weights'] / GIB:.1f} | {p['activations'] / GIB:.1f} | "
-            f"{p['logits'] / GIB:.1f} | **{p['total'] / GIB:.1f}** | {p['old path'] / GIB:.1f} |"
+            f"{p['logits'] / GIB:.1f} | **{p['total'] / GIB:.1f}** | {p['logits fused'] / GIB:.1f} | "
+            f"{p['total fused'] / GIB:.1f} | {p['old path'] / GIB:.1f} |"
         )
     lines.append(EST_END)
     return "\n".join(lines)

@@ -81,3 +81,26 @@ def test_the_old_scoring_equals_the_chunked_op_and_is_restored_after_an_error():
             raise KeyError("inside")
     assert all(f is dflow.logprobs.log_softmax_gather for f in _scoring_functions(bench))
     assert dflow.logprobs.FUSED_HEAD is True
+
+
+def test_the_estimate_adds_its_parts_and_scales_the_logits_by_vocabulary():
+    bench = _load()
+    costs = bench.Costs(
+        act_per_layer=18.0,
+        logit_kept={"full": 4.0, "chunked": 2.0, "fused": 0.0},
+        logit_transient={"full": 8.0, "chunked": 2.0, "fused": 0.0},
+        logit_fixed={"full": 0.0, "chunked": 128 * 2**20, "fused": 64 * 2**20},
+    )
+    rows = bench.estimate(costs, rank=16, seq_len=512, rollouts=16, units=2)
+    assert len(rows) == 3 * 2 * 2  # models x (LoRA, full) x (1, 8 GPUs)
+    for shape, method, gpus, p in rows:
+        assert p["total"] == p["weights"] + p["activations"] + p["logits"]
+        assert p["total fused"] == p["weights"] + p["activations"] + p["logits fused"]
+        tokens = 16 / gpus * 2 * 512  # scored tokens alive until backward
+        # chunked: 2 bytes per logit kept by every unit + 2 more for the last unit's own pass, + the chunk
+        assert p["logits"] == (2.0 * tokens + 2.0 * tokens / 2) * shape.vocab + 128 * 2**20
+        assert p["logits fused"] == 64 * 2**20
+        assert p["old path"] > p["total"] > p["total fused"]
+    text = bench.render_estimate(costs)
+    assert text.startswith(bench.EST_BEGIN) and text.endswith(bench.EST_END)
+    assert "| logits, chunked (GiB) |" in text and "| total, fused head (GiB) |" in text
