@@ -93,7 +93,7 @@ def test_the_estimate_adds_its_parts_and_scales_the_logits_by_vocabulary():
     )
     rows = bench.estimate(costs, rank=16, seq_len=512, rollouts=16, units=2)
     assert len(rows) == 3 * 2 * 2  # models x (LoRA, full) x (1, 8 GPUs)
-    for shape, method, gpus, p in rows:
+    for shape, _method, gpus, p in rows:
         assert p["total"] == p["weights"] + p["activations"] + p["logits"]
         assert p["total fused"] == p["weights"] + p["activations"] + p["logits fused"]
         tokens = 16 / gpus * 2 * 512  # scored tokens alive until backward
