@@ -2,8 +2,8 @@
 
 Each base is measured with ``dflow sample`` with its task's evaluation sampler (image tasks: 20
 steps, once CFG-free at guidance 1, the evaluation setting the RL recipes share, and once with
-guidance 2, the pretraining validation setting; sudoku: 16 steps at guidance 1, the setting of its
-pretraining validation and RL recipes); every test prompt is sampled ``--samples-per-prompt`` times.
+guidance 2, the pretraining validation setting; sudoku and countdown: 16 steps at guidance 1, the
+setting of their pretraining validation and RL recipes); every test prompt is sampled ``--samples-per-prompt`` times.
 Sudoku's table adds the pooled blank-cell accuracy (``cells``). Beside each overall figure ``m``
 stands the bound on the standard error of one evaluation, ``sqrt(m (1 - m) / n)`` with ``n`` the
 test prompts: each prompt's mean over its samples lies in [0, 1], so its variance is at most
@@ -23,9 +23,9 @@ from pathlib import Path
 
 from dflow.cli import main as dflow
 
-NAMES = ("shapes_uniform", "shapes_mask", "glyphs_uniform", "sudoku_mask", "sudoku_uniform")
+NAMES = ("shapes_uniform", "shapes_mask", "glyphs_uniform", "sudoku_mask", "sudoku_uniform", "countdown_mask")
 # per base: (sampler steps, guidance values when --guidance is not given)
-SETTINGS = {"sudoku_mask": (16, (1.0,)), "sudoku_uniform": (16, (1.0,))}
+SETTINGS = {"sudoku_mask": (16, (1.0,)), "sudoku_uniform": (16, (1.0,)), "countdown_mask": (16, (1.0,))}
 DEFAULT_SETTING = (20, (1.0, 2.0))
 
 
@@ -98,7 +98,7 @@ def run(argv: list[str] | None = None) -> None:
     parser.add_argument("names", nargs="*", default=list(NAMES))
     parser.add_argument("--samples-per-prompt", type=int, default=4)
     parser.add_argument(
-        "--guidance", type=float, nargs="+", default=None, help="default: 1 and 2 (image tasks), 1 (sudoku)"
+        "--guidance", type=float, nargs="+", default=None, help="default: 1 and 2 (image tasks), 1 (sudoku, countdown)"
     )
     parser.add_argument("--out", default="runs/base_eval")
     opts = parser.parse_args(argv)

@@ -3,7 +3,7 @@
 # exported directory to dflow/assets/<name>/, and evaluate it on the test prompts
 # (scripts/eval_bases.py prints the table that docs/pretraining.md shows).
 #
-# Usage: scripts/make_base_models.sh [name ...]    (default: all five; names below)
+# Usage: scripts/make_base_models.sh [name ...]    (default: all six; names below)
 # Logs and checkpoints go to runs/ (ignored by git); only dflow/assets/<name>/ changes in the tree.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +16,7 @@ declare -A RECIPE=(
   [glyphs_uniform]=recipes/glyphs/pretrain_uniform.yaml
   [sudoku_mask]=recipes/sudoku/pretrain_mask.yaml
   [sudoku_uniform]=recipes/sudoku/pretrain_uniform.yaml
+  [countdown_mask]=recipes/countdown/pretrain_mask.yaml
 )
 declare -A EXPORT=(
   [shapes_uniform]=runs/shapes_pretrain_uniform/export
@@ -23,9 +24,10 @@ declare -A EXPORT=(
   [glyphs_uniform]=runs/glyphs_pretrain_uniform/export
   [sudoku_mask]=runs/sudoku_pretrain_mask/export
   [sudoku_uniform]=runs/sudoku_pretrain_uniform/export
+  [countdown_mask]=runs/countdown_pretrain_mask/export
 )
 names=("$@")
-[ ${#names[@]} -gt 0 ] || names=(shapes_uniform shapes_mask glyphs_uniform sudoku_mask sudoku_uniform)
+[ ${#names[@]} -gt 0 ] || names=(shapes_uniform shapes_mask glyphs_uniform sudoku_mask sudoku_uniform countdown_mask)
 
 for name in "${names[@]}"; do
   [ -n "${RECIPE[$name]:-}" ] || { echo "unknown base name=$name; known: ${!RECIPE[*]}" >&2; exit 2; }

@@ -10,7 +10,8 @@ import yaml
 from dflow.cli import run_lightning_cli
 
 ROOT = Path(__file__).resolve().parents[1]
-TASK_FOLDERS = ("shapes", "glyphs", "text", "sudoku")  # recipes/ablations holds `dflow ablate` grids, not recipes
+# recipes/ablations holds `dflow ablate` grids, not recipes
+TASK_FOLDERS = ("shapes", "glyphs", "text", "sudoku", "countdown")
 RECIPES = sorted(
     p
     for folder in TASK_FOLDERS
@@ -52,6 +53,7 @@ def test_every_method_has_a_recipe():
         )
     }
     expected |= {"glyphs/udm_grpo", "glyphs/elbo_epg", "text/diffu_grpo", "text/elbo_epg", "sudoku/demo"}
+    expected |= {"countdown/udm_grpo_mask"}
     assert expected <= names
 
 
