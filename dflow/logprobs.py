@@ -134,7 +134,7 @@ class HeadLogits:
             denoiser applies after it: a temperature, a soft cap). Called once per chunk of tokens.
         vocab_size: ``V``.
 
-    Reads like a logits tensor where the scoring code checks one (``shape``, ``dim()``, ``device``);
+    Reads like a logits tensor where the scoring code checks one (``shape``, ``dim()``);
     :meth:`materialize` gives the full tensor for code that needs every logit.
     """
 
@@ -145,10 +145,6 @@ class HeadLogits:
     @property
     def shape(self) -> torch.Size:
         return torch.Size((*self.hidden.shape[:-1], self.vocab_size))
-
-    @property
-    def device(self) -> torch.device:
-        return self.hidden.device
 
     def dim(self) -> int:
         return self.hidden.dim()
@@ -192,13 +188,13 @@ def materialize(logits: Tensor | HeadLogits) -> Tensor:
 def _head_log_softmax_gather(logits: HeadLogits, index: Tensor, chunk_size: int | None) -> Tensor:
     """:func:`log_softmax_gather` for :class:`HeadLogits`: each chunk's logits made from its rows of
     the hidden state and scored under activation checkpointing (recomputed in backward)."""
-    head, K = logits.head, index.shape[-1]
+    head = logits.head
 
     def rows(h: Tensor, idx: Tensor) -> Tensor:  # [n, D], [n, K] -> [n, K]
         x = head(h)  # [n, V]
         return torch.log_softmax(x.to(compute_dtype(x.dtype)), dim=-1).gather(-1, idx)
 
-    out = map_token_chunks(
+    return map_token_chunks(  # [..., K]
         rows,
         logits.hidden,
         index.long(),
@@ -207,7 +203,6 @@ def _head_log_softmax_gather(logits: HeadLogits, index: Tensor, chunk_size: int 
         work_per_token=3 * logits.vocab_size,  # the logits, their float32 copy and the log-softmax
         always_checkpoint=True,  # the head's weight has a gradient even where the hidden state has none
     )
-    return out.view(*index.shape[:-1], K)
 
 
 def log_softmax_gather(logits: Tensor | HeadLogits, index: Tensor, *, chunk_size: int | None = None) -> Tensor:

@@ -715,7 +715,7 @@ MUTANTS = (
     Mutant(
         "fused-head-temperature-dropped",
         "dflow/sampling/sampler.py",
-        "        return out.with_head(tempered)",
+        "        return out if self.temperature == 1.0 else out.with_head(self._tempered)",
         "        return out",
         (HEAD_LOGITS,),
         "intermediate actions scored at temperature 1 through the fused head while the rollout sampled tempered",

@@ -101,11 +101,13 @@ class Sampler:
             out = uncond + self.guidance_scale * (out - uncond)
         if not torch.is_tensor(out):
             return out  # rollout's shape check names the problem
-        if out.dtype in (torch.float16, torch.bfloat16):  # under mixed precision: score in float32
-            out = out.float()
-        if self.temperature != 1.0:
-            out = out / self.temperature
-        return out
+        return self._tempered(out)
+
+    def _tempered(self, logits: Tensor) -> Tensor:
+        """Half precision to float32 (under mixed precision: score in float32), then the temperature."""
+        if logits.dtype in (torch.float16, torch.bfloat16):
+            logits = logits.float()
+        return logits / self.temperature if self.temperature != 1.0 else logits
 
     def scoring_logits(self, policy: Policy, x_t: Tensor, t: Tensor, cond: Any) -> Tensor | HeadLogits:
         """:meth:`logits` for scoring: the denoiser's :class:`~dflow.logprobs.HeadLogits` with the
@@ -114,14 +116,8 @@ class Sampler:
         if self.uses_guidance(cond) or not can_fuse_head(policy):
             return self.logits(policy, x_t, t, cond)
         out = policy.head_logits(x_t, t, cond)  # type: ignore[attr-defined]  # can_fuse_head checked it
-        if self.temperature == 1.0:
-            return out
-        temperature = self.temperature
-
-        def tempered(x: Tensor) -> Tensor:  # as logits() does: half precision scored in float32
-            return (x.float() if x.dtype in (torch.float16, torch.bfloat16) else x) / temperature
-
-        return out.with_head(tempered)
+        # at temperature 1 the chunks are cast to float32 by the scoring itself
+        return out if self.temperature == 1.0 else out.with_head(self._tempered)
 
     def _check_logits(self, logits: Tensor, x_t: Tensor) -> None:
         want = (*x_t.shape, self.path.vocab_size)
