@@ -20,7 +20,7 @@ Layout of ``out``::
     out/runs/<run_id>/run.json  what the worker runs (LightningCLI arguments, budget, seed, ...)
     out/runs/<run_id>/train.log the worker's output
     out/runs/<run_id>/result.json  written atomically when the run finished; never overwritten
-    out/results.csv, out/table.txt, out/*_vs_compute.png
+    out/results.csv, out/table.txt, out/summary.md, out/*_vs_compute.png
 """
 
 from __future__ import annotations
@@ -52,10 +52,12 @@ from dflow.ablate.results import (
     table_text,
 )
 from dflow.ablate.spec import SEED_AXIS, GridSpec
+from dflow.ablate.summary import summary_markdown
 from dflow.ablate.validate import ConfigParser, PlannedRun, plan_grid
 
 CSV_FILE = "results.csv"
 TABLE_FILE = "table.txt"
+SUMMARY_FILE = "summary.md"
 GRID_FILE = "grid.json"
 LAUNCHERS = ("process", "inline")
 INLINE_ARGS = ("--trainer.devices=1",)  # "auto" could mean several GPUs, whose launcher re-runs sys.argv
@@ -159,7 +161,8 @@ def run_grid(
         report.table = table_text(spec, report.results)
         write_if_changed(out / CSV_FILE, csv_text(spec, report.results).encode())
         write_if_changed(out / TABLE_FILE, report.table.encode())
-        report.files = [out / CSV_FILE, out / TABLE_FILE, *write_plots(spec, report.results, out)]
+        write_if_changed(out / SUMMARY_FILE, summary_markdown(spec, report.results).encode())
+        report.files = [out / CSV_FILE, out / TABLE_FILE, out / SUMMARY_FILE, *write_plots(spec, report.results, out)]
         console.print(summary_table(spec, report.results))
     console.print(
         f"{len(report.executed)} run(s) trained, {len(report.reused)} reused, {len(report.failed)} failed"

@@ -61,6 +61,8 @@ def test_tiny_grid_end_to_end_then_reused(grid_file, config_parser, monkeypatch)
     # rows are labelled by the recipe they ran
     assert any(line.split()[:2] == ["udm.yaml", "2"] for line in table.splitlines())
     assert [r["recipe"] for r in rows] == ["udm.yaml", "udm.yaml", "elbo.yaml", "elbo.yaml"]
+    summary = (out / "summary.md").read_text()
+    assert summary.startswith("# tiny: mean ± SE over seeds") and "| udm.yaml | 2 |" in summary
     for name in ("acc_vs_compute.png", "reward_vs_compute.png", "kl_vs_compute.png"):
         with Image.open(out / name) as image:
             assert image.format == "PNG"
