@@ -6,11 +6,13 @@ end), the standard error of the mean over seeds, the change from the first evalu
 each run, a rank, and every final metric the task reports (e.g. sudoku's cell accuracy besides the
 solve rate). Two tables:
 
-1. **Curve**: per setting (runs that differ only in their seed), the overall accuracy at the k-th
-   evaluation of each run, columns labelled with the nominal compute ``k x eval_every`` (a run
-   evaluates at the first step at or past each multiple, so the runs' actual compute at column k
-   differs by at most one step); the change ``acc(last) - acc(first)`` per run, then its mean and SE;
-   the rank by the final mean accuracy (1 = highest; equal means share a rank).
+1. **Curve**: per setting (runs that differ only in their seed), the overall accuracy at each
+   multiple of the budget's ``eval_every`` (0, E, 2E, ...): a run's first evaluation at or past it
+   (the budget evaluates at the first step past each multiple, so the runs' compute in one column
+   differs by at most one step; the recipe's own ``evaluation.every_n_steps`` schedule may add
+   evaluations in between, which the column skips). Without ``eval_every``, the k-th evaluation of
+   each run. Then the change ``acc(last) - acc(first)`` per run, its mean and SE; the rank by the final
+   mean accuracy (1 = highest; equal means share a rank).
 2. **Final metrics**: every ``eval/`` value of the last evaluation, plus the final training KL.
 
 SE = sample standard deviation (``n - 1``) / ``sqrt(n)``; one seed shows the value alone. Seeds of one
@@ -47,7 +49,24 @@ def mean_se(values: list[float | None], digits: int = 3) -> str:
     return f"{fmt(statistics.mean(present))} ± {fmt(se)}"
 
 
-def _accuracy_at(result: dict[str, Any], k: int) -> float | None:
+def _points(spec: GridSpec) -> list[float] | None:
+    """The compute of each curve column: ``0, E, 2E, ...`` up to the budget (``None`` without ``E``)."""
+    every, value = spec.budget.eval_every, spec.budget.value
+    if every is None:
+        return None
+    points = [k * every for k in range(int(math.floor(value / every + 1e-9)) + 1)]
+    return points if math.isclose(points[-1], value) else [*points, value]
+
+
+def _accuracy_at(result: dict[str, Any], unit: str, point: float) -> float | None:
+    """Accuracy at a run's first evaluation with compute >= ``point`` (``None`` if it has none)."""
+    for row in result["eval_history"]:
+        if row.get(f"compute/{unit}", -math.inf) >= point - 1e-9:
+            return row.get("eval/acc_overall")
+    return None
+
+
+def _accuracy_at_index(result: dict[str, Any], k: int) -> float | None:
     history = result["eval_history"]
     return history[k].get("eval/acc_overall") if k < len(history) else None
 
@@ -71,22 +90,20 @@ def ranks(groups: list[SeedGroup]) -> list[int]:
     return [1 + sum(other > m for other in means) for m in means]
 
 
-def _column_label(spec: GridSpec, k: int) -> str:
-    every = spec.budget.eval_every
-    if k == 0:
-        return "acc @ 0"
-    if every is None:
-        return f"acc @ eval {k}"
-    return f"acc @ {k * every:,.0f}"
-
-
 def curve_table(spec: GridSpec, groups: list[SeedGroup]) -> list[str]:
     unit, target = spec.budget.unit, spec.target_accuracy
-    width = max(len(r["eval_history"]) for g in groups for r in g.results)
+    points = _points(spec)
+    if points is None:
+        width = max(len(r["eval_history"]) for g in groups for r in g.results)
+        labels = ["acc @ 0", *(f"acc @ eval {k}" for k in range(1, width))]
+        columns = [lambda r, k=k: _accuracy_at_index(r, k) for k in range(width)]
+    else:
+        labels = [f"acc @ {p:,.0f}" for p in points]
+        columns = [lambda r, p=p: _accuracy_at(r, unit, p) for p in points]
     head = [
         "setting",
         "n",
-        *(_column_label(spec, k) for k in range(width)),
+        *labels,
         "change (paired)",
         "rank",
         f"{unit} to {target:g}",
@@ -98,7 +115,7 @@ def curve_table(spec: GridSpec, groups: list[SeedGroup]) -> list[str]:
         cells = [
             group.label,
             str(len(rs)),
-            *(mean_se([_accuracy_at(r, k) for r in rs]) for k in range(width)),
+            *(mean_se([column(r) for r in rs]) for column in columns),
             mean_se([_change(r) for r in rs]),
             str(rank),
             f"{mean_se(reached, digits=0)} ({sum(v is not None for v in reached)}/{len(rs)})",

@@ -105,3 +105,18 @@ def test_equal_final_means_share_the_best_rank(tmp_path, recipes):
     ]
     text = summary_markdown(_spec(tmp_path, recipes), results)
     assert _row(text, "udm.yaml")[-2] == _row(text, "elbo.yaml")[-2] == "1"
+
+
+def test_columns_follow_the_budget_points_not_the_recipes_extra_evaluations(tmp_path, recipes):
+    """A recipe's own evaluation schedule adds rows between the budget's points; a column takes each
+    run's first evaluation at or past its point, and a budget that is no multiple of eval_every
+    gets its own last column."""
+    spec = _spec(tmp_path, recipes, eval_every=15)  # budget 40: points 0, 15, 30 and 40
+    results = [
+        _result("udm-a", "udm", 0, [(0, 0.1), (10, 0.9), (16, 0.2), (25, 0.9), (31, 0.3), (41, 0.4)]),
+        _result("elbo-a", "elbo", 0, [(0, 0.1), (15, 0.5), (20, 0.6)]),  # stopped before 30
+    ]
+    text = summary_markdown(spec, results)
+    assert _row(text, "setting")[2:6] == ["acc @ 0", "acc @ 15", "acc @ 30", "acc @ 40"]
+    assert _row(text, "udm.yaml")[2:6] == ["0.100", "0.200", "0.300", "0.400"]
+    assert _row(text, "elbo.yaml")[2:6] == ["0.100", "0.500", "—", "—"]
