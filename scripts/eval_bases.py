@@ -23,7 +23,15 @@ from pathlib import Path
 
 from dflow.cli import main as dflow
 
-NAMES = ("shapes_uniform", "shapes_mask", "glyphs_uniform", "sudoku_mask", "sudoku_uniform", "countdown_mask")
+NAMES = (
+    "shapes_uniform",
+    "shapes_mask",
+    "glyphs_uniform",
+    "sudoku_mask",
+    "sudoku_uniform",
+    "countdown_mask",
+    "countdown_uniform",
+)
 # per base: (sampler steps, guidance values when --guidance is not given)
 SETTINGS = {
     "sudoku_mask": (16, (1.0,)),
