@@ -23,9 +23,22 @@ from pathlib import Path
 
 from dflow.cli import main as dflow
 
-NAMES = ("shapes_uniform", "shapes_mask", "glyphs_uniform", "sudoku_mask", "sudoku_uniform", "countdown_mask")
+NAMES = (
+    "shapes_uniform",
+    "shapes_mask",
+    "glyphs_uniform",
+    "sudoku_mask",
+    "sudoku_uniform",
+    "countdown_mask",
+    "countdown_uniform",
+)
 # per base: (sampler steps, guidance values when --guidance is not given)
-SETTINGS = {"sudoku_mask": (16, (1.0,)), "sudoku_uniform": (16, (1.0,)), "countdown_mask": (16, (1.0,))}
+SETTINGS = {
+    "sudoku_mask": (16, (1.0,)),
+    "sudoku_uniform": (16, (1.0,)),
+    "countdown_mask": (16, (1.0,)),
+    "countdown_uniform": (16, (1.0,)),
+}
 DEFAULT_SETTING = (20, (1.0, 2.0))
 
 

@@ -36,6 +36,8 @@ def test_there_are_pretraining_recipes():
         "text/pretrain_mask.yaml",
         "sudoku/pretrain_mask.yaml",
         "sudoku/pretrain_uniform.yaml",
+        "countdown/pretrain_mask.yaml",
+        "countdown/pretrain_uniform.yaml",
     } <= names
 
 
