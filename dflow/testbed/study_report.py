@@ -79,21 +79,32 @@ def summarise(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def _fall(members: list[dict[str, Any]]) -> tuple[float, int]:
+    """The largest fall of the reward below its running peak, and the step it was reached."""
+    peak, drop, drop_step = -math.inf, 0.0, 0
+    for r in members:
+        peak = max(peak, r["reward"])
+        if peak - r["reward"] > drop:
+            drop, drop_step = peak - r["reward"], r["step"]
+    return drop, drop_step
+
+
 def collapse(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per run, on the ``rl`` prompts: peak expected reward and its step, final reward, the largest fall
-    from the running peak (``drop``, with the step it was reached), final and largest KL to the base."""
+    from the running peak (``drop``, with the step it was reached), final and largest KL to the base,
+    compute to each of ``TARGETS``. On the held-out ``test`` prompts (``test_*``, NaN without them):
+    final reward, largest fall, and the compute to 90 % of the optimum there. RL trains on the ``rl``
+    prompts, so a method can fit them while its ``test`` reward falls (diffu-GRPO and wd1 do)."""
     runs: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    held_out: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
-        if r["split"] == "rl":
-            runs[tuple(r[k] for k in KEYS) + (r["seed"],)].append(r)
+        if r["split"] in ("rl", "test"):
+            key = tuple(r[k] for k in KEYS) + (r["seed"],)
+            (runs if r["split"] == "rl" else held_out)[key].append(r)
     out = []
     for key, members in sorted(runs.items()):
         members.sort(key=lambda r: r["step"])
-        peak, drop, drop_step = -math.inf, 0.0, 0
-        for r in members:
-            peak = max(peak, r["reward"])
-            if peak - r["reward"] > drop:
-                drop, drop_step = peak - r["reward"], r["step"]
+        drop, drop_step = _fall(members)
         best = max(members, key=lambda r: r["reward"])
         last = members[-1]
         reached = {}
@@ -101,6 +112,8 @@ def collapse(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
             hit = next((r for r in members if r["frac_opt"] >= level), None)
             reached[f"step_to_{level:.0%}"] = math.nan if hit is None else hit["step"]
             reached[f"fwd_equiv_to_{level:.0%}"] = math.nan if hit is None else hit["fwd_equiv"]
+        test = sorted(held_out.get(key, []), key=lambda r: r["step"])
+        test_hit = next((r for r in test if r["frac_opt"] >= TARGETS[-1]), None)
         out.append(
             {
                 **dict(zip((*KEYS, "seed"), key, strict=True)),
@@ -114,6 +127,9 @@ def collapse(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
                 "max_kl": max(r["kl"] for r in members),
                 "fwd_equiv_per_step": last["fwd_equiv"] / max(last["step"], 1),
                 **reached,
+                "test_final_reward": test[-1]["reward"] if test else math.nan,
+                "test_drop": _fall(test)[0] if test else math.nan,
+                f"test_fwd_equiv_to_{TARGETS[-1]:.0%}": math.nan if test_hit is None else test_hit["fwd_equiv"],
             }
         )
     return out
@@ -171,6 +187,7 @@ def markdown(summary: list[dict[str, Any]], runs: list[dict[str, Any]]) -> str:
             steps = sorted({r["steps"] for r in mine})
             lines.append(f"| {method} | {len(mine)} | {'/'.join(map(str, steps))} | " + " | ".join(cells) + " |")
         lines += _cost_table([r for r in runs if (r["source"], r["reward_kind"]) == (source, kind)], methods)
+        lines += _held_out_table([r for r in runs if (r["source"], r["reward_kind"]) == (source, kind)], methods)
         lines.append("")
     return "\n".join(lines)
 
@@ -194,6 +211,30 @@ def _cost_table(runs: list[dict[str, Any]], methods: list[str]) -> list[str]:
             steps, fwd = ([r[f"{k}_to_{t:.0%}"] for r in hit] for k in ("step", "fwd_equiv"))
             cells += [f"{len(hit)}/{len(mine)}", fmt(*mean_se(steps)[:2], 0), fmt(*mean_se(fwd)[:2], 0)]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _held_out_table(runs: list[dict[str, Any]], methods: list[str]) -> list[str]:
+    """Final reward, largest fall and cost to 90 % on the held-out test prompts (mean ± SE over seeds)."""
+    target = f"{TARGETS[-1]:.0%}"
+    lines = [
+        "",
+        "On the held-out test prompts (RL never trains on them; mean ± SE over seeds, the cost over the seeds "
+        "that reached it):",
+        "",
+        f"| method | final test reward | largest fall of the test reward | reached {target} | fwd-equiv to {target} |",
+        "|---|---|---|---|---|",
+    ]
+    for method in methods:
+        mine = [r for r in runs if r["method"] == method and not math.isnan(r.get("test_final_reward", math.nan))]
+        if not mine:
+            continue
+        hit = [r[f"test_fwd_equiv_to_{target}"] for r in mine if not math.isnan(r[f"test_fwd_equiv_to_{target}"])]
+        lines.append(
+            f"| {method} | {fmt(*mean_se([r['test_final_reward'] for r in mine])[:2])} | "
+            f"{fmt(*mean_se([r['test_drop'] for r in mine])[:2])} | {len(hit)}/{len(mine)} | "
+            f"{fmt(*mean_se(hit)[:2], 0)} |"
+        )
     return lines
 
 

@@ -15,7 +15,7 @@ from dflow.paths import MixturePath, UniformSource
 from dflow.rl import Compute, PolicyUpdate
 from dflow.testbed import TestbedBase, TestbedTask
 from dflow.testbed.study import METHODS, Study, StudySpec, build_method, prepare_batch
-from dflow.testbed.study_report import collapse, load_results, mean_se, table_steps, write_report
+from dflow.testbed.study_report import _held_out_table, collapse, load_results, mean_se, table_steps, write_report
 
 SPECS = sorted((Path(__file__).resolve().parents[2] / "recipes" / "testbed" / "studies").glob("*.yaml"))
 
@@ -118,6 +118,26 @@ def test_collapse_measures_the_largest_fall_from_the_running_peak() -> None:
     assert (run["step_to_90%"], run["fwd_equiv_to_90%"]) == (30, 300.0)
     (never,) = collapse([{**r, "frac_opt": 0.6} for r in rows])
     assert math.isnan(never["step_to_90%"]) and never["step_to_50%"] == 0
+    assert math.isnan(run["test_final_reward"]) and math.isnan(run["test_drop"])  # no test rows given
+
+
+def test_collapse_reads_the_held_out_prompts_separately() -> None:
+    """The rl prompts rise and stay; the test prompts rise, then fall (a method that fits its training
+    prompts): the test columns must come from the test rows only."""
+    base = {"source": "mask", "reward_kind": "sparse", "method": "m", "seed": 1, "kl": 0.0}
+    rl = [0.1, 0.95, 0.97, 0.98]
+    test = [0.1, 0.92, 0.6, 0.2]
+    rows = [
+        {**base, "split": split, "step": 10 * i, "reward": r, "frac_opt": r, "fwd_equiv": 100.0 * i}
+        for split, rewards in (("test", test), ("rl", rl))
+        for i, r in enumerate(rewards)
+    ]
+    (run,) = collapse(rows)
+    assert run["final_reward"] == 0.98 and run["drop"] == 0.0 and run["fwd_equiv_to_90%"] == 100.0
+    assert run["test_final_reward"] == 0.2
+    assert run["test_drop"] == pytest.approx(0.72)  # 0.92 -> 0.2
+    assert run["test_fwd_equiv_to_90%"] == 100.0
+    assert "| m | 0.200 | 0.720 | 1/1 | 100 |" in _held_out_table([run], ["m"])
 
 
 def test_table_steps_keep_the_ends() -> None:
