@@ -33,12 +33,7 @@ NAMES = (
     "countdown_uniform",
 )
 # per base: (sampler steps, guidance values when --guidance is not given)
-SETTINGS = {
-    "sudoku_mask": (16, (1.0,)),
-    "sudoku_uniform": (16, (1.0,)),
-    "countdown_mask": (16, (1.0,)),
-    "countdown_uniform": (16, (1.0,)),
-}
+SETTINGS = {name: (16, (1.0,)) for name in NAMES if name.startswith(("sudoku_", "countdown_"))}
 DEFAULT_SETTING = (20, (1.0, 2.0))
 
 

@@ -9,15 +9,11 @@ most 0.5 / sqrt(48) = 0.07.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 
-from dflow import cli
 from dflow.cli import run_lightning_cli
+from tests.embedded_bases import ROOT, sample_embedded_base
 
-ROOT = Path(__file__).resolve().parents[1]
 BASES = {"countdown_mask": "MaskSource", "countdown_uniform": "UniformSource"}
 FOLDER = ROOT / "dflow" / "assets" / "countdown_mask"  # the base the (mask-source) RL recipe starts from
 RECIPE = ROOT / "recipes" / "countdown" / "udm_grpo_mask.yaml"
@@ -25,18 +21,7 @@ RECIPE = ROOT / "recipes" / "countdown" / "udm_grpo_mask.yaml"
 
 @pytest.mark.parametrize("name", sorted(BASES))
 def test_embedded_countdown_base_loads_and_scores(name, tmp_path, monkeypatch):
-    folder = ROOT / "dflow" / "assets" / name
-    size = sum(f.stat().st_size for f in folder.iterdir())
-    assert size < 3e6, f"{name} is {size / 1e6:.1f} MB; embedded bases must stay small"
-    meta = json.loads((folder / "dflow_meta.json").read_text())
-    assert meta["task_name"] == "countdown"
-    assert meta["path"]["init_args"]["source"]["class_path"].endswith(BASES[name])
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    report = tmp_path / "report.json"
-    args = ["sample", "--checkpoint", str(folder), "--out", str(tmp_path / "grid.png"), "--prompts", "48"]
-    assert cli.main([*args, "--steps", "16", "--guidance", "1", "--json", str(report)]) == 0
-    result = json.loads(report.read_text())
-    assert result["n"] == 48
+    result = sample_embedded_base(name, "countdown", BASES[name], tmp_path, monkeypatch)
     # a random answer essentially never parses with the right numbers (reward 0); the full
     # evaluation reads a mean partial reward of 0.23 / 0.26 (mask / uniform) and a strict accuracy in the
     # 5-50 % band (docs/pretraining.md)

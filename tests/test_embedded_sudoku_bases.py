@@ -9,30 +9,16 @@ most 0.5 / sqrt(48) = 0.07.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 
-from dflow import cli
+from tests.embedded_bases import sample_embedded_base
 
-ROOT = Path(__file__).resolve().parents[1]
 BASES = {"sudoku_mask": "MaskSource", "sudoku_uniform": "UniformSource"}
 
 
 @pytest.mark.parametrize("name", sorted(BASES))
 def test_embedded_sudoku_base_loads_and_scores(name, tmp_path, monkeypatch):
-    folder = ROOT / "dflow" / "assets" / name
-    size = sum(f.stat().st_size for f in folder.iterdir())
-    assert size < 3e6, f"{name} is {size / 1e6:.1f} MB; embedded bases must stay small"
-    meta = json.loads((folder / "dflow_meta.json").read_text())
-    assert meta["task_name"] == "sudoku" and meta["path"]["init_args"]["source"]["class_path"].endswith(BASES[name])
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    report = tmp_path / "report.json"
-    args = ["sample", "--checkpoint", str(folder), "--out", str(tmp_path / "grid.png"), "--prompts", "48"]
-    assert cli.main([*args, "--steps", "16", "--guidance", "1", "--json", str(report)]) == 0
-    result = json.loads(report.read_text())
-    assert result["n"] == 48
+    result = sample_embedded_base(name, "sudoku", BASES[name], tmp_path, monkeypatch)
     # chance is 1/4 per blank cell and about 4^-8 per puzzle; the full evaluation reads 0.71 / 0.76
     # cells and 0.18 / 0.23 solved (docs/pretraining.md)
     assert 0.5 < result["cells/overall"] < 0.95

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -247,19 +249,27 @@ def short_keys(keys: list[str]) -> dict[str, str]:
     return out
 
 
-def mean_std(values: list[float | None], digits: int = 2) -> str:
-    """``"m±s"`` (sample std) over the values present; ``"m"`` for one value, ``"—"`` for none."""
+def format_spread(values: Sequence[float | None], digits: int = 2, *, se: bool = False, sep: str = "±") -> str:
+    """``"m<sep>s"`` over the values present (``None`` skipped): ``s`` the sample std, or with
+    ``se`` the standard error ``std / sqrt(n)``; ``"m"`` for one value, ``"—"`` for none. Values of
+    1000 or more (compute counts) are whole numbers with separators."""
     present = [float(v) for v in values if v is not None]
     if not present:
         return "—"
-    big = max(abs(v) for v in present) >= 1000  # compute counts: whole numbers with separators
+    big = max(abs(v) for v in present) >= 1000
 
     def fmt(v: float) -> str:
         return f"{v:,.0f}" if big else f"{v:.{digits}f}"
 
     if len(present) == 1:
         return fmt(present[0])
-    return f"{fmt(statistics.mean(present))}±{fmt(statistics.stdev(present))}"
+    spread = statistics.stdev(present) / (math.sqrt(len(present)) if se else 1.0)
+    return f"{fmt(statistics.mean(present))}{sep}{fmt(spread)}"
+
+
+def mean_std(values: list[float | None], digits: int = 2) -> str:
+    """``"m±s"`` (sample std) over the values present; ``"m"`` for one value, ``"—"`` for none."""
+    return format_spread(values, digits)
 
 
 def summary_table(spec: GridSpec, results: list[dict[str, Any]]) -> Table:

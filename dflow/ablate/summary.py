@@ -26,7 +26,7 @@ import math
 import statistics
 from typing import Any
 
-from dflow.ablate.results import SeedGroup, compute_to_reach, group_by_seed
+from dflow.ablate.results import SeedGroup, compute_to_reach, format_spread, group_by_seed
 from dflow.ablate.spec import GridSpec
 
 SKIPPED_FINAL_KEYS = ("eval/rl_step",)
@@ -34,19 +34,9 @@ SKIPPED_FINAL_KEYS = ("eval/rl_step",)
 
 def mean_se(values: list[float | None], digits: int = 3) -> str:
     """``"m ± se"`` over the values present (SE = stdev / sqrt(n), stdev with ``n - 1``);
-    ``"m"`` for one value, ``"—"`` for none."""
-    present = [float(v) for v in values if v is not None and not math.isnan(float(v))]
-    if not present:
-        return "—"
-    big = max(abs(v) for v in present) >= 1000
-
-    def fmt(v: float) -> str:
-        return f"{v:,.0f}" if big else f"{v:.{digits}f}"
-
-    if len(present) == 1:
-        return fmt(present[0])
-    se = statistics.stdev(present) / math.sqrt(len(present))
-    return f"{fmt(statistics.mean(present))} ± {fmt(se)}"
+    ``"m"`` for one value, ``"—"`` for none (NaN counts as missing)."""
+    present = [v for v in values if v is not None and not math.isnan(float(v))]
+    return format_spread(present, digits, se=True, sep=" ± ")
 
 
 def _points(spec: GridSpec) -> list[float] | None:

@@ -186,8 +186,8 @@ def markdown(summary: list[dict[str, Any]], runs: list[dict[str, Any]]) -> str:
             cells = [fmt(*mean_se([r[k] for r in mine])[:2], d) for k, d in _COLLAPSE_COLUMNS]
             steps = sorted({r["steps"] for r in mine})
             lines.append(f"| {method} | {len(mine)} | {'/'.join(map(str, steps))} | " + " | ".join(cells) + " |")
-        lines += _cost_table([r for r in runs if (r["source"], r["reward_kind"]) == (source, kind)], methods)
-        lines += _held_out_table([r for r in runs if (r["source"], r["reward_kind"]) == (source, kind)], methods)
+        these = [r for r in runs if (r["source"], r["reward_kind"]) == (source, kind)]
+        lines += _cost_table(these, methods) + _held_out_table(these, methods)
         lines.append("")
     return "\n".join(lines)
 
