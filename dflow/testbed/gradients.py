@@ -20,17 +20,28 @@ batches from the same weights (``g_bar`` their mean):
   one batch's estimate; ``rel_var_per_kfwd = rel_var x fwd_equiv / 1000`` is the relative variance
   of an average of batches worth 1,000 forward-pass equivalents, the comparison at equal passes.
 
+Away from the base, :func:`train_until` gives the weights of one method's study run at the first
+evaluation whose exact expected reward on the ``rl`` prompts reaches a target (the same weights a
+study with those settings passes through: its runs resume exactly), and every method's estimate is
+taken there. A KL term is still measured against the weights themselves, so every row is the
+reward part of the estimator.
+
 Example::
 
     stats = gradient_study(base, "udm_grpo", "uniform", TestbedTask(reward="sparse"), num_batches=64)
     stats.cos_exact, stats.rel_var_per_kfwd
+    point = train_until(StudySpec(lr=1e-4, eval_every=50), "runs/points", "uniform", "sparse", target=0.9)
+    gradient_study(point.policy, "naive_grpo", "uniform", TestbedTask(reward="sparse"))
 """
 
 from __future__ import annotations
 
 import copy
+import csv
+import dataclasses
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -40,7 +51,7 @@ from dflow.rl import Compute, PolicyUpdate
 from dflow.sampling import Sampler
 from dflow.testbed.evaluate import ExactEvaluator
 from dflow.testbed.presets import MethodPreset
-from dflow.testbed.study import build_method, prepare_batch, source_path
+from dflow.testbed.study import Study, StudySpec, build_method, prepare_batch, run_id, source_path
 from dflow.testbed.task import TestbedTask
 
 
@@ -190,3 +201,71 @@ def gradient_study(
     grads, fwd = estimator_gradients(policy, parts, task, num_batches, group_size, seed)
     name = method if isinstance(method, str) else method.recipe
     return summarize(name, source, grads, exact, fwd, value)
+
+
+@dataclass
+class TrainedPoint:
+    """Weights reached by training: ``policy`` after ``step`` RL steps of ``method``, where the exact
+    expected reward on the ``rl`` prompts is ``reward`` (the first evaluation at or above the target)."""
+
+    policy: nn.Module
+    method: str
+    source: str
+    step: int
+    reward: float
+
+
+def train_until(
+    spec: StudySpec,
+    out: str | Path,
+    source: str,
+    reward: str,
+    target: float,
+    method: str = "udm_grpo",
+    seed: int = 0,
+    max_steps: int = 5000,
+) -> TrainedPoint:
+    """Train ``method`` from the study's base (``spec``'s settings: lr, group size, base, ...) in chunks
+    of ``spec.eval_every`` steps, as one study run in ``out``, until the exact expected reward on the
+    ``rl`` prompts first reaches ``target``; returns the weights there. A later call with a higher
+    target continues the same run (a study run resumes exactly from its last evaluation).
+    ``ValueError`` when ``max_steps`` pass without reaching it (naming the last reward)."""
+    if not 0.0 <= target <= 1.0:
+        raise ValueError(f"target={target!r}: an expected reward between 0 and 1")
+    run = {"method": method, "source": source, "reward": reward, "seed": seed}
+    spec = dataclasses.replace(spec, methods=[method], sources=[source], rewards=[reward], seeds=[seed])
+    study = Study(spec, out, log=lambda _: None)
+    folder = Path(out) / "runs" / run_id(run)
+    history = folder / "history.csv"
+    while True:
+        rows = _rl_rows(history)
+        hit = [r for r in rows if float(r["reward"]) >= target]
+        if hit:
+            break
+        done = int(rows[-1]["step"]) if rows else 0
+        if done >= max_steps:
+            last = float(rows[-1]["reward"]) if rows else math.nan
+            raise ValueError(
+                f"{method} on the {source} source reached an expected reward of {last:.3f} after {done} steps, "
+                f"not target={target}: raise max_steps={max_steps} or lower the target"
+            )
+        study.spec = dataclasses.replace(spec, steps=done + spec.eval_every)
+        study.run(run)
+    step = int(hit[0]["step"])
+    if step == 0:  # the base already reaches it
+        return TrainedPoint(copy.deepcopy(study.base(source)).eval(), method, source, 0, float(hit[0]["reward"]))
+    if step != int(rows[-1]["step"]):
+        raise ValueError(
+            f"{folder} reached target={target} at step {step}, before its last checkpoint (step "
+            f"{rows[-1]['step']}): only the last evaluation's weights are kept; use a new `out` folder"
+        )
+    policy = copy.deepcopy(study.base(source))
+    policy.load_state_dict(torch.load(folder / "checkpoint.pt", weights_only=False)["policy"])
+    return TrainedPoint(policy.eval(), method, source, step, float(hit[0]["reward"]))
+
+
+def _rl_rows(history: Path) -> list[dict[str, str]]:
+    if not history.exists():
+        return []
+    with open(history, newline="") as f:
+        return [r for r in csv.DictReader(f) if r["split"] == "rl"]

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import csv
 import math
 
 import pytest
 import torch
 
 from dflow.rl import REINFORCE, AllSteps, GroupAdvantage, KLPenalty, SampleSumAggregation, TrajectoryLikelihood
-from dflow.testbed import TestbedBase, TestbedTask
-from dflow.testbed.gradients import gradient_study, source_path, summarize
+from dflow.sampling import Sampler
+from dflow.testbed import ExactEvaluator, TestbedBase, TestbedTask
+from dflow.testbed.gradients import gradient_study, source_path, summarize, train_until
 from dflow.testbed.presets import METHODS, MethodPreset
+from dflow.testbed.study import StudySpec
 
 
 def test_summary_by_hand() -> None:
@@ -107,3 +110,24 @@ def test_forward_cost_is_per_batch_not_per_study(tiny) -> None:
         for n in (2, 4)
     ]
     assert costs[0] > 0 and costs[0] == pytest.approx(costs[1])
+
+
+def test_train_until_stops_at_the_first_evaluation_reaching_the_target(tmp_path) -> None:
+    # the weights returned are those of the study run at that evaluation: their exact reward is the
+    # one the history records (a checkpoint from another step, or the base, would score otherwise)
+    spec = StudySpec(
+        lr=3e-3, eval_every=5, pretrain_steps=10, group_size=4, rollout_steps=4, eval_steps=4,
+        task={"vocab_size": 2, "seq_len": 3, "num_rl_prompts": 2, "num_test_prompts": 2},
+    )  # fmt: skip
+    base = train_until(spec, tmp_path, "uniform", "partial", target=0.0)
+    assert base.step == 0
+    point = train_until(spec, tmp_path, "uniform", "partial", target=base.reward + 0.02)
+    assert point.step > 0 and point.step % 5 == 0 and point.reward >= base.reward + 0.02
+    task = TestbedTask(reward="partial", **spec.task)
+    evaluator = ExactEvaluator(task, Sampler(source_path("uniform", 2), num_steps=4), task.prompts("rl"))
+    assert evaluator(point.policy).summary()["reward"] == pytest.approx(point.reward, abs=1e-9)
+    with open(tmp_path / "runs" / "udm_grpo__uniform__partial__s0" / "history.csv") as f:
+        rl = [r for r in csv.DictReader(f) if r["split"] == "rl"]
+    assert all(float(r["reward"]) < base.reward + 0.02 for r in rl[:-1])  # the first to reach it
+    with pytest.raises(ValueError, match="max_steps"):
+        train_until(spec, tmp_path, "uniform", "partial", target=1.0, max_steps=point.step + 5)
