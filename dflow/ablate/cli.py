@@ -1,5 +1,5 @@
 """``dflow ablate GRID.yaml [--dry-run] [--out DIR] [--fail-fast] [--jobs N] [--reuse-from DIR ...]
-[--trainer.KEY=VALUE ...]``.
+[--methods M ...] [--trainer.KEY=VALUE ...]``.
 
 Trainer settings given on the command line (``--trainer.devices=2 --trainer.strategy=ddp``) say
 *how* to run and go to every run unchanged; they are checked like every override but do not enter
@@ -46,6 +46,14 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         "text and budget are copied here instead of trained",
     )
     parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=None,
+        metavar="METHOD",
+        help="train only these methods' unfinished runs now (the rest in a later call); the tables and plots "
+        "hold every finished run",
+    )
+    parser.add_argument(
         "--inline",
         action="store_true",
         help="train in this process instead of one worker process per run (one device; for debugging)",
@@ -73,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             launcher="inline" if opts.inline else "process",
             jobs=opts.jobs,
             reuse_from=opts.reuse_from,
+            methods=opts.methods,
         )
     except ValueError as err:
         print(f"dflow ablate: error: {err}", file=sys.stderr)

@@ -98,6 +98,7 @@ def run_grid(
     launcher: str = "process",
     jobs: int = 1,
     reuse_from: Sequence[str | Path] = (),
+    methods: Sequence[str] | None = None,
 ) -> GridReport:
     """Check, run (unfinished runs only) and summarise the grid ``spec``.
 
@@ -117,6 +118,9 @@ def run_grid(
     (same method name, recipe and overrides) is finished there, from the same recipe text and
     budget, is copied here instead of trained (nothing is copied in a dry run, and a run folder
     that already exists here is never replaced).
+
+    ``methods``: train only these methods' unfinished runs now (``ValueError`` naming an unknown
+    one); the others wait for a later call. The tables and plots still hold every finished run.
     """
     if launcher not in LAUNCHERS:
         raise ValueError(f"launcher={launcher!r} is not one of {LAUNCHERS}")
@@ -131,6 +135,13 @@ def run_grid(
             raise ValueError(
                 f"launcher='inline' runs on one device in this process; {multi[0]} needs launcher='process'"
             )
+    if methods is not None:
+        names = [m.name for m in spec.methods]
+        unknown = sorted(set(methods) - set(names))
+        if unknown or not methods:
+            raise ValueError(
+                f"methods={list(methods)!r}: {unknown or 'none given'}; the grid {spec.name!r} has {names}"
+            )
     console = console or Console()
     out = Path(spec.out)
     check_csv(out / CSV_FILE)
@@ -143,13 +154,17 @@ def run_grid(
             finished[p.run.run_id] = load_result(result_file, p.run.run_id, p.recipe_sha256, spec.budget.to_dict())
     borrowed = _borrow(spec, planned, finished, reuse_from, console, copy=not dry_run)
     report.reused = [p.run.run_id for p in planned if p.run.run_id in finished]
+    later = {p.run.run_id for p in planned if methods is not None and p.run.method not in methods}
     if dry_run:
-        console.print(plan_table(spec, planned, finished, borrowed))
+        console.print(plan_table(spec, planned, finished, borrowed, later))
         return report
 
-    pending = [p for p in planned if p.run.run_id not in finished]
+    pending = [p for p in planned if p.run.run_id not in finished and p.run.run_id not in later]
+    waiting = sum(1 for p in planned if p.run.run_id not in finished and p.run.run_id in later)
     console.print(
-        f"[bold]{spec.name}[/]: {len(planned)} runs ({len(finished)} finished, {len(pending)} to run), "
+        f"[bold]{spec.name}[/]: {len(planned)} runs ({len(finished)} finished, {len(pending)} to run"
+        + (f", {waiting} left for later by methods={list(methods or [])}" if waiting else "")
+        + "), "
         f"budget {spec.budget.value:g} {spec.budget.unit} each, out {out}"
     )
     if pending:
@@ -282,9 +297,14 @@ def _run_pending(spec, pending, report, finished, console, fail_fast, launcher, 
 
 
 def plan_table(
-    spec: GridSpec, planned: list[PlannedRun], finished: dict[str, Any], borrowed: dict[str, Path] | None = None
+    spec: GridSpec,
+    planned: list[PlannedRun],
+    finished: dict[str, Any],
+    borrowed: dict[str, Path] | None = None,
+    later: set[str] | frozenset[str] = frozenset(),
 ) -> Table:
-    """The runs of a grid with their coordinates and whether they are finished (``--dry-run``)."""
+    """The runs of a grid with their coordinates and whether they are finished (``--dry-run``);
+    ``later``: unfinished runs of methods not selected now."""
     borrowed = borrowed or {}
     axes = [k for k in spec.axes if k != SEED_AXIS]
     short = short_keys(axes)
@@ -296,7 +316,13 @@ def plan_table(
     for p in planned:
         run_id = p.run.run_id
         status = (
-            "finished" if run_id in finished else f"finished in {borrowed[run_id]}" if run_id in borrowed else "to run"
+            "finished"
+            if run_id in finished
+            else f"finished in {borrowed[run_id]}"
+            if run_id in borrowed
+            else "later (not in --methods)"
+            if run_id in later
+            else "to run"
         )
         table.add_row(
             p.run.run_id,

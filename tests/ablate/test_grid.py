@@ -188,6 +188,23 @@ def test_cli_dry_run_lists_runs_and_rejects_bad_input(grid_file, tmp_path, capsy
     assert "only trainer settings pass through" in capsys.readouterr().err
 
 
+def test_methods_trains_a_subset_now_and_the_rest_later(grid_file, config_parser, capsys):
+    spec = load_grid(grid_file)
+    ids = {m: [r.run_id for r in spec.runs() if r.method == m] for m in ("udm", "elbo")}
+    # the CLI lists the other method's runs as left for later, and names an unknown method
+    assert main([str(grid_file), "--dry-run", "--methods", "elbo"]) == 0
+    listing = capsys.readouterr().out
+    assert listing.count("to run") == 2 and listing.count("later (not in --methods)") == 2
+    assert main([str(grid_file), "--dry-run", "--methods", "eblo"]) == 2
+    assert "['eblo']" in capsys.readouterr().err
+
+    report = run_grid(spec, console=_console(), parser=config_parser, launcher="inline", methods=["elbo"])
+    assert report.executed == ids["elbo"] and report.failed == {}
+    rows = list(csv.DictReader((spec.out / "results.csv").open()))
+    assert [r["method"] for r in rows] == ["elbo", "elbo"]
+    assert not any((spec.out / "runs" / i).exists() for i in ids["udm"])
+
+
 @pytest.mark.slow
 def test_tiny_grid_through_dflow_ablate_processes(grid_file, tmp_path):
     out = tmp_path / "processes"
