@@ -13,7 +13,8 @@ from typing import Any
 import torch
 
 from dflow.lightning.block_builders import DiffusionGemma
-from dflow.lightning.builders import PretrainedDenoiser, instantiate, read_meta, resolve_path
+from dflow.lightning.builders import PretrainedDenoiser, read_meta, resolve_path
+from dflow.lightning.describe import instantiate
 from dflow.lightning.evaluation import EVAL_BATCH_SIZE, EVAL_SEED, evaluate, evaluation_prompts
 from dflow.lightning.export import sampler_meta
 from dflow.paths import LinearScheduler, MaskSource, MixturePath, ProbabilityPath, UniformSource

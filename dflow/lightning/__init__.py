@@ -6,13 +6,13 @@ Recipes name these by ``class_path`` (e.g. ``dflow.lightning.PretrainModule``).
 from dflow.lightning.block_builders import DiffusionGemma
 from dflow.lightning.builders import (
     DenoiserBuilder,
-    HFMaskedLM,
     PretrainedDenoiser,
     TransformerDenoiser,
     resolve_path,
 )
 from dflow.lightning.callbacks import DFlowProgressBar, ExportPretrained
 from dflow.lightning.data import PromptDataModule, TaskDataModule
+from dflow.lightning.hf_builders import HFMaskedLM
 from dflow.lightning.loggers import ResumableCSVLogger
 from dflow.lightning.losses import CrossEntropyLoss, GeneralizedKLLoss, PretrainLoss
 from dflow.lightning.pretrain import PretrainModule

@@ -27,7 +27,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from dflow.lightning.builders import describe
+from dflow.lightning.describe import describe
 from dflow.tasks import Task
 from dflow.tasks.base import Prompt, check_split
 

@@ -18,7 +18,8 @@ from typing import Any
 import yaml
 from torch import nn
 
-from dflow.lightning.builders import META_FILE, describe
+from dflow.lightning.builders import META_FILE
+from dflow.lightning.describe import describe
 from dflow.models import DiffusionGemmaDenoiser, HFMaskedLMDenoiser
 from dflow.models.lora import base_model, has_adapters, merged_copy
 from dflow.paths import ProbabilityPath

@@ -1,5 +1,5 @@
 """Token ids across tokenizers: a model saved with its own tokenizer numbers tokens differently from a
-task's, so :class:`~dflow.lightning.builders.HFMaskedLM` translates the task's ids to the model's."""
+task's, so :class:`~dflow.lightning.hf_builders.HFMaskedLM` translates the task's ids to the model's."""
 
 from __future__ import annotations
 

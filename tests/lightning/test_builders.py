@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dflow.lightning import HFMaskedLM, PretrainedDenoiser, TransformerDenoiser, resolve_path
-from dflow.lightning.builders import describe, instantiate
+from dflow.lightning.describe import describe, instantiate
 from dflow.models import DFlowConfig, DFlowTransformer
 from dflow.paths import LinearScheduler, MaskSource, MixturePath, MixtureSource, PolynomialScheduler, UniformSource
 from dflow.tasks import ShapesTask, TextTask

@@ -238,7 +238,7 @@ def test_a_masked_lm_trains_adapters_and_exports_merged(prompt_batches, tmp_path
     """LoRA on an HF masked LM (a tiny BERT built from a config) for the text task: the encoder's
     linear layers get adapters, the reference is the base, and the merged export loads through
     ``PretrainedDenoiser`` as an ``HFMaskedLMDenoiser`` with the policy's logits."""
-    from dflow.lightning.builders import HFMaskedLM
+    from dflow.lightning.hf_builders import HFMaskedLM
     from dflow.models import HFMaskedLMDenoiser
     from dflow.paths import MaskSource
     from dflow.rl import MeanFieldLikelihood

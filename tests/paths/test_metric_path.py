@@ -425,7 +425,7 @@ def test_matrices_come_from_lists_and_files_as_yaml_gives_them(tmp_path) -> None
     """A recipe cannot hold a tensor: lists, a .pt and a .npy file build the same path; bad files are named."""
     import numpy as np
 
-    from dflow.lightning.builders import describe, instantiate
+    from dflow.lightning.describe import describe, instantiate
 
     emb = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
     reference = MetricPath(embedding=emb, power=2.0)
