@@ -18,6 +18,7 @@ from dflow.rl import (
     PEPG,
     REINFORCE,
     AllButLast,
+    AllSteps,
     BackwardStates,
     ClippedSurrogate,
     CoupledELBOLikelihood,
@@ -105,6 +106,21 @@ METHODS: dict[str, MethodPreset] = {
         "dflowgrpo.yaml",
         lambda: (
             TrajectoryLikelihood(AllButLast(), token_mean=True),
+            ClippedSurrogate(1e-3, 1.5e-3),
+            GroupAdvantage(scale="batch", clip=5.0, eps=1e-4),
+            KLPenalty(0.0),
+            None,
+        ),
+        num_inner_epochs=2,
+        minibatch_groups=2,
+    ),
+    # dFlowGRPO scoring every step, the last one too: its step selection is the only change. Leaving
+    # the last step out turns the expected update against the exact gradient on the uniform source
+    # away from the base (docs/testbed.md, "Gradient estimators away from the base")
+    "dflowgrpo_all_steps": MethodPreset(
+        "dflowgrpo.yaml + the last step scored",
+        lambda: (
+            TrajectoryLikelihood(AllSteps(), token_mean=True),
             ClippedSurrogate(1e-3, 1.5e-3),
             GroupAdvantage(scale="batch", clip=5.0, eps=1e-4),
             KLPenalty(0.0),
