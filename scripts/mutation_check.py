@@ -113,7 +113,7 @@ MUTANTS = (
     Mutant(
         "mc-draws-keyed-to-rows",
         "dflow/paths/metric.py",
-        "u = _keyed_uniforms(self.mc_seed, x_t, x_s, t, s, n).to(cdf.dtype) * cdf[..., -1:]",
+        "u = keyed_uniforms(self.mc_seed, x_t, x_s, t, s, n).to(cdf.dtype) * cdf[..., -1:]",
         "u = torch.rand(B, L, n, generator=torch.Generator(device=cdf.device).manual_seed(self.mc_seed), "
         "device=cdf.device, dtype=cdf.dtype) * cdf[..., -1:]",
         (UPDATE_WIRING, "tests/paths/test_metric_path.py"),

@@ -22,7 +22,6 @@ discretization (tested).
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 from pathlib import Path
@@ -32,6 +31,7 @@ from torch import Tensor
 
 from dflow.logprobs import HeadLogits, compute_dtype, map_token_chunks, materialize
 from dflow.paths.base import ProbabilityPath, StepSample
+from dflow.paths.keyed_uniforms import keyed_uniforms
 from dflow.paths.sources import Source, UniformSource
 
 
@@ -248,7 +248,7 @@ class MetricPath(ProbabilityPath):
         lp_allowed = log_p.detach().masked_fill(~allowed, float("-inf"))
         log_mass = torch.logsumexp(lp_allowed, dim=-1)  # [B, L] log p(S), detached
         cdf = torch.softmax(lp_allowed, dim=-1).cumsum(-1)  # [B, L, V] of p restricted to S
-        u = _keyed_uniforms(self.mc_seed, x_t, x_s, t, s, n).to(cdf.dtype) * cdf[..., -1:]
+        u = keyed_uniforms(self.mc_seed, x_t, x_s, t, s, n).to(cdf.dtype) * cdf[..., -1:]
         draws = torch.searchsorted(cdf.contiguous(), u.contiguous()).clamp_max(V - 1)  # [B, L, n]
         lp_draw = log_p.gather(-1, draws)  # [B, L, n]
         log_w = lp_draw - lp_draw.detach()  # 0 in value, carries grad of log p_theta
@@ -324,52 +324,3 @@ class MetricPath(ProbabilityPath):
         return map_token_chunks(
             per_token, logits, x_t.long(), x1.long(), batch, chunk_size=chunk_size, work_per_token=4 * V * V
         )
-
-
-# ---------------------------------------------------------------------- keyed uniforms
-_MASK32 = 0xFFFFFFFF
-_MERSENNE31 = 2**31 - 1
-
-
-def _mul32(x: Tensor, c: int) -> Tensor:
-    """``(x * c) mod 2**32`` for int64 ``x`` in ``[0, 2**32)`` without int64 overflow."""
-    lo, hi = x & 0xFFFF, x >> 16
-    return (lo * c + (((hi * c) & 0xFFFF) << 16)) & _MASK32
-
-
-def _mix32(x: Tensor) -> Tensor:
-    """A 32-bit integer hash (Wellons' "lowbias32"): nearby inputs give unrelated outputs."""
-    x = x & _MASK32
-    x = x ^ (x >> 16)
-    x = _mul32(x, 0x7FEB352D)
-    x = x ^ (x >> 15)
-    x = _mul32(x, 0x846CA68B)
-    return x ^ (x >> 16)
-
-
-@functools.lru_cache(maxsize=16)
-def _powers(length: int) -> Tensor:
-    """``1_000_003**i mod (2**31 - 1)`` for ``i < length``, int64 on the CPU."""
-    out, value = [], 1
-    for _ in range(length):
-        out.append(value)
-        value = value * 1_000_003 % _MERSENNE31
-    return torch.tensor(out, dtype=torch.int64)
-
-
-def _row_hash(x: Tensor) -> Tensor:
-    """int64 ``[B]`` hash of each row of ``x`` ``[B, L]``: a polynomial modulo ``2**31 - 1`` (each term
-    is below ``2**46``, so the sum of up to ``2**16`` terms cannot overflow)."""
-    return (x.long() * _powers(x.shape[1]).to(x.device)).sum(-1) % _MERSENNE31
-
-
-def _keyed_uniforms(seed: int, x_t: Tensor, x_s: Tensor, t: Tensor, s: Tensor, n: int) -> Tensor:
-    """float64 ``[B, L, n]`` uniforms in ``(0, 1)`` that depend only on the transition, the position,
-    the draw index and ``seed`` (not on the row of the batch)."""
-    B, L = x_t.shape
-    tbits = (t.double() * 2**24).round().long() * 4099 + (s.double() * 2**24).round().long()  # [B]
-    key = _mix32(_mix32(_row_hash(x_t) + seed) ^ _row_hash(x_s))
-    key = _mix32(key ^ _mix32(tbits))  # [B]
-    pos = torch.arange(L, device=x_t.device)[:, None] * n + torch.arange(n, device=x_t.device)  # [L, n]
-    bits = _mix32(_mix32(key[:, None, None] ^ _mix32(pos + 0x9E3779B9)) + seed)  # [B, L, n]
-    return (bits.double() + 0.5) / 2**32

@@ -408,16 +408,16 @@ def test_monte_carlo_kernel_with_an_asymmetric_distance() -> None:
 def test_keyed_draws_differ_across_positions_times_and_seeds() -> None:
     """The uniforms behind the Monte-Carlo draws are keyed to (transition, position, draw): two
     positions of one row, the same states at another time, or another mc_seed get other draws."""
-    from dflow.paths.metric import _keyed_uniforms
+    from dflow.paths.keyed_uniforms import keyed_uniforms
 
     x_t = torch.zeros(1, 3, dtype=torch.long)
     x_s = torch.ones(1, 3, dtype=torch.long)
     t, s = torch.tensor([0.2]), torch.tensor([0.4])
-    u = _keyed_uniforms(0, x_t, x_s, t, s, 4)  # [1, 3, 4]
+    u = keyed_uniforms(0, x_t, x_s, t, s, 4)  # [1, 3, 4]
     assert len(set(u.flatten().tolist())) == 12  # positions and draws all differ
-    assert not torch.equal(u, _keyed_uniforms(0, x_t, x_s, t + 0.1, s + 0.1, 4))
-    assert not torch.equal(u, _keyed_uniforms(1, x_t, x_s, t, s, 4))
-    assert torch.equal(u, _keyed_uniforms(0, x_t, x_s, t, s, 4))
+    assert not torch.equal(u, keyed_uniforms(0, x_t, x_s, t + 0.1, s + 0.1, 4))
+    assert not torch.equal(u, keyed_uniforms(1, x_t, x_s, t, s, 4))
+    assert torch.equal(u, keyed_uniforms(0, x_t, x_s, t, s, 4))
     assert bool(((u > 0) & (u < 1)).all())
 
 
