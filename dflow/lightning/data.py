@@ -10,38 +10,23 @@ from ``trainer.datamodule.task`` in ``setup``. Training batches are a pure funct
   its ``state_dict`` / ``load_state_dict``) and the next iterator starts there.
 
 An "epoch" is only a block of ``batches_per_epoch`` batches; every epoch draws fresh samples
-(pretraining) or fresh prompt permutations (RL), so ``trainer.max_steps`` is what ends a run.
+(pretraining) or fresh prompt permutations (RL), so ``trainer.max_steps`` is what ends a run. The
+seeded, resumable streams both modules build on are in :mod:`dflow.lightning.streams`.
 """
 
 from __future__ import annotations
 
 import functools
-import inspect
-from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
-import lightning as L
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import Tensor
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader
 
-from dflow.lightning.describe import describe
+from dflow.lightning.streams import BatchStream, StreamDataModule, StreamLoader, rank_world
 from dflow.tasks import Task
 from dflow.tasks.base import Prompt, check_split
-
-
-def derive_seed(*parts: int) -> int:
-    """A 63-bit seed from integer parts (numpy's SeedSequence mixing: nearby tuples give unrelated seeds)."""
-    state = np.random.SeedSequence([int(p) for p in parts]).generate_state(2, dtype=np.uint32)
-    return int((int(state[0]) << 31) ^ int(state[1])) & (2**63 - 1)
-
-
-def _rank_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def indices_by_category(prompts: list[Prompt]) -> list[list[int]]:
@@ -73,120 +58,6 @@ def stratified_indices(prompts: list[Prompt], n: int | None, seed: int) -> list[
     return sorted(out)
 
 
-class BatchStream(IterableDataset):
-    """Batches ``make_batch(epoch, batch_index, generator)`` for ``batch_index in [start, num_batches)``.
-
-    Each batch gets its own generator seeded from ``(seed, epoch, batch_index, rank)``. Worker
-    ``w`` of ``W`` makes the batches with ``(batch_index - start) % W == w``; the DataLoader reads
-    workers round-robin, so the order is the same for any ``W``.
-    """
-
-    def __init__(self, make_batch: Callable[[int, int, torch.Generator], Any], num_batches: int, seed: int) -> None:
-        self.make_batch = make_batch
-        self.num_batches = num_batches
-        self.seed = seed
-        self.epoch = 0
-        self.start = 0
-
-    def __len__(self) -> int:
-        return self.num_batches
-
-    def __iter__(self) -> Iterator[Any]:
-        rank, _ = _rank_world()
-        info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        for b in range(self.start, self.num_batches):
-            if (b - self.start) % workers != worker:
-                continue
-            generator = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, b, rank))
-            yield self.make_batch(self.epoch, b, generator)
-
-
-class StreamLoader(DataLoader):
-    """A DataLoader over a :class:`BatchStream` that tells the stream its epoch and resume point
-    each time an iterator is made (the stream is copied into worker processes at that moment)."""
-
-    def __init__(
-        self,
-        stream: BatchStream,
-        epoch_fn: Callable[[], int | None],
-        resume: dict[str, int] | None,
-        num_workers: int = 0,
-    ) -> None:
-        super().__init__(stream, batch_size=None, num_workers=num_workers, persistent_workers=False)
-        self._epoch_fn = epoch_fn
-        self._resume = resume
-        self._iterations = 0
-
-    def __iter__(self):  # noqa: D105 - see the class doc
-        epoch = self._epoch_fn()
-        stream: BatchStream = self.dataset  # type: ignore[assignment]
-        stream.epoch = self._iterations if epoch is None else epoch
-        self._iterations += 1
-        resume = self._resume
-        stream.start = resume["batches"] if resume and resume["epoch"] == stream.epoch else 0
-        return super().__iter__()
-
-    # Lightning warns on resume that a loader without ``state_dict`` / ``load_state_dict`` is "not
-    # resumable". This one is: the resume point (epoch and batches the fit loop consumed) lives in the
-    # data module's ``state_dict``, which every checkpoint holds, and reaches the loader as ``resume``.
-    # The loader cannot count it itself: Lightning prefetches one batch ahead of the one it trains on.
-    # So the loader's own state is empty, and declaring it is what tells Lightning the stream resumes.
-    def state_dict(self) -> dict[str, int]:
-        """Empty: the data module's ``state_dict`` holds the resume point (see the comment above)."""
-        return {}
-
-    def load_state_dict(self, state_dict: dict[str, int]) -> None:
-        """Nothing to restore here; ``_StreamDataModule.load_state_dict`` sets the resume point."""
-
-
-class _StreamDataModule(L.LightningDataModule):
-    """Shared resume logic: ``state_dict`` records the epoch and the batches the fit loop consumed."""
-
-    task: Task
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._resume: dict[str, int] | None = None
-
-    def _save_task_hparams(self) -> None:
-        """Record the data module's arguments in ``hparams`` (and so in checkpoints).
-
-        Under LightningCLI ``hparams["task"]`` is the task's config exactly as given (class_path +
-        init_args), which ``PretrainModule.export_pretrained`` copies into ``dflow_meta.json``.
-        Built in Python it is the task object, replaced here by :func:`describe` of it, so that
-        checkpoints hold only plain data (``torch.load(weights_only=True)`` accepts them).
-        """
-        frame = inspect.currentframe()
-        assert frame is not None  # CPython: this function's frame; its caller's holds the arguments
-        self.save_hyperparameters(logger=False, frame=frame.f_back)
-        if not isinstance(self.hparams.get("task"), dict):
-            self.hparams["task"] = describe(self.hparams["task"])
-
-    def state_dict(self) -> dict[str, int]:
-        trainer = self.trainer
-        if trainer is None:
-            return {}
-        # `ready` counts the batches the training loop has taken from the iterator this epoch
-        # (the prefetched one is not included), i.e. the index of the next batch to train on
-        consumed = trainer.fit_loop.epoch_loop.batch_progress.current.ready
-        return {"epoch": int(trainer.current_epoch), "batches": int(consumed)}
-
-    def load_state_dict(self, state_dict: dict[str, int]) -> None:
-        self._resume = dict(state_dict) if state_dict else None
-
-    def resume_from(self, epoch: int, batches: int) -> None:
-        """Start the next training iterator of ``epoch`` at batch ``batches`` (what a checkpoint restores)."""
-        self._resume = {"epoch": int(epoch), "batches": int(batches)}
-
-    def _current_epoch(self) -> int | None:
-        trainer = self.trainer
-        return int(trainer.current_epoch) if trainer is not None else None
-
-    def _loader(self, stream: BatchStream, num_workers: int = 0) -> StreamLoader:
-        return StreamLoader(stream, self._current_epoch, self._resume, num_workers)
-
-
 def _check_int(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {name}={value!r}")
@@ -209,7 +80,7 @@ class SampleBatch:
         return {"x1": batch.x1, "cond": batch.cond, "prompt_idx": prompt_idx}
 
 
-class TaskDataModule(_StreamDataModule):
+class TaskDataModule(StreamDataModule):
     """Pretraining data: ground-truth ``(x1, cond)`` pairs from ``task.sample_data``.
 
     Training batches are dicts ``{"x1": long [B, L], "cond": long [B, Lc], "prompt_idx": long [B]}``
@@ -268,7 +139,7 @@ class TaskDataModule(_StreamDataModule):
         return DataLoader(indices, batch_size=self.val_batch_size)  # type: ignore[arg-type]
 
 
-class PromptDataModule(_StreamDataModule):
+class PromptDataModule(StreamDataModule):
     """RL prompts: training batches are long ``[P]`` indices into ``task.prompts(split)``.
 
     The prompt list is walked in seeded random permutations, one after another (so within a pass
@@ -326,7 +197,7 @@ class PromptDataModule(_StreamDataModule):
 
     def prompt_indices(self, epoch: int, batch_index: int, _generator: torch.Generator | None = None) -> Tensor:
         """The ``P`` prompt indices of global batch ``batch_index`` of ``epoch``, long ``[P]``."""
-        rank, world = _rank_world()
+        rank, world = rank_world()
         P = self.prompts_per_step
         first = (batch_index * world + rank) * P  # position in the epoch's stream of permutations
         out = [self._draw(epoch, pos) for pos in range(first, first + P)]

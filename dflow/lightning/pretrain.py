@@ -28,11 +28,11 @@ from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from torch import Tensor, nn
 
 from dflow.lightning.builders import DenoiserBuilder, check_task_path
-from dflow.lightning.data import derive_seed
 from dflow.lightning.export import model_meta, task_description, write_model_folder
 from dflow.lightning.loggers import log_image
 from dflow.lightning.losses import CrossEntropyLoss, PretrainLoss
 from dflow.lightning.schedules import check_schedule, warmup_cosine, with_schedule
+from dflow.lightning.streams import derive_seed
 from dflow.logprobs import scoring_logits
 from dflow.paths import ProbabilityPath
 from dflow.sampling import SamplerConfig
