@@ -70,7 +70,7 @@ def _dflow_globals(config) -> list:
 # Lightning warnings that every dflow run would print and that do not apply to it (checked, not
 # guessed): RL optimises manually and checkpoints after the step on purpose; the frozen reference
 # and the dropout-free denoiser sit in eval mode on purpose; dflow's batch streams define __len__
-# per worker by construction (dflow/lightning/data.py); the pytree notice is Lightning's own.
+# per worker by construction (dflow/lightning/streams.py); the pytree notice is Lightning's own.
 QUIET_WARNINGS = (
     r"Using ModelCheckpoint with manual optimization",
     r"Found \d+ module\(s\) in eval mode",

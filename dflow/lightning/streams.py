@@ -99,7 +99,7 @@ class StreamLoader(DataLoader):
         return {}
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
-        """Nothing to restore here; ``_StreamDataModule.load_state_dict`` sets the resume point."""
+        """Nothing to restore here; ``StreamDataModule.load_state_dict`` sets the resume point."""
 
 
 class StreamDataModule(L.LightningDataModule):
