@@ -47,8 +47,8 @@ from dflow.lightning import (
     RLModule,
     TransformerDenoiser,
 )
+from dflow.lightning.precision import check_precision
 from dflow.lightning.reliability import CHECKPOINT_PATH_KEY, check_state_dict, load_checkpoint_file
-from dflow.lightning.rl_module import check_precision
 from dflow.models import DFlowConfig, DFlowTransformer, HFMaskedLMDenoiser
 from dflow.models.lora import LoRAConfig
 from dflow.paths import MaskSource, MetricPath, MixturePath, MixtureSource, PolynomialScheduler, UniformSource

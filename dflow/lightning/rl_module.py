@@ -29,6 +29,7 @@ from dflow.lightning.builders import DenoiserBuilder
 from dflow.lightning.evaluation import evaluate, evaluation_prompts, spread_prompts, write_grid
 from dflow.lightning.export import model_meta, task_description, write_model_folder
 from dflow.lightning.loggers import log_image
+from dflow.lightning.precision import check_precision
 from dflow.lightning.reliability import check_state_dict
 from dflow.lightning.rewards import RewardSpec, build_rewards
 from dflow.lightning.rl_config import (
@@ -39,6 +40,7 @@ from dflow.lightning.rl_config import (
     as_record,
     check_removed_arguments,
 )
+from dflow.lightning.rl_logs import compute_logs, step_logs
 from dflow.lightning.rl_state import global_rng_state, restore, set_global_rng_state, snapshot
 from dflow.lightning.schedules import warmup_cosine, with_schedule
 from dflow.lightning.sharding import is_sharded, norm_value, shard
@@ -303,24 +305,19 @@ class RLModule(L.LightningModule):
         if scheduler is not None:
             scheduler.step()
 
-        correct = task.correct(x1, prompts).float()
-        logs = {
-            "train/reward": record.total.mean().item(),
-            "train/reward_std": record.total.std().item() if len(prompts) > 1 else 0.0,
-            "train/acc": correct.mean().item(),
-            "train/entropy": -traj.log_probs.sum(-1).mean().item() / task.seq_len,
-            "train/grad_norm": sum(grad_norms) / len(grad_norms),
-            "train/lr": lr_used,
-            "train/rl_step": float(self.rl_steps + 1),
-            **{f"reward/{k}": v.float().mean().item() for k, v in record.components.items()},
-            **{f"adv/{k}": v for k, v in adv.stats.items()},
-            **{
-                f"train/{k}": (min(v) if k == "ratio_min" else max(v) if k == "ratio_max" else sum(v) / len(v))
-                for k, v in stats.items()
-            },
-            **{f"time/{k}": v for k, v in times.items()},
-            **self._compute_logs(),
-        }
+        logs = step_logs(
+            record,
+            task.correct(x1, prompts).float(),
+            traj,
+            task.seq_len,
+            grad_norms,
+            lr_used,
+            self.rl_steps + 1,
+            adv.stats,
+            stats,
+            times,
+            self.compute,
+        )
         self.log_dict(logs, prog_bar=False, on_step=True, batch_size=len(prompts), sync_dist=True)
         self.log("reward", logs["train/reward"], prog_bar=True, on_step=True, batch_size=len(prompts), sync_dist=True)
         rollouts = x1.view(-1, G, x1.shape[-1])  # [P, G, L]
@@ -422,15 +419,6 @@ class RLModule(L.LightningModule):
             ) from err
         return None
 
-    def _compute_logs(self) -> dict[str, float]:
-        c = self.compute
-        return {
-            "compute/forward": float(c.forward),
-            "compute/backward": float(c.backward),
-            "compute/tokens": float(c.tokens),
-            "compute/fwd_equiv": float(c.fwd_equiv),
-        }
-
     # ------------------------------------------------------------------ evaluation and grids
     def on_train_start(self) -> None:
         if self.eval_config.every_n_steps and not self.eval_history:
@@ -471,7 +459,7 @@ class RLModule(L.LightningModule):
         grid = evaluate(self.policy, task, self.eval_sampler, self.grid_prompts, device=self.device)
         denoiser.train(was_training)
         metrics = {f"eval/{k.replace('/', '_')}": v for k, v in res.metrics.items()}
-        metrics.update(self._compute_logs())
+        metrics.update(compute_logs(self.compute))
         metrics["eval/rl_step"] = float(self.rl_steps)
         self.eval_history.append({"step": self.global_step, "rl_step": self.rl_steps, **metrics})
         log_dir = self.trainer.log_dir  # a broadcast under DDP: every rank must ask, not rank 0 alone
@@ -532,23 +520,6 @@ class RLModule(L.LightningModule):
             self.faults.update(extra["faults"])
             self.eval_history = list(extra["eval_history"])
             self.rl_steps = int(extra["rl_steps"])
-
-
-def check_precision(precision: str, device: torch.device) -> None:
-    """``ValueError`` naming ``trainer.precision`` when it asks for bfloat16 on a GPU without it (NVIDIA
-    before compute capability 8.0, where PyTorch would emulate it slowly or fail). CPUs have it."""
-    if not precision.startswith("bf16") or device.type != "cuda":
-        return
-    try:
-        supported = torch.cuda.is_bf16_supported(including_emulation=False)
-    except TypeError:  # torch < 2.3: no emulation to exclude
-        supported = torch.cuda.is_bf16_supported()
-    if not supported:
-        name = f" ({torch.cuda.get_device_name(device)})" if torch.cuda.is_available() else ""
-        raise ValueError(
-            f"trainer.precision={precision} needs bfloat16, which {device}{name} does not have (NVIDIA GPUs "
-            "have it from compute capability 8.0, Ampere); use --trainer.precision=16-mixed or 32-true"
-        )
 
 
 _DIVERGED = (
