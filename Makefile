@@ -48,11 +48,13 @@ demo: install
 	test -d dflow/assets/shapes_uniform || scripts/make_base_models.sh shapes_uniform
 	$(BIN)/dflow demo --out runs/demo
 
-# Retrain the embedded bases dflow/assets/{shapes_uniform,shapes_mask,glyphs_uniform,sudoku_mask,sudoku_uniform,countdown_mask,countdown_uniform}
+# Retrain the embedded bases dflow/assets/{shapes_uniform,shapes_mask,glyphs_uniform,sudoku_mask,sudoku_uniform,countdown_mask,countdown_uniform,
+# arithmetic_mask,arithmetic_uniform}
 # with the pretraining recipes, one after another, then evaluate them on the test prompts (scripts/eval_bases.py prints the table
 # of docs/pretraining.md). Measured in session 6: the two shapes bases took 66 min each when trained side
 # by side with one thread each on 2 CPU cores; the glyphs base and each sudoku base take about a minute, the countdown bases
-# 17 (mask) and 30 min (uniform) on one thread beside other jobs. Logs in runs/.
+# 17 (mask) and 30 min (uniform), the arithmetic bases 24 (mask) and 16 min (uniform) on one thread beside other jobs.
+# Logs in runs/.
 base-models: install
 	scripts/make_base_models.sh
 

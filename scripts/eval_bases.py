@@ -2,8 +2,9 @@
 
 Each base is measured with ``dflow sample`` with its task's evaluation sampler (image tasks: 20
 steps, once CFG-free at guidance 1, the evaluation setting the RL recipes share, and once with
-guidance 2, the pretraining validation setting; sudoku and countdown: 16 steps at guidance 1, the
-setting of their pretraining validation and RL recipes); every test prompt is sampled ``--samples-per-prompt`` times.
+guidance 2, the pretraining validation setting; sudoku, countdown and arithmetic: 16 steps at
+guidance 1, the setting of their pretraining validation and RL recipes); every test prompt is
+sampled ``--samples-per-prompt`` times.
 Sudoku's table adds the pooled blank-cell accuracy (``cells``). Beside each overall figure ``m``
 stands the bound on the standard error of one evaluation, ``sqrt(m (1 - m) / n)`` with ``n`` the
 test prompts: each prompt's mean over its samples lies in [0, 1], so its variance is at most
@@ -31,9 +32,11 @@ NAMES = (
     "sudoku_uniform",
     "countdown_mask",
     "countdown_uniform",
+    "arithmetic_mask",
+    "arithmetic_uniform",
 )
 # per base: (sampler steps, guidance values when --guidance is not given)
-SETTINGS = {name: (16, (1.0,)) for name in NAMES if name.startswith(("sudoku_", "countdown_"))}
+SETTINGS = {name: (16, (1.0,)) for name in NAMES if name.startswith(("sudoku_", "countdown_", "arithmetic_"))}
 DEFAULT_SETTING = (20, (1.0, 2.0))
 
 
@@ -106,7 +109,7 @@ def run(argv: list[str] | None = None) -> None:
     parser.add_argument("names", nargs="*", default=list(NAMES))
     parser.add_argument("--samples-per-prompt", type=int, default=4)
     parser.add_argument(
-        "--guidance", type=float, nargs="+", default=None, help="default: 1 and 2 (image tasks), 1 (sudoku, countdown)"
+        "--guidance", type=float, nargs="+", default=None, help="default: 1 and 2 (image tasks), 1 (reasoning tasks)"
     )
     parser.add_argument("--out", default="runs/base_eval")
     opts = parser.parse_args(argv)
