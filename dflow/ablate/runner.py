@@ -154,13 +154,14 @@ def run_grid(
             finished[p.run.run_id] = load_result(result_file, p.run.run_id, p.recipe_sha256, spec.budget.to_dict())
     borrowed = _borrow(spec, planned, finished, reuse_from, console, copy=not dry_run)
     report.reused = [p.run.run_id for p in planned if p.run.run_id in finished]
-    later = {p.run.run_id for p in planned if methods is not None and p.run.method not in methods}
+    unfinished = [p for p in planned if p.run.run_id not in finished]
+    pending = [p for p in unfinished if methods is None or p.run.method in methods]
     if dry_run:
+        later = {p.run.run_id for p in unfinished} - {p.run.run_id for p in pending}
         console.print(plan_table(spec, planned, finished, borrowed, later))
         return report
 
-    pending = [p for p in planned if p.run.run_id not in finished and p.run.run_id not in later]
-    waiting = sum(1 for p in planned if p.run.run_id not in finished and p.run.run_id in later)
+    waiting = len(unfinished) - len(pending)
     console.print(
         f"[bold]{spec.name}[/]: {len(planned)} runs ({len(finished)} finished, {len(pending)} to run"
         + (f", {waiting} left for later by methods={list(methods or [])}" if waiting else "")

@@ -31,6 +31,7 @@ def aggregate(name: str, values: list[float]) -> float:
 
 def step_logs(
     record,
+    *,
     correct: Tensor,
     traj,
     seq_len: int,

@@ -307,16 +307,16 @@ class RLModule(L.LightningModule):
 
         logs = step_logs(
             record,
-            task.correct(x1, prompts).float(),
-            traj,
-            task.seq_len,
-            grad_norms,
-            lr_used,
-            self.rl_steps + 1,
-            adv.stats,
-            stats,
-            times,
-            self.compute,
+            correct=task.correct(x1, prompts).float(),
+            traj=traj,
+            seq_len=task.seq_len,
+            grad_norms=grad_norms,
+            lr=lr_used,
+            rl_step=self.rl_steps + 1,
+            adv_stats=adv.stats,
+            stats=stats,
+            times=times,
+            compute=self.compute,
         )
         self.log_dict(logs, prog_bar=False, on_step=True, batch_size=len(prompts), sync_dist=True)
         self.log("reward", logs["train/reward"], prog_bar=True, on_step=True, batch_size=len(prompts), sync_dist=True)

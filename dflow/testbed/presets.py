@@ -69,6 +69,23 @@ class MethodPreset:
     sources: tuple[str, ...] = ("mask", "uniform")  # the sources its maths covers (SPG: mask only)
 
 
+def _dflowgrpo(recipe: str, steps: Callable[[], Any]) -> MethodPreset:
+    """dFlowGRPO's parts (the trajectory's per-step log-probabilities, token mean; asymmetric clip
+    1e-3 / 1.5e-3; batch-std advantage; 2 inner epochs of 2-group mini-batches) with ``steps`` scored."""
+    return MethodPreset(
+        recipe,
+        lambda: (
+            TrajectoryLikelihood(steps(), token_mean=True),
+            ClippedSurrogate(1e-3, 1.5e-3),
+            GroupAdvantage(scale="batch", clip=5.0, eps=1e-4),
+            KLPenalty(0.0),
+            None,
+        ),
+        num_inner_epochs=2,
+        minibatch_groups=2,
+    )
+
+
 METHODS: dict[str, MethodPreset] = {
     # the UDM-GRPO paper's baseline: each step's posterior draw scored at the stored backward state
     "naive_grpo": MethodPreset(
@@ -102,33 +119,11 @@ METHODS: dict[str, MethodPreset] = {
             None,
         ),
     ),
-    "dflowgrpo": MethodPreset(
-        "dflowgrpo.yaml",
-        lambda: (
-            TrajectoryLikelihood(AllButLast(), token_mean=True),
-            ClippedSurrogate(1e-3, 1.5e-3),
-            GroupAdvantage(scale="batch", clip=5.0, eps=1e-4),
-            KLPenalty(0.0),
-            None,
-        ),
-        num_inner_epochs=2,
-        minibatch_groups=2,
-    ),
+    "dflowgrpo": _dflowgrpo("dflowgrpo.yaml", AllButLast),
     # dFlowGRPO scoring every step, the last one too: its step selection is the only change. Leaving
     # the last step out turns the expected update against the exact gradient on the uniform source
     # away from the base (docs/testbed.md, "Gradient estimators away from the base")
-    "dflowgrpo_all_steps": MethodPreset(
-        "dflowgrpo.yaml + the last step scored",
-        lambda: (
-            TrajectoryLikelihood(AllSteps(), token_mean=True),
-            ClippedSurrogate(1e-3, 1.5e-3),
-            GroupAdvantage(scale="batch", clip=5.0, eps=1e-4),
-            KLPenalty(0.0),
-            None,
-        ),
-        num_inner_epochs=2,
-        minibatch_groups=2,
-    ),
+    "dflowgrpo_all_steps": _dflowgrpo("dflowgrpo.yaml + the last step scored", AllSteps),
     "elbo_epg": MethodPreset("elbo_epg.yaml", lambda: _elbo_parts(EPG())),
     # the ELBO family's other objectives (elbo_pepg.yaml, elbo_par.yaml, elbo_grpo.yaml): the same units
     # and advantage as elbo_epg; with one inner epoch all four give the same gradient (ratio 1)

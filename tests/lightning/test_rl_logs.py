@@ -25,8 +25,8 @@ def test_step_row_by_hand() -> None:
     compute.add(forward=10, tokens_per_pass=4)
     row = step_logs(
         record,
-        torch.tensor([1.0, 0.0, 0.0, 0.0]),
-        traj,
+        correct=torch.tensor([1.0, 0.0, 0.0, 0.0]),
+        traj=traj,
         seq_len=2,
         grad_norms=[2.0, 4.0],
         lr=1e-4,
