@@ -11,7 +11,7 @@ from dflow.cli import run_lightning_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 # recipes/ablations holds `dflow ablate` grids, not recipes
-TASK_FOLDERS = ("shapes", "glyphs", "text", "sudoku", "countdown")
+TASK_FOLDERS = ("shapes", "glyphs", "text", "sudoku", "countdown", "arithmetic")
 RECIPES = sorted(
     p
     for folder in TASK_FOLDERS
@@ -53,7 +53,8 @@ def test_every_method_has_a_recipe():
         )
     }
     expected |= {"glyphs/udm_grpo", "glyphs/elbo_epg", "text/diffu_grpo", "text/elbo_epg", "sudoku/demo"}
-    expected |= {"countdown/udm_grpo_mask"}
+    expected |= {"countdown/udm_grpo_mask", "countdown/udm_grpo_uniform"}
+    expected |= {"arithmetic/udm_grpo_mask", "arithmetic/udm_grpo_uniform"}
     assert expected <= names
 
 
