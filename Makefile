@@ -53,7 +53,7 @@ demo: install
 # with the pretraining recipes, one after another, then evaluate them on the test prompts (scripts/eval_bases.py prints the table
 # of docs/pretraining.md). Measured in session 6: the two shapes bases took 66 min each when trained side
 # by side with one thread each on 2 CPU cores; the glyphs base and each sudoku base take about a minute, the countdown bases
-# 17 (mask) and 30 min (uniform), the arithmetic bases 24 (mask) and 16 min (uniform) on one thread beside other jobs.
+# 17 (mask) and 30 min (uniform), the arithmetic bases 4 (mask) and 5 min (uniform) on one thread beside other jobs.
 # Logs in runs/.
 base-models: install
 	scripts/make_base_models.sh

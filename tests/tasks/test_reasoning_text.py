@@ -1,4 +1,4 @@
-"""Text machinery of the reasoning tasks: the in-code character tokenizer, answer alphabets, prompts
+"""Text machinery of the reasoning tasks: the in-code character and word tokenizers, answer alphabets, prompts
 through a real tokenizer's chat template (a BPE tokenizer trained in code with the ``tokenizers``
 library and saved to a temp dir, never a download), the bad-input errors, sample dumps, and the
 tasks plugged into a tiny masked LM."""
@@ -12,7 +12,8 @@ from dflow.tasks import ArithmeticTask, CountdownTask, SudokuTask
 from dflow.tasks.base import Prompt
 from dflow.tasks.countdown import CountdownProblem
 from dflow.tasks.reasoning import AnswerAlphabet, build_char_tokenizer
-from dflow.tasks.reasoning.tokenizer import CHARACTERS
+from dflow.tasks.reasoning.prompting import PromptEncoder
+from dflow.tasks.reasoning.tokenizer import CHAR_VOCAB, CHARACTERS, build_word_tokenizer
 
 SMALL = {"test_size": 20, "pretrain_size": 300, "rl_size": 300}
 SPECIALS = ["<pad>", "<mask>", "<eos>", "<unk>", "<|user|>", "<|assistant|>", "<|end|>"]
@@ -59,6 +60,49 @@ def test_char_tokenizer_layout_and_round_trip():
     ids = tok(text, add_special_tokens=False)["input_ids"]
     assert len(ids) == len(text) and tok.decode(ids) == text  # one token per character, joined with nothing
     assert tok("é", add_special_tokens=False)["input_ids"] == [3]
+
+
+def test_word_tokenizer_layout_and_round_trip():
+    tok = build_word_tokenizer(["Mia", "has", "stickers", "How", "many", "a"])
+    assert tok.get_vocab() | CHAR_VOCAB == tok.get_vocab()  # the 100 character ids are kept as they are
+    # each word and its spaced form, but "a" is a character already: 11 new pieces, then " 0" ... " 9"
+    assert (tok.pad_token_id, tok.unk_token_id) == (0, 3) and len(tok) == 100 + 11 + 10
+    text = "Mia has 12 stickers.\nHow many? a=b, 3+4=7"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    tokens = tok.convert_ids_to_tokens(ids)
+    # a word or a digit with the space before it, every other character alone
+    story = ["Mia", " has", " 1", "2", " stickers", ".", "\n", "How", " many", "?"]
+    assert tokens == story + [" a", "=", "b", ",", " 3", "+", "4", "=", "7"]
+    assert tok.decode(ids) == text
+    with pytest.raises(ValueError, match="ASCII letters only, got 'two words'"):
+        build_word_tokenizer(["two words"])
+
+
+def test_a_word_the_word_tokenizer_lacks_is_named():
+    encoder = PromptEncoder(words=["Mia", "has"], task="arithmetic")
+    assert encoder.lengths(["Mia has 3"]) == [3]
+    unknown = r"'Ben has 2 cats' has words the in-code word tokenizer does not know: \['Ben', 'cats'\]"
+    with pytest.raises(ValueError, match=unknown):
+        encoder.ids(["Mia has 3", "Ben has 2 cats"])
+    with pytest.raises(ValueError, match=r"characters the tokenizer does not know: \['é'\]"):
+        encoder.ids(["Mia has é"])
+    with pytest.raises(ValueError, match="in-code word tokenizer has no chat template"):
+        PromptEncoder(words=["Mia"], chat_template=True)
+
+
+def test_arithmetic_prompts_are_words_by_default_and_characters_on_request():
+    words = ArithmeticTask(steps=[2], max_value=30, max_operand=10, **SMALL)
+    chars = ArithmeticTask(steps=[2], max_value=30, max_operand=10, prompt_tokens="chars", **SMALL)
+    assert chars.prompt_vocab_size == 100 and words.prompt_vocab_size > 100
+    prompts = [p for split in ("test", "pretrain", "rl") for p in words.prompts(split)]
+    assert chars.prompt_len == max(len(p.text) for p in prompts)
+    assert words.prompt_len < chars.prompt_len / 3  # the point: a token per word, not per character
+    for row, prompt in zip(words.encode_prompts(prompts), prompts, strict=True):
+        assert words.tokenizer.decode([i for i in row.tolist() if i]) == prompt.text  # nothing lost
+    instruct = ArithmeticTask(steps=[2], max_value=30, max_operand=10, prompt_style="instruct", **SMALL)
+    assert instruct.prompt_vocab_size == words.prompt_vocab_size  # one word list covers both styles
+    with pytest.raises(ValueError, match="prompt_tokens must be one of .*got 'bytes'"):
+        ArithmeticTask(steps=[2], prompt_tokens="bytes", **SMALL)
 
 
 def test_answer_alphabet_round_trip_and_errors():

@@ -1,7 +1,8 @@
 """Prompt text -> token ids for the reasoning tasks, optionally through a chat template.
 
-``PromptEncoder(tokenizer=None)`` uses the in-code character tokenizer; ``tokenizer="path/to/folder"``
-loads a real model's tokenizer. With ``chat_template`` (the default when a folder is given) each
+``PromptEncoder(tokenizer=None)`` uses the in-code character tokenizer, ``PromptEncoder(words=[...])``
+the in-code word tokenizer over those words; ``tokenizer="path/to/folder"`` loads a real model's
+tokenizer. With ``chat_template`` (the default when a folder is given) each
 prompt becomes one user turn, ``apply_chat_template(..., add_generation_prompt=True)``, so the ids
 end where the assistant's answer begins; the templated text is then tokenised without adding
 special tokens again (the template writes its own).
@@ -20,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dflow.tasks.reasoning.tokenizer import CHAR_VOCAB, build_char_tokenizer, load_tokenizer
+from dflow.tasks.reasoning.tokenizer import CHAR_VOCAB, build_char_tokenizer, build_word_tokenizer, load_tokenizer
 
 
 class PromptEncoder:
@@ -30,19 +31,33 @@ class PromptEncoder:
         folder, no for the in-code tokenizer. ``True`` with a tokenizer that has no chat template
         is a ``ValueError`` naming it.
     task: the task's name, for messages.
+    words: with ``tokenizer=None``, the in-code word tokenizer over these words instead of the
+        character one (:func:`~dflow.tasks.reasoning.tokenizer.build_word_tokenizer`); ignored
+        with a folder, whose tokenizer is the model's own.
     """
 
-    def __init__(self, tokenizer: str | None = None, chat_template: bool | None = None, task: str = "task") -> None:
+    def __init__(
+        self,
+        tokenizer: str | None = None,
+        chat_template: bool | None = None,
+        task: str = "task",
+        words: Sequence[str] | None = None,
+    ) -> None:
         if tokenizer is not None and not isinstance(tokenizer, str):
             raise ValueError(f"tokenizer must be None or a folder path (str), got {tokenizer!r}")
         if chat_template is not None and not isinstance(chat_template, bool):
             raise ValueError(f"chat_template must be None, True or False, got {chat_template!r}")
         self.task = task
         self.source = tokenizer
-        self.tokenizer: Any = build_char_tokenizer() if tokenizer is None else load_tokenizer(tokenizer)
+        self.words = None if tokenizer is not None or words is None else tuple(words)
+        if tokenizer is not None:
+            self.tokenizer: Any = load_tokenizer(tokenizer)
+        else:
+            self.tokenizer = build_char_tokenizer() if self.words is None else build_word_tokenizer(self.words)
         self.chat_template = (tokenizer is not None) if chat_template is None else chat_template
         if self.chat_template and not getattr(self.tokenizer, "chat_template", None):
-            where = "the in-code character tokenizer" if tokenizer is None else f"the tokenizer in {tokenizer!r}"
+            kind = "character" if self.words is None else "word"
+            where = f"the tokenizer in {tokenizer!r}" if tokenizer is not None else f"the in-code {kind} tokenizer"
             raise ValueError(
                 f"task {task!r}: chat_template=True but {where} has no chat template; give a tokenizer folder "
                 "whose tokenizer_config.json holds one, or set chat_template: false for raw prompts"
@@ -66,10 +81,7 @@ class PromptEncoder:
         unk, pad = self.tokenizer.unk_token_id, self.tokenizer.pad_token_id
         for prompt, row in zip(prompts, rows, strict=True):
             if unk is not None and unk in row:
-                chars = sorted({c for c in prompt if self.tokenizer(c, add_special_tokens=False)["input_ids"] == [unk]})
-                raise ValueError(
-                    f"task {self.task!r}: prompt {_short(prompt)} has characters the tokenizer does not know: {chars}"
-                )
+                raise ValueError(f"task {self.task!r}: prompt {_short(prompt)} has {self._unknown(prompt, unk)}")
             if pad != 0 and 0 in row:
                 token = self.tokenizer.convert_ids_to_tokens(0)
                 raise ValueError(
@@ -78,10 +90,21 @@ class PromptEncoder:
                 )
         return [list(map(int, row)) for row in rows]
 
+    def _unknown(self, prompt: str, unk: int) -> str:
+        """What in ``prompt`` the tokenizer reads as ``unk``, in words: its characters, or else the
+        pieces of the in-code word tokenizer (a word missing from its list)."""
+        chars = sorted({c for c in prompt if self.tokenizer(c, add_special_tokens=False)["input_ids"] == [unk]})
+        if chars or self.words is None:
+            return f"characters the tokenizer does not know: {chars}"
+        pieces = self.tokenizer.backend_tokenizer.pre_tokenizer.pre_tokenize_str(prompt)
+        vocab = self.tokenizer.get_vocab()
+        unknown = sorted({piece.strip() for piece, _ in pieces if piece not in vocab})
+        return f"words the in-code word tokenizer does not know: {unknown} (add them to the task's word list)"
+
     def lengths(self, prompts: Sequence[str]) -> list[int]:
         """Token count of each prompt, with the checks of :meth:`ids`. The in-code tokenizer without
         a chat template has one token per character: counted and checked without tokenising."""
-        if self.source is None and not self.chat_template:
+        if self.source is None and self.words is None and not self.chat_template:
             unknown = set().union(*map(set, prompts)) - CHAR_VOCAB.keys()
             if unknown:
                 self.ids([next(p for p in prompts if set(p) & unknown)])  # raises, naming the prompt

@@ -77,12 +77,14 @@ class ReasoningTask(Task):
         tokenizer: str | None,
         chat_template: bool | None,
         prompt_len: int | None,
+        words: Sequence[str] | None = None,
     ) -> None:
         """Set the prompt lists, tokenizer, ids and sizes; ``prompt_len=None`` takes the longest
-        prompt of the three splits, so every prompt fits."""
+        prompt of the three splits, so every prompt fits. ``words``: the in-code word tokenizer's
+        words (when ``tokenizer`` is ``None``), or ``None`` for the character one."""
         self._prompts = prompts
         self.seq_len = check_positive_int(seq_len, "seq_len")
-        self.encoder = PromptEncoder(tokenizer, chat_template, self.name)
+        self.encoder = PromptEncoder(tokenizer, chat_template, self.name, words=words)
         self.tokenizer = self.encoder.tokenizer
         where = "the in-code tokenizer" if tokenizer is None else f"the tokenizer in {tokenizer!r}"
         self.data_token_ids = self.alphabet.token_ids(self.tokenizer, where=f"task {self.name!r}: {where}")

@@ -9,16 +9,25 @@ id 0 so that padded prompts and the all-zero null prompt of classifier-free guid
 character outside the vocabulary becomes ``[UNK]`` (the prompt encoders refuse it). ``decode`` joins
 characters with nothing between them, so ``decode(encode(text)) == text`` for ASCII text.
 
+The in-code word tokenizer (``build_word_tokenizer(words)``) keeps those 100 ids and adds, for each
+of a task's words, the word and the word after a space, then the ten digits after a space. Text is
+cut into pieces (a run of letters with the space before it, a digit with the space before it, any
+other character) and each piece is one token, so a prompt of English words costs about a token per
+word instead of one per character (a word the list lacks is ``[UNK]``, which the prompt encoders
+refuse). ``decode(encode(text)) == text`` holds for it too.
+
 ``load_tokenizer(folder)`` loads a real model's tokenizer from a local folder (never the hub), for
 prompts in an instruct model's own ids and chat template.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tokenizers import Tokenizer, decoders, models
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 CHAR_SPECIAL_TOKENS = ("[PAD]", "[MASK]", "[EOS]", "[UNK]")
@@ -30,6 +39,36 @@ def build_char_tokenizer(model_max_length: int = 4096) -> PreTrainedTokenizerFas
     """A fresh character-level tokenizer with the vocabulary above (``pad_token_id == 0``)."""
     core = Tokenizer(models.BPE(vocab=dict(CHAR_VOCAB), merges=[], unk_token="[UNK]"))
     core.decoder = decoders.Fuse()  # concatenate, no spaces between characters
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        pad_token="[PAD]",
+        mask_token="[MASK]",
+        eos_token="[EOS]",
+        unk_token="[UNK]",
+        model_max_length=model_max_length,
+    )
+
+
+WORD_PIECES = r" ?[A-Za-z]+| ?[0-9]|[\s\S]"  # how the word tokenizer cuts text: every character lands in one piece
+
+
+def build_word_tokenizer(words: Sequence[str], model_max_length: int = 4096) -> PreTrainedTokenizerFast:
+    """A fresh word-level tokenizer (module doc): the character vocabulary (ids 0-99, ``[PAD]`` 0),
+    then ``w`` and ``" " + w`` for each of ``words`` in order, then ``" 0"`` ... ``" 9"``.
+
+    ``ValueError`` naming a word that is not a run of ASCII letters (it could never be one piece).
+    """
+    vocab = dict(CHAR_VOCAB)
+    for word in words:
+        if not isinstance(word, str) or re.fullmatch(r"[A-Za-z]+", word) is None:
+            raise ValueError(f"build_word_tokenizer: every word must be ASCII letters only, got {word!r}")
+        for piece in (word, " " + word):
+            vocab.setdefault(piece, len(vocab))
+    for digit in "0123456789":
+        vocab.setdefault(" " + digit, len(vocab))
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex(WORD_PIECES), behavior="isolated")
+    core.decoder = decoders.Fuse()  # the pieces carry their spaces: concatenate
     return PreTrainedTokenizerFast(
         tokenizer_object=core,
         pad_token="[PAD]",
