@@ -7,7 +7,8 @@ Files written into the study folder:
   seeds of every score. SE = sample standard deviation (n - 1) / sqrt(n); empty for one seed.
 - ``collapse.csv``: per run, on the ``rl`` prompts: how far its expected reward fell from its running
   peak, how far its KL to the base went, and the steps and fwd-equiv it took to reach 50% and 90% of
-  the optimal expected reward; ``summary.md`` reports them with mean and SE over seeds.
+  the optimal expected reward; ``summary.md`` reports them with mean and SE over seeds, and ranks the
+  methods on the held-out prompts (:func:`ranking`).
 - ``summary.md``: the tables (markdown); ``<source>_<reward>_<plot>.png``: the curves against RL steps
   and one against compute (mean over seeds, band from the lowest to the highest seed), drawn with
   ``dflow.ablate.plots.line_chart`` (pillow; matplotlib is not a dependency).
@@ -128,6 +129,7 @@ def collapse(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
                 "fwd_equiv_per_step": last["fwd_equiv"] / max(last["step"], 1),
                 **reached,
                 "test_final_reward": test[-1]["reward"] if test else math.nan,
+                "test_final_frac_opt": test[-1]["frac_opt"] if test else math.nan,
                 "test_drop": _fall(test)[0] if test else math.nan,
                 f"test_fwd_equiv_to_{TARGETS[-1]:.0%}": math.nan if test_hit is None else test_hit["fwd_equiv"],
             }
@@ -187,7 +189,7 @@ def markdown(summary: list[dict[str, Any]], runs: list[dict[str, Any]]) -> str:
             steps = sorted({r["steps"] for r in mine})
             lines.append(f"| {method} | {len(mine)} | {'/'.join(map(str, steps))} | " + " | ".join(cells) + " |")
         these = [r for r in runs if (r["source"], r["reward_kind"]) == (source, kind)]
-        lines += _cost_table(these, methods) + _held_out_table(these, methods)
+        lines += _cost_table(these, methods) + _held_out_table(these, methods) + _ranking_table(these, methods)
         lines.append("")
     return "\n".join(lines)
 
@@ -234,6 +236,48 @@ def _held_out_table(runs: list[dict[str, Any]], methods: list[str]) -> list[str]
             f"| {method} | {fmt(*mean_se([r['test_final_reward'] for r in mine])[:2])} | "
             f"{fmt(*mean_se([r['test_drop'] for r in mine])[:2])} | {len(hit)}/{len(mine)} | "
             f"{fmt(*mean_se(hit)[:2], 0)} |"
+        )
+    return lines
+
+
+def ranking(runs: list[dict[str, Any]], methods: list[str]) -> list[tuple[str, bool]]:
+    """``methods`` ranked on the held-out test prompts, each with whether it *holds* there: every seed
+    ends at or above 90 % of the optimum. Those come first, by mean compute to 90 % there (least
+    first); the others follow, by mean final test reward (highest first). Methods without test rows
+    are left out."""
+    target = f"{TARGETS[-1]:.0%}"
+    held, rest = [], []
+    for method in methods:
+        mine = [r for r in runs if r["method"] == method and not math.isnan(r.get("test_final_reward", math.nan))]
+        if not mine:
+            continue
+        if all(r["test_final_frac_opt"] >= TARGETS[-1] for r in mine):
+            held.append((mean_se([r[f"test_fwd_equiv_to_{target}"] for r in mine])[0], method))
+        else:
+            rest.append((-mean_se([r["test_final_reward"] for r in mine])[0], method))
+    return [(m, True) for _, m in sorted(held)] + [(m, False) for _, m in sorted(rest)]
+
+
+def _ranking_table(runs: list[dict[str, Any]], methods: list[str]) -> list[str]:
+    """:func:`ranking` as a table, with the spread over seeds of what it ranks by."""
+    target = f"{TARGETS[-1]:.0%}"
+    lines = [
+        "",
+        f"Ranking on the held-out test prompts: first the methods whose every seed ends at or above {target} of "
+        f"the optimum there, by compute to {target} (least first); then the others, by final test reward:",
+        "",
+        f"| rank | method | seeds ending at {target} | fwd-equiv to {target} (test) | final test reward | "
+        "largest fall of the test reward |",
+        "|---|---|---|---|---|---|",
+    ]
+    for rank, (method, _) in enumerate(ranking(runs, methods), start=1):
+        mine = [r for r in runs if r["method"] == method and not math.isnan(r.get("test_final_reward", math.nan))]
+        ending = sum(r["test_final_frac_opt"] >= TARGETS[-1] for r in mine)
+        hit = [r[f"test_fwd_equiv_to_{target}"] for r in mine if not math.isnan(r[f"test_fwd_equiv_to_{target}"])]
+        lines.append(
+            f"| {rank} | {method} | {ending}/{len(mine)} | {fmt(*mean_se(hit)[:2], 0)} | "
+            f"{fmt(*mean_se([r['test_final_reward'] for r in mine])[:2])} | "
+            f"{fmt(*mean_se([r['test_drop'] for r in mine])[:2])} |"
         )
     return lines
 

@@ -15,7 +15,16 @@ from dflow.paths import MixturePath, UniformSource
 from dflow.rl import Compute, PolicyUpdate
 from dflow.testbed import TestbedBase, TestbedTask
 from dflow.testbed.study import METHODS, Study, StudySpec, build_method, prepare_batch
-from dflow.testbed.study_report import _held_out_table, collapse, load_results, mean_se, table_steps, write_report
+from dflow.testbed.study_report import (
+    _held_out_table,
+    _ranking_table,
+    collapse,
+    load_results,
+    mean_se,
+    ranking,
+    table_steps,
+    write_report,
+)
 
 SPECS = sorted((Path(__file__).resolve().parents[2] / "recipes" / "testbed" / "studies").glob("*.yaml"))
 
@@ -138,6 +147,33 @@ def test_collapse_reads_the_held_out_prompts_separately() -> None:
     assert run["test_drop"] == pytest.approx(0.72)  # 0.92 -> 0.2
     assert run["test_fwd_equiv_to_90%"] == 100.0
     assert "| m | 0.200 | 0.720 | 1/1 | 100 |" in _held_out_table([run], ["m"])
+
+
+def test_ranking_puts_methods_that_hold_on_the_test_prompts_first_by_compute() -> None:
+    """Hand-made held-out curves (evaluated at fwd-equiv 0, 100, 200, 300): "fast" reaches 0.9 first
+    but one seed falls below it; "slow" and "steady" hold on every seed, "slow" reaching 0.9 later;
+    "low" never reaches it. Expected order: steady (mean 150), slow (250), then fast (mean final
+    reward 0.7) before low (0.5)."""
+    curves = {
+        "fast": [[0.0, 0.95, 0.95, 0.95], [0.0, 0.95, 0.9, 0.45]],
+        "slow": [[0.0, 0.1, 0.9, 0.95], [0.0, 0.2, 0.5, 0.92]],
+        "steady": [[0.0, 0.5, 0.91, 0.93], [0.0, 0.9, 0.92, 0.94]],
+        "low": [[0.0, 0.3, 0.4, 0.5], [0.0, 0.5, 0.5, 0.5]],
+    }
+    fits = [0.0, 0.95, 0.97, 0.98]  # every method fits its rl prompts: the ranking must read the test ones
+    rows = [
+        {"source": "mask", "reward_kind": "sparse", "method": m, "seed": s, "kl": 0.0, "split": split,
+         "step": i, "reward": r, "frac_opt": r, "fwd_equiv": 100.0 * i}
+        for m, seeds in curves.items() for s, curve in enumerate(seeds)
+        for split, values in (("rl", fits), ("test", curve)) for i, r in enumerate(values)
+    ]  # fmt: skip
+    runs = collapse(rows)
+    order = ranking(runs, sorted(curves))
+    assert order == [("steady", True), ("slow", True), ("fast", False), ("low", False)]
+    table = _ranking_table(runs, sorted(curves))
+    assert "| 1 | steady | 2/2 | 150 ± 50 | 0.935 ± 0.005 | 0.000 ± 0.000 |" in table
+    assert "| 3 | fast | 1/2 | 100 ± 0 | 0.700 ± 0.250 | 0.250 ± 0.250 |" in table
+    assert ranking([{**r, "test_final_reward": math.nan} for r in runs], ["low"]) == []  # no test rows
 
 
 def test_table_steps_keep_the_ends() -> None:
