@@ -216,6 +216,17 @@ def _cost_table(runs: list[dict[str, Any]], methods: list[str]) -> list[str]:
     return lines
 
 
+def _held_out_runs(runs: list[dict[str, Any]], method: str) -> list[dict[str, Any]]:
+    """``method``'s runs that were scored on the held-out test prompts."""
+    return [r for r in runs if r["method"] == method and not math.isnan(r.get("test_final_reward", math.nan))]
+
+
+def _test_costs(runs: list[dict[str, Any]]) -> list[float]:
+    """The fwd-equiv to 90 % of the optimum on the test prompts, of the runs that reached it."""
+    key = f"test_fwd_equiv_to_{TARGETS[-1]:.0%}"
+    return [r[key] for r in runs if not math.isnan(r[key])]
+
+
 def _held_out_table(runs: list[dict[str, Any]], methods: list[str]) -> list[str]:
     """Final reward, largest fall and cost to 90 % on the held-out test prompts (mean ± SE over seeds)."""
     target = f"{TARGETS[-1]:.0%}"
@@ -228,10 +239,10 @@ def _held_out_table(runs: list[dict[str, Any]], methods: list[str]) -> list[str]
         "|---|---|---|---|---|",
     ]
     for method in methods:
-        mine = [r for r in runs if r["method"] == method and not math.isnan(r.get("test_final_reward", math.nan))]
+        mine = _held_out_runs(runs, method)
         if not mine:
             continue
-        hit = [r[f"test_fwd_equiv_to_{target}"] for r in mine if not math.isnan(r[f"test_fwd_equiv_to_{target}"])]
+        hit = _test_costs(mine)
         lines.append(
             f"| {method} | {fmt(*mean_se([r['test_final_reward'] for r in mine])[:2])} | "
             f"{fmt(*mean_se([r['test_drop'] for r in mine])[:2])} | {len(hit)}/{len(mine)} | "
@@ -248,7 +259,7 @@ def ranking(runs: list[dict[str, Any]], methods: list[str]) -> list[tuple[str, b
     target = f"{TARGETS[-1]:.0%}"
     held, rest = [], []
     for method in methods:
-        mine = [r for r in runs if r["method"] == method and not math.isnan(r.get("test_final_reward", math.nan))]
+        mine = _held_out_runs(runs, method)
         if not mine:
             continue
         if all(r["test_final_frac_opt"] >= TARGETS[-1] for r in mine):
@@ -271,9 +282,9 @@ def _ranking_table(runs: list[dict[str, Any]], methods: list[str]) -> list[str]:
         "|---|---|---|---|---|---|",
     ]
     for rank, (method, _) in enumerate(ranking(runs, methods), start=1):
-        mine = [r for r in runs if r["method"] == method and not math.isnan(r.get("test_final_reward", math.nan))]
+        mine = _held_out_runs(runs, method)
         ending = sum(r["test_final_frac_opt"] >= TARGETS[-1] for r in mine)
-        hit = [r[f"test_fwd_equiv_to_{target}"] for r in mine if not math.isnan(r[f"test_fwd_equiv_to_{target}"])]
+        hit = _test_costs(mine)
         lines.append(
             f"| {rank} | {method} | {ending}/{len(mine)} | {fmt(*mean_se(hit)[:2], 0)} | "
             f"{fmt(*mean_se([r['test_final_reward'] for r in mine])[:2])} | "

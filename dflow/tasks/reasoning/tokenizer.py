@@ -39,6 +39,11 @@ def build_char_tokenizer(model_max_length: int = 4096) -> PreTrainedTokenizerFas
     """A fresh character-level tokenizer with the vocabulary above (``pad_token_id == 0``)."""
     core = Tokenizer(models.BPE(vocab=dict(CHAR_VOCAB), merges=[], unk_token="[UNK]"))
     core.decoder = decoders.Fuse()  # concatenate, no spaces between characters
+    return _wrap(core, model_max_length)
+
+
+def _wrap(core: Tokenizer, model_max_length: int) -> PreTrainedTokenizerFast:
+    """``core`` as a ``transformers`` tokenizer with the in-code special tokens."""
     return PreTrainedTokenizerFast(
         tokenizer_object=core,
         pad_token="[PAD]",
@@ -69,14 +74,7 @@ def build_word_tokenizer(words: Sequence[str], model_max_length: int = 4096) -> 
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     core.pre_tokenizer = pre_tokenizers.Split(Regex(WORD_PIECES), behavior="isolated")
     core.decoder = decoders.Fuse()  # the pieces carry their spaces: concatenate
-    return PreTrainedTokenizerFast(
-        tokenizer_object=core,
-        pad_token="[PAD]",
-        mask_token="[MASK]",
-        eos_token="[EOS]",
-        unk_token="[UNK]",
-        model_max_length=model_max_length,
-    )
+    return _wrap(core, model_max_length)
 
 
 # files a saved tokenizer folder holds (AutoTokenizer may build an empty tokenizer from config.json alone)
