@@ -8,7 +8,7 @@ Files written into the study folder:
 - ``collapse.csv``: per run, on the ``rl`` prompts: how far its expected reward fell from its running
   peak, how far its KL to the base went, and the steps and fwd-equiv it took to reach 50% and 90% of
   the optimal expected reward; ``summary.md`` reports them with mean and SE over seeds, and ranks the
-  methods on the held-out prompts (:func:`ranking`).
+  methods on the held-out prompts (:func:`dflow.testbed.study_ranking.ranking`).
 - ``summary.md``: the tables (markdown); ``<source>_<reward>_<plot>.png``: the curves against RL steps
   and one against compute (mean over seeds, band from the lowest to the highest seed), drawn with
   ``dflow.ablate.plots.line_chart`` (pillow; matplotlib is not a dependency).
@@ -25,10 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from dflow.ablate.plots import line_chart, seed_band
+from dflow.testbed.study_ranking import held_out_table, ranking_table
+from dflow.testbed.study_stats import TARGETS, fmt, mean_se
 
 METRICS = ("reward", "frac_opt", "p_opt", "entropy", "kl", "fwd_equiv", "train_reward")
 KEYS = ("source", "reward_kind", "method")
-TARGETS = (0.5, 0.9)  # fractions of the optimal expected reward whose cost (steps, fwd-equiv) is reported
 PLOTS = (  # (file suffix, x, split, metric, y label, y range)
     ("reward_rl", "step", "rl", "reward", "exact expected reward, rl prompts", (0.0, 1.0)),
     ("reward_test", "step", "test", "reward", "exact expected reward, test prompts", (0.0, 1.0)),
@@ -36,18 +37,6 @@ PLOTS = (  # (file suffix, x, split, metric, y label, y range)
     ("reward_rl_vs_compute", "fwd_equiv", "rl", "reward", "exact expected reward, rl prompts", (0.0, 1.0)),
 )
 X_LABELS = {"step": "RL step", "fwd_equiv": "compute (forward-pass equivalents)"}
-
-
-def mean_se(values: Sequence[float]) -> tuple[float, float, int]:
-    """Mean, standard error (sample std with n - 1, over sqrt(n); NaN for n < 2) and n."""
-    n = len(values)
-    if n == 0:
-        return math.nan, math.nan, 0
-    mean = sum(values) / n
-    if n < 2:
-        return mean, math.nan, n
-    var = sum((v - mean) ** 2 for v in values) / (n - 1)
-    return mean, math.sqrt(var / n), n
 
 
 def load_results(out: str | Path) -> list[dict[str, Any]]:
@@ -130,19 +119,12 @@ def collapse(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
                 **reached,
                 "test_final_reward": test[-1]["reward"] if test else math.nan,
                 "test_final_frac_opt": test[-1]["frac_opt"] if test else math.nan,
+                "test_final_p_opt": test[-1]["p_opt"] if test else math.nan,
                 "test_drop": _fall(test)[0] if test else math.nan,
                 f"test_fwd_equiv_to_{TARGETS[-1]:.0%}": math.nan if test_hit is None else test_hit["fwd_equiv"],
             }
         )
     return out
-
-
-def fmt(mean: float, se: float, digits: int | str = 3) -> str:
-    """``mean ± se`` with ``digits`` decimals, or a format spec such as ``".1e"``."""
-    if math.isnan(mean):
-        return "-"
-    spec = digits if isinstance(digits, str) else f",.{digits}f" if digits == 0 else f".{digits}f"
-    return f"{mean:{spec}}" if math.isnan(se) else f"{mean:{spec}} ± {se:{spec}}"
 
 
 def table_steps(steps: Sequence[int], rows: int = 11) -> list[int]:
@@ -189,7 +171,7 @@ def markdown(summary: list[dict[str, Any]], runs: list[dict[str, Any]]) -> str:
             steps = sorted({r["steps"] for r in mine})
             lines.append(f"| {method} | {len(mine)} | {'/'.join(map(str, steps))} | " + " | ".join(cells) + " |")
         these = [r for r in runs if (r["source"], r["reward_kind"]) == (source, kind)]
-        lines += _cost_table(these, methods) + _held_out_table(these, methods) + _ranking_table(these, methods)
+        lines += _cost_table(these, methods) + held_out_table(these, methods) + ranking_table(these, methods)
         lines.append("")
     return "\n".join(lines)
 
@@ -213,83 +195,6 @@ def _cost_table(runs: list[dict[str, Any]], methods: list[str]) -> list[str]:
             steps, fwd = ([r[f"{k}_to_{t:.0%}"] for r in hit] for k in ("step", "fwd_equiv"))
             cells += [f"{len(hit)}/{len(mine)}", fmt(*mean_se(steps)[:2], 0), fmt(*mean_se(fwd)[:2], 0)]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    return lines
-
-
-def _held_out_runs(runs: list[dict[str, Any]], method: str) -> list[dict[str, Any]]:
-    """``method``'s runs that were scored on the held-out test prompts."""
-    return [r for r in runs if r["method"] == method and not math.isnan(r.get("test_final_reward", math.nan))]
-
-
-def _test_costs(runs: list[dict[str, Any]]) -> list[float]:
-    """The fwd-equiv to 90 % of the optimum on the test prompts, of the runs that reached it."""
-    key = f"test_fwd_equiv_to_{TARGETS[-1]:.0%}"
-    return [r[key] for r in runs if not math.isnan(r[key])]
-
-
-def _held_out_table(runs: list[dict[str, Any]], methods: list[str]) -> list[str]:
-    """Final reward, largest fall and cost to 90 % on the held-out test prompts (mean ± SE over seeds)."""
-    target = f"{TARGETS[-1]:.0%}"
-    lines = [
-        "",
-        "On the held-out test prompts (RL never trains on them; mean ± SE over seeds, the cost over the seeds "
-        "that reached it):",
-        "",
-        f"| method | final test reward | largest fall of the test reward | reached {target} | fwd-equiv to {target} |",
-        "|---|---|---|---|---|",
-    ]
-    for method in methods:
-        mine = _held_out_runs(runs, method)
-        if not mine:
-            continue
-        hit = _test_costs(mine)
-        lines.append(
-            f"| {method} | {fmt(*mean_se([r['test_final_reward'] for r in mine])[:2])} | "
-            f"{fmt(*mean_se([r['test_drop'] for r in mine])[:2])} | {len(hit)}/{len(mine)} | "
-            f"{fmt(*mean_se(hit)[:2], 0)} |"
-        )
-    return lines
-
-
-def ranking(runs: list[dict[str, Any]], methods: list[str]) -> list[tuple[str, bool]]:
-    """``methods`` ranked on the held-out test prompts, each with whether it *holds* there: every seed
-    ends at or above 90 % of the optimum. Those come first, by mean compute to 90 % there (least
-    first); the others follow, by mean final test reward (highest first). Methods without test rows
-    are left out."""
-    target = f"{TARGETS[-1]:.0%}"
-    held, rest = [], []
-    for method in methods:
-        mine = _held_out_runs(runs, method)
-        if not mine:
-            continue
-        if all(r["test_final_frac_opt"] >= TARGETS[-1] for r in mine):
-            held.append((mean_se([r[f"test_fwd_equiv_to_{target}"] for r in mine])[0], method))
-        else:
-            rest.append((-mean_se([r["test_final_reward"] for r in mine])[0], method))
-    return [(m, True) for _, m in sorted(held)] + [(m, False) for _, m in sorted(rest)]
-
-
-def _ranking_table(runs: list[dict[str, Any]], methods: list[str]) -> list[str]:
-    """:func:`ranking` as a table, with the spread over seeds of what it ranks by."""
-    target = f"{TARGETS[-1]:.0%}"
-    lines = [
-        "",
-        f"Ranking on the held-out test prompts: first the methods whose every seed ends at or above {target} of "
-        f"the optimum there, by compute to {target} (least first); then the others, by final test reward:",
-        "",
-        f"| rank | method | seeds ending at {target} | fwd-equiv to {target} (test) | final test reward | "
-        "largest fall of the test reward |",
-        "|---|---|---|---|---|---|",
-    ]
-    for rank, (method, _) in enumerate(ranking(runs, methods), start=1):
-        mine = _held_out_runs(runs, method)
-        ending = sum(r["test_final_frac_opt"] >= TARGETS[-1] for r in mine)
-        hit = _test_costs(mine)
-        lines.append(
-            f"| {rank} | {method} | {ending}/{len(mine)} | {fmt(*mean_se(hit)[:2], 0)} | "
-            f"{fmt(*mean_se([r['test_final_reward'] for r in mine])[:2])} | "
-            f"{fmt(*mean_se([r['test_drop'] for r in mine])[:2])} |"
-        )
     return lines
 
 

@@ -15,16 +15,9 @@ from dflow.paths import MixturePath, UniformSource
 from dflow.rl import Compute, PolicyUpdate
 from dflow.testbed import TestbedBase, TestbedTask
 from dflow.testbed.study import METHODS, Study, StudySpec, build_method, prepare_batch
-from dflow.testbed.study_report import (
-    _held_out_table,
-    _ranking_table,
-    collapse,
-    load_results,
-    mean_se,
-    ranking,
-    table_steps,
-    write_report,
-)
+from dflow.testbed.study_ranking import held_out_table, ranking, ranking_table
+from dflow.testbed.study_report import collapse, load_results, table_steps, write_report
+from dflow.testbed.study_stats import mean_se
 
 SPECS = sorted((Path(__file__).resolve().parents[2] / "recipes" / "testbed" / "studies").glob("*.yaml"))
 
@@ -137,16 +130,16 @@ def test_collapse_reads_the_held_out_prompts_separately() -> None:
     rl = [0.1, 0.95, 0.97, 0.98]
     test = [0.1, 0.92, 0.6, 0.2]
     rows = [
-        {**base, "split": split, "step": 10 * i, "reward": r, "frac_opt": r, "fwd_equiv": 100.0 * i}
+        {**base, "split": split, "step": 10 * i, "reward": r, "frac_opt": r, "p_opt": r * r, "fwd_equiv": 100.0 * i}
         for split, rewards in (("test", test), ("rl", rl))
         for i, r in enumerate(rewards)
     ]
     (run,) = collapse(rows)
     assert run["final_reward"] == 0.98 and run["drop"] == 0.0 and run["fwd_equiv_to_90%"] == 100.0
-    assert run["test_final_reward"] == 0.2
+    assert run["test_final_reward"] == 0.2 and run["test_final_p_opt"] == pytest.approx(0.04)
     assert run["test_drop"] == pytest.approx(0.72)  # 0.92 -> 0.2
     assert run["test_fwd_equiv_to_90%"] == 100.0
-    assert "| m | 0.200 | 0.720 | 1/1 | 100 |" in _held_out_table([run], ["m"])
+    assert "| m | 0.200 | 0.720 | 1/1 | 100 |" in held_out_table([run], ["m"])
 
 
 def test_ranking_puts_methods_that_hold_on_the_test_prompts_first_by_compute() -> None:
@@ -163,16 +156,16 @@ def test_ranking_puts_methods_that_hold_on_the_test_prompts_first_by_compute() -
     fits = [0.0, 0.95, 0.97, 0.98]  # every method fits its rl prompts: the ranking must read the test ones
     rows = [
         {"source": "mask", "reward_kind": "sparse", "method": m, "seed": s, "kl": 0.0, "split": split,
-         "step": i, "reward": r, "frac_opt": r, "fwd_equiv": 100.0 * i}
+         "step": i, "reward": r, "frac_opt": r, "p_opt": r * r, "fwd_equiv": 100.0 * i}
         for m, seeds in curves.items() for s, curve in enumerate(seeds)
         for split, values in (("rl", fits), ("test", curve)) for i, r in enumerate(values)
     ]  # fmt: skip
     runs = collapse(rows)
     order = ranking(runs, sorted(curves))
     assert order == [("steady", True), ("slow", True), ("fast", False), ("low", False)]
-    table = _ranking_table(runs, sorted(curves))
-    assert "| 1 | steady | 2/2 | 150 ± 50 | 0.935 ± 0.005 | 0.000 ± 0.000 |" in table
-    assert "| 3 | fast | 1/2 | 100 ± 0 | 0.700 ± 0.250 | 0.250 ± 0.250 |" in table
+    table = ranking_table(runs, sorted(curves))
+    assert "| 1 | steady | 2/2 | 150 ± 50 | 0.935 ± 0.005 | 0.874 ± 0.009 | 0.000 ± 0.000 |" in table
+    assert "| 3 | fast | 1/2 | 100 ± 0 | 0.700 ± 0.250 | 0.552 ± 0.350 | 0.250 ± 0.250 |" in table
     assert ranking([{**r, "test_final_reward": math.nan} for r in runs], ["low"]) == []  # no test rows
 
 
