@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-every", type=int, dest="eval_every")
     parser.add_argument("--lr", type=float)
     parser.add_argument("--report-only", action="store_true", help="only rewrite the tables and plots")
+    parser.add_argument(
+        "--unfinished", action="store_true", help="report unfinished runs too (to watch a study that is running)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     overrides = {k: getattr(args, k) for k in ("methods", "sources", "rewards", "seeds", "steps", "eval_every", "lr")}
@@ -41,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
         tic = time.perf_counter()
         log = lambda msg: print(f"[{time.perf_counter() - tic:7.1f} s] {msg}", flush=True)  # noqa: E731
         Study(spec, args.out, log=log).run_all()
-    for name, path in write_report(args.out).items():
+    for name, path in write_report(args.out, unfinished=args.unfinished).items():
         print(f"{name}: {path}")
 
 

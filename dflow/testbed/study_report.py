@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -39,10 +40,30 @@ PLOTS = (  # (file suffix, x, split, metric, y label, y range)
 X_LABELS = {"step": "RL step", "fwd_equiv": "compute (forward-pass equivalents)"}
 
 
-def load_results(out: str | Path) -> list[dict[str, Any]]:
-    """Every row of every ``runs/<id>/history.csv``, numbers parsed, with the run's labels."""
+def unfinished_runs(out: str | Path) -> list[str]:
+    """The runs under ``out/runs`` that have not finished the study's steps (``study.json``; without it,
+    those with no ``run.json``): stopped or still running. Their curves end early, so a table of
+    them next to finished runs would mix horizons."""
+    out = Path(out)
+    saved = out / "study.json"
+    steps = json.loads(saved.read_text())["steps"] if saved.exists() else None
+    left = []
+    for history in sorted(out.glob("runs/*/history.csv")):
+        done = history.parent / "run.json"
+        finished = done.exists() and (steps is None or json.loads(done.read_text()).get("finished_steps") == steps)
+        if not finished:
+            left.append(history.parent.name)
+    return left
+
+
+def load_results(out: str | Path, unfinished: bool = False) -> list[dict[str, Any]]:
+    """Every row of every finished run's ``runs/<id>/history.csv`` (with ``unfinished``, of every run),
+    numbers parsed, with the run's labels."""
     rows = []
+    skip = set() if unfinished else set(unfinished_runs(out))
     for history in sorted(Path(out).glob("runs/*/history.csv")):
+        if history.parent.name in skip:
+            continue
         method, source, reward, seed = history.parent.name.split("__")
         with open(history, newline="") as f:
             for r in csv.DictReader(f):
@@ -240,19 +261,26 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         writer.writerows(rows)
 
 
-def write_report(out: str | Path) -> dict[str, Path]:
-    """Write ``results.csv``, ``summary.csv``, ``collapse.csv``, ``summary.md`` and the plots."""
+def write_report(out: str | Path, unfinished: bool = False) -> dict[str, Path]:
+    """Write ``results.csv``, ``summary.csv``, ``collapse.csv``, ``summary.md`` and the plots, from the
+    finished runs (with ``unfinished``, from every run: to watch a study that is still going).
+    ``summary.md`` names the runs it left out."""
     out = Path(out)
-    rows = load_results(out)
+    rows = load_results(out, unfinished=unfinished)
+    left = [] if unfinished else unfinished_runs(out)
     if not rows:
-        raise ValueError(f"no run histories under {out / 'runs'}")
+        raise ValueError(
+            f"no finished run histories under {out / 'runs'}"
+            + (f" ({len(left)} unfinished: {', '.join(left)}; pass unfinished=True to report them)" if left else "")
+        )
     summary, runs = summarise(rows), collapse(rows)
     files = {name: out / f"{name}.csv" for name in ("results", "summary", "collapse")}
     _write_csv(files["results"], rows)
     _write_csv(files["summary"], summary)
     _write_csv(files["collapse"], runs)
     files["markdown"] = out / "summary.md"
-    files["markdown"].write_text(markdown(summary, runs))
+    note = f"Left out, not finished ({len(left)}): {', '.join(left)}.\n\n" if left else ""
+    files["markdown"].write_text(note + markdown(summary, runs))
     for path in plots(rows, out):
         files[path.stem] = path
     return files

@@ -181,10 +181,34 @@ def test_a_study_folder_refuses_other_settings(study) -> None:
         Study(tiny(lr=1e-2), study, log=lambda _: None).run_all()
 
 
+def test_report_leaves_out_unfinished_runs_and_names_them(tmp_path) -> None:
+    """A stopped run (no run.json) and one finished at a shorter horizon (the study grew) must not be
+    averaged with the finished ones; the summary names both, and ``unfinished=True`` brings them back."""
+    Study(tiny(methods=["udm_grpo"], seeds=[0, 1, 2], steps=2), tmp_path, log=lambda _: None).run_all()
+    runs = tmp_path / "runs"
+    (runs / "udm_grpo__uniform__partial__s1" / "run.json").unlink()  # stopped
+    done = runs / "udm_grpo__uniform__partial__s2" / "run.json"
+    done.write_text(json.dumps({**json.loads(done.read_text()), "finished_steps": 1}))  # an older, shorter study
+    write_report(tmp_path)
+    assert {r["seed"] for r in read(tmp_path / "results.csv")} == {"0"}
+    assert [r["seed"] for r in read(tmp_path / "collapse.csv")] == ["0"]
+    assert (
+        (tmp_path / "summary.md")
+        .read_text()
+        .startswith("Left out, not finished (2): udm_grpo__uniform__partial__s1, udm_grpo__uniform__partial__s2.")
+    )
+    write_report(tmp_path, unfinished=True)
+    assert {r["seed"] for r in read(tmp_path / "results.csv")} == {"0", "1", "2"}
+    assert "Left out" not in (tmp_path / "summary.md").read_text()
+    (runs / "udm_grpo__uniform__partial__s0" / "run.json").unlink()
+    with pytest.raises(ValueError, match="no finished run histories.*3 unfinished.*unfinished=True"):
+        write_report(tmp_path)
+
+
 def test_bad_study_names_what_is_wrong(tmp_path) -> None:
     with pytest.raises(ValueError, match="unknown method or source.*no_such"):
         StudySpec(methods=["no_such"])
-    with pytest.raises(ValueError, match="no run histories"):
+    with pytest.raises(ValueError, match="no finished run histories"):
         write_report(tmp_path)
     assert load_results(tmp_path) == []
 
