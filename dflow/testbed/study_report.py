@@ -34,6 +34,7 @@ KEYS = ("source", "reward_kind", "method")
 PLOTS = (  # (file suffix, x, split, metric, y label, y range)
     ("reward_rl", "step", "rl", "reward", "exact expected reward, rl prompts", (0.0, 1.0)),
     ("reward_test", "step", "test", "reward", "exact expected reward, test prompts", (0.0, 1.0)),
+    ("p_opt_test", "step", "test", "p_opt", "exact P(optimum), test prompts", (0.0, 1.0)),  # the trap's number
     ("kl_rl", "step", "rl", "kl", "exact KL(policy || base), rl prompts (nats)", None),
     ("reward_rl_vs_compute", "fwd_equiv", "rl", "reward", "exact expected reward, rl prompts", (0.0, 1.0)),
 )

@@ -61,7 +61,7 @@ def test_study_writes_histories_tables_and_plots(study) -> None:
     assert {float(r["fwd_equiv"]) for r in first} == {0.0}
     for name in ("summary.csv", "collapse.csv", "summary.md"):
         assert (study / name).stat().st_size > 0
-    for png in ("reward_rl", "reward_test", "kl_rl", "reward_rl_vs_compute"):
+    for png in ("reward_rl", "reward_test", "p_opt_test", "kl_rl", "reward_rl_vs_compute"):
         assert Image.open(study / f"uniform_partial_{png}.png").size == (960, 540)
     text = (study / "summary.md").read_text()
     assert "### uniform source, partial reward" in text and " ± " in text
