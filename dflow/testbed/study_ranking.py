@@ -24,6 +24,11 @@ def _test_costs(runs: list[dict[str, Any]]) -> list[float]:
     return [r[key] for r in runs if not math.isnan(r[key])]
 
 
+def _ends_at_target(run: dict[str, Any]) -> bool:
+    """Whether the run's final test reward is at or above 90 % of the optimum."""
+    return run["test_final_frac_opt"] >= TARGETS[-1]
+
+
 def held_out_table(runs: list[dict[str, Any]], methods: list[str]) -> list[str]:
     """Final reward, largest fall and cost to 90 % on the held-out test prompts (mean ± SE over seeds)."""
     target = f"{TARGETS[-1]:.0%}"
@@ -59,7 +64,7 @@ def ranking(runs: list[dict[str, Any]], methods: list[str]) -> list[tuple[str, b
         mine = _held_out_runs(runs, method)
         if not mine:
             continue
-        if all(r["test_final_frac_opt"] >= TARGETS[-1] for r in mine):
+        if all(_ends_at_target(r) for r in mine):
             held.append((mean_se([r[f"test_fwd_equiv_to_{target}"] for r in mine])[0], method))
         else:
             rest.append((-mean_se([r["test_final_reward"] for r in mine])[0], method))
@@ -80,7 +85,7 @@ def ranking_table(runs: list[dict[str, Any]], methods: list[str]) -> list[str]:
     ]
     for rank, (method, _) in enumerate(ranking(runs, methods), start=1):
         mine = _held_out_runs(runs, method)
-        ending = sum(r["test_final_frac_opt"] >= TARGETS[-1] for r in mine)
+        ending = sum(_ends_at_target(r) for r in mine)
         hit = _test_costs(mine)
         lines.append(
             f"| {rank} | {method} | {ending}/{len(mine)} | {fmt(*mean_se(hit)[:2], 0)} | "

@@ -60,8 +60,11 @@ def unfinished_runs(out: str | Path) -> list[str]:
 def load_results(out: str | Path, unfinished: bool = False) -> list[dict[str, Any]]:
     """Every row of every finished run's ``runs/<id>/history.csv`` (with ``unfinished``, of every run),
     numbers parsed, with the run's labels."""
+    return _read_histories(out, skip=set() if unfinished else set(unfinished_runs(out)))
+
+
+def _read_histories(out: str | Path, skip: set[str]) -> list[dict[str, Any]]:
     rows = []
-    skip = set() if unfinished else set(unfinished_runs(out))
     for history in sorted(Path(out).glob("runs/*/history.csv")):
         if history.parent.name in skip:
             continue
@@ -267,8 +270,8 @@ def write_report(out: str | Path, unfinished: bool = False) -> dict[str, Path]:
     finished runs (with ``unfinished``, from every run: to watch a study that is still going).
     ``summary.md`` names the runs it left out."""
     out = Path(out)
-    rows = load_results(out, unfinished=unfinished)
     left = [] if unfinished else unfinished_runs(out)
+    rows = _read_histories(out, skip=set(left))  # load_results, with the run.json files read once
     if not rows:
         raise ValueError(
             f"no finished run histories under {out / 'runs'}"
