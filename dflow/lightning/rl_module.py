@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -40,10 +39,11 @@ from dflow.lightning.rl_config import (
     as_record,
     check_removed_arguments,
 )
+from dflow.lightning.rl_inner import NonFiniteStep, optimise
 from dflow.lightning.rl_logs import compute_logs, step_logs
-from dflow.lightning.rl_state import global_rng_state, restore, set_global_rng_state, snapshot
+from dflow.lightning.rl_state import global_rng_state, set_global_rng_state
 from dflow.lightning.schedules import warmup_cosine, with_schedule
-from dflow.lightning.sharding import is_sharded, norm_value, shard
+from dflow.lightning.sharding import is_sharded, shard
 from dflow.lightning.watch import TrainingWatch
 from dflow.models.lora import AdaptersOff, LoRAConfig, apply_lora, has_adapters
 from dflow.paths.base import ProbabilityPath
@@ -293,10 +293,24 @@ class RLModule(L.LightningModule):
         )
         opt = self.optimizers()
         assert isinstance(opt, LightningOptimizer)  # configure_optimizers returns one optimiser
-        optimised = self._optimise(opt, batch_ready, traj.batch_size)
-        if optimised is None:
-            return None  # a non-finite loss or gradient: the step is undone and counted
-        stats, grad_norms = optimised
+        try:
+            inner = optimise(
+                self.update,
+                self.policy,
+                denoiser,
+                opt,
+                batch_ready,
+                self.rollout_sampler,
+                self.compute,
+                batch_size=traj.batch_size,
+                group_size=G,
+                generator=self.generator,
+                max_grad_norm=self.optim.max_grad_norm,
+                device=self.device,
+                backward=self.manual_backward,
+            )
+        except NonFiniteStep as err:
+            return self._fault("nonfinite_grad", err)  # the step was undone; it is counted
         times["update"] = time.perf_counter() - tic
         self.faults["consecutive"] = 0
         lr_used = opt.optimizer.param_groups[0]["lr"]
@@ -310,11 +324,11 @@ class RLModule(L.LightningModule):
             correct=task.correct(x1, prompts).float(),
             traj=traj,
             seq_len=task.seq_len,
-            grad_norms=grad_norms,
+            grad_norms=inner.grad_norms,
             lr=lr_used,
             rl_step=self.rl_steps + 1,
             adv_stats=adv.stats,
-            stats=stats,
+            stats=inner.stats,
             times=times,
             compute=self.compute,
         )
@@ -329,51 +343,6 @@ class RLModule(L.LightningModule):
         every = self.eval_config.every_n_steps
         if every and self.rl_steps % every == 0:
             self.run_evaluation()
-
-    def _optimise(self, opt, batch_ready, batch_size: int):
-        """``num_inner_epochs`` x mini-batches of losses, each backward -> clip -> optimiser step.
-        Returns the per-step stats and gradient norms, or None after a non-finite loss or gradient
-        (every step of this RL step undone, the fault counted)."""
-        denoiser = self._bound()[1]
-        stats: dict[str, list[float]] = {}
-        grad_norms = []
-        schedule = [
-            idx
-            for _ in range(self.update.num_inner_epochs)
-            for idx in self.update.minibatches(batch_size, self.group_size, self.generator)
-        ]
-        # With several optimiser steps per RL step, a fault in a later mini-batch must also undo the
-        # earlier ones: snapshot the trainable weights and the optimiser state (three copies of them
-        # with AdamW; with LoRA, of the adapters only).
-        saved = snapshot(denoiser, opt.optimizer) if len(schedule) > 1 else None
-        for i, idx in enumerate(schedule):
-            out = self.update.loss(self.policy, batch_ready, idx.to(self.device), self.rollout_sampler, self.compute)
-            opt.zero_grad(set_to_none=True)
-            fault = None if torch.isfinite(out.loss) else ValueError(f"loss is {out.loss.item()}{_DIVERGED}")
-            if fault is None:
-                self.manual_backward(out.loss)
-                norm = self._clip_gradients(denoiser, self.optim.max_grad_norm or math.inf)
-                if not torch.isfinite(norm):
-                    fault = ValueError(f"gradient norm is {norm.item()}{_DIVERGED}")
-            if fault is not None:
-                opt.zero_grad(set_to_none=True)
-                if saved is not None and i > 0:
-                    restore(denoiser, opt.optimizer, saved)
-                return self._fault("nonfinite_grad", fault)
-            # Only the last optimiser step of an RL step goes through Lightning's wrapper, so that
-            # trainer.global_step (max_steps, checkpoint cadence, log x-axis) counts RL steps.
-            (opt.step if i == len(schedule) - 1 else opt.optimizer.step)()
-            grad_norms.append(float(norm))
-            for k, v in out.stats.items():
-                stats.setdefault(k, []).append(v)
-        return stats, grad_norms
-
-    def _clip_gradients(self, denoiser: torch.nn.Module, max_norm: float) -> Tensor:
-        """Clip the policy's gradient to ``max_norm``; returns the norm before clipping. Under FSDP2 each
-        rank holds a shard of every gradient (DTensors), and ``clip_grad_norm_`` reduces the norm over
-        the ranks (a norm of one rank's shards would clip by the wrong factor: tests/lightning/test_ddp.py)."""
-        params = [p for p in denoiser.parameters() if p.grad is not None]
-        return norm_value(torch.nn.utils.clip_grad_norm_(params, max_norm))
 
     def _rollout(self, prompt_ids: list[int], cond: Tensor):
         G, L = self.group_size, self._bound()[0].seq_len
@@ -520,12 +489,6 @@ class RLModule(L.LightningModule):
             self.faults.update(extra["faults"])
             self.eval_history = list(extra["eval_history"])
             self.rl_steps = int(extra["rl_steps"])
-
-
-_DIVERGED = (
-    " (the update diverged: lower model.init_args.optim.lr or optim.max_grad_norm, or check that the reward and the "
-    "denoiser's logits are finite)"
-)
 
 
 def _to(adv, device):

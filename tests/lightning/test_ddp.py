@@ -60,7 +60,7 @@ def test_two_process_fsdp2_resumed_matches_one_process(one, tmp_path):
     ranks, and so is the frozen KL reference. The sharded run trains one step, writes a checkpoint,
     and a fresh module resumes it for the second step. Every step clips (norm ~0.08 > 1e-3), so the
     clipping factor must come from the norm over both ranks' shards: with one rank's own shards
-    (planted in RLModule._clip_gradients) the weights differ from the single run. Measured: the
+    (planted in dflow.lightning.rl_inner.clip_gradients) the weights differ from the single run. Measured: the
     resumed run equals an uninterrupted sharded one exactly (max difference 0.0)."""
     two = run_worker(2, tmp_path / "two.pt", "fsdp-resume")
     assert float(two["grad_norm"]) > 1e-3  # the limit in ddp_worker: clipping was active
