@@ -48,6 +48,7 @@ GRADIENTS = "tests/testbed/test_testbed_gradients.py"
 STUDY = "tests/testbed/test_testbed_study.py"
 CUSTOM_CODE = "tests/models/test_custom_code.py"
 BLOCK_RL = "tests/lightning/test_block_rl.py"
+INNER = "tests/lightning/test_rl_inner.py"
 EVAL_METRICS = "tests/lightning/test_evaluation_metrics.py"
 DEMO = "tests/test_demo.py"
 BAD_INPUT = "tests/test_bad_input_catalogue.py"
@@ -201,7 +202,7 @@ MUTANTS = (
     ),
     Mutant(
         "keyed-draws-ignore-position",
-        "dflow/paths/metric.py",
+        "dflow/paths/keyed_uniforms.py",
         "pos = torch.arange(L, device=x_t.device)[:, None] * n + torch.arange(n, device=x_t.device)",
         "pos = torch.zeros(L, 1, dtype=torch.long, device=x_t.device) + torch.arange(n, device=x_t.device)",
         ("tests/paths/test_metric_path.py",),
@@ -241,15 +242,31 @@ MUTANTS = (
     ),
     Mutant(
         "sharded-clip-on-local-shards",
-        "dflow/lightning/rl_module.py",
+        "dflow/lightning/rl_inner.py",
         "return norm_value(torch.nn.utils.clip_grad_norm_(params, max_norm))",
         "local = [p.grad.to_local() if hasattr(p.grad, 'to_local') else p.grad for p in params]\n"
-        "        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in local]))\n"
-        "        for g in local:\n"
-        "            g.mul_(torch.clamp(max_norm / (norm + 1e-6), max=1.0))\n"
-        "        return norm",
+        "    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in local]))\n"
+        "    for g in local:\n"
+        "        g.mul_(torch.clamp(max_norm / (norm + 1e-6), max=1.0))\n"
+        "    return norm",
         ("tests/lightning/test_ddp.py::test_two_process_fsdp2_resumed_matches_one_process",),
         "under FSDP2 the gradient norm taken over one rank's shards only",
+    ),
+    Mutant(
+        "clip-ignores-max-grad-norm",
+        "dflow/lightning/rl_module.py",
+        "max_grad_norm=self.optim.max_grad_norm,",
+        "max_grad_norm=None,",
+        (INNER,),
+        "the module's optim.max_grad_norm never reaching the inner loop (AdamW hides it from the weights)",
+    ),
+    Mutant(
+        "inner-fault-keeps-earlier-steps",
+        "dflow/lightning/rl_inner.py",
+        "if saved is not None and i > 0:",
+        "if False:",
+        (INNER, "tests/lightning/test_rl_module.py::test_fault_in_a_later_minibatch_undoes_the_whole_rl_step"),
+        "a non-finite loss in a later mini-batch leaving the RL step's earlier optimiser steps in place",
     ),
     Mutant(
         "sharded-reference-left-whole",
@@ -264,7 +281,7 @@ MUTANTS = (
     Mutant(
         "lora-reference-with-adapters-on",
         "dflow/models/lora.py",
-        "with self.model.disable_adapter():  # type: ignore[operator]",
+        "with self.model.disable_adapter():  # type: ignore[operator]  # a peft.PeftModel (checked in __init__)",
         "with __import__('contextlib').nullcontext():",
         (LORA_RL,),
         "the KL reference computed with the adapters on (the current policy, so the KL of a step starts at 0)",
@@ -741,7 +758,12 @@ def run_tests(root: Path, tests: tuple[str, ...]) -> tuple[int, float, str]:
 
 
 def scratch_copy(into: Path) -> Path:
-    for name in ("dflow", "tests", "recipes"):  # recipes: tests that run a shipped recipe
+    for name in (
+        "dflow",
+        "tests",
+        "recipes",
+        "docs",
+    ):  # recipes: tests that run a shipped recipe; docs: the catalogue test
         shutil.copytree(ROOT / name, into / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "pyproject.toml", into / "pyproject.toml")
     return into
