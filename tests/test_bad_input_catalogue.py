@@ -835,7 +835,14 @@ CASES: list[Case] = [
         "rl",
         lambda tmp: bf16_on_an_old_gpu(),
         r"trainer.precision=bf16-true needs bfloat16, which cuda:0 does not have",
-        fix="`--trainer.precision=16-mixed` (or 32-true) on GPUs before Ampere; bf16 works on CPUs and Ampere+",
+        fix="`--trainer.precision=32-true` on GPUs before Ampere; bf16 works on CPUs and Ampere+",
+    ),
+    Case(
+        "fp16-with-a-loss-scaler-for-rl",
+        "rl",
+        lambda tmp: check_precision("16-mixed", torch.device("cuda", 0)),
+        r"trainer.precision=16-mixed \(fp16 with a loss scaler\) is not supported for RL: .*clip the scaled gradient",
+        fix="`--trainer.precision=bf16-mixed` (CPUs, Ampere+ GPUs) or 32-true; fp16 pretraining is unaffected",
     ),
     Case(
         "group-advantage-batch-not-multiple-of-group",
