@@ -16,7 +16,7 @@ from dflow.rl.update import Compute, LossOutput
 
 
 class _Update:
-    """A PolicyUpdate stand-in: loss = sum over the mini-batch's rows of scale * (w . x_i)."""
+    """A PolicyUpdate stand-in: loss = sum over the mini-batch's rows of w . x_i (gradient: their sum)."""
 
     def __init__(
         self, x: torch.Tensor, num_inner_epochs: int, minibatch: int, bad_call: int | None = None, bad: str = "loss"
@@ -40,7 +40,7 @@ class _Update:
 class _Opt:
     """What optimise needs of a LightningOptimizer: ``optimizer``, ``step`` (the wrapper) and ``zero_grad``."""
 
-    def __init__(self, params, lr: float, update=None):
+    def __init__(self, params, lr: float, update: _Update):
         self.optimizer = torch.optim.SGD(params, lr=lr)
         self.wrapper_steps: list[int] = []  # the loss call each wrapper step followed
         self.update = update
