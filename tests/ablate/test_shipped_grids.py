@@ -18,6 +18,8 @@ ONE_SEED = {
     "shapes_objectives": "with one on-policy update per batch the four objectives have the same gradient, "
     "so their runs of one seed are identical; more seeds repeat that, they cannot separate them",
     "sudoku_wd1_lr": "a step-size probe (is wd1's collapse in the sudoku method grids the lr?), not a comparison",
+    "arithmetic_udm_lr": "a step-size probe (does a larger step lift arithmetic, where lr 1e-4 did not move it?), "
+    "not a comparison",
 }
 
 
