@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-GRID_KEYS = ("name", "base", "methods", "grid", "overrides", "budget", "target_accuracy", "out")
+GRID_KEYS = ("name", "extends", "base", "methods", "grid", "overrides", "budget", "target_accuracy", "out")
 METHOD_KEYS = ("recipe", "overrides", "budget")
 BUDGET_KEYS = ("unit", "value", "eval_every")
 # Counters of dflow.rl.update.Compute a budget may be stated in. `backward` alone is not offered:

@@ -16,6 +16,11 @@ A grid file (YAML, read with omegaconf so ``${...}`` interpolation works)::
     target_accuracy: 0.9
     out: runs/ablate/udm_vs_elbo
 
+A grid may start from another with ``extends: other.yaml`` (a path relative to the grid file, else
+as written): it inherits that grid's methods, axes, overrides, budget and target; every key it sets
+replaces the inherited one, except ``overrides``, which are merged key by key (its own win). ``name``
+and ``out`` are never inherited, so a probe never writes into the grid it extends.
+
 Every run gets the id ``<method>-<10 hex digits>``: a hash of the method name and every override
 that says *what* is run (method, grid-wide and axis overrides). The same grid gives the same ids
 on every machine, which is what lets an interrupted grid resume.
@@ -91,6 +96,8 @@ def parse_grid(raw: Any, source: Path | None = None, out: str | Path | None = No
             raise ValueError(
                 f"{where}: unknown key {key!r} (keys: {', '.join(GRID_KEYS)}){nearest(str(key), GRID_KEYS)}"
             )
+    if raw.get("extends") is not None:
+        raise ValueError(f"{where}: extends is followed when a grid file is read: use load_grid(path)")
     grid_dir = source.parent if source else None
     base = find_recipe(raw["base"], grid_dir, f"{where}: base") if raw.get("base") is not None else None
     methods, budgets = _methods(raw.get("methods"), base, grid_dir, where)
@@ -179,12 +186,14 @@ def _methods(raw: Any, base: Path | None, grid_dir: Path | None, where: str):
 
 
 def load_grid(path: str | Path, out: str | Path | None = None) -> GridSpec:
-    """Read and check a grid file (``out`` replaces the file's ``out:``)."""
+    """Read and check a grid file (``out`` replaces the file's ``out:``), following ``extends:``."""
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"grid file {str(path)!r} does not exist")
+    return parse_grid(_load_raw(path, chain=()), path, out)
+
+
+def _read_mapping(path: Path) -> Any:
     try:
-        raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+        return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     except (
         OmegaConfBaseException,
         yaml.YAMLError,
@@ -192,4 +201,62 @@ def load_grid(path: str | Path, out: str | Path | None = None) -> GridSpec:
         TypeError,
     ) as err:  # YAML and interpolation errors
         raise ValueError(f"grid file {str(path)!r} cannot be read: {err}") from err
-    return parse_grid(raw, path, out)
+
+
+def _load_raw(path: Path, chain: tuple[Path, ...]) -> Any:
+    """The grid's mapping with its ``extends:`` parents merged in (see the module docstring)."""
+    if not path.is_file():
+        raise ValueError(f"grid file {str(path)!r} does not exist")
+    raw = _read_mapping(path)
+    if not isinstance(raw, dict) or raw.get("extends") is None:
+        return raw
+    parent_ref = raw.pop("extends")
+    if not isinstance(parent_ref, str) or not parent_ref:
+        raise ValueError(f"{path}: extends must be the path of another grid file, got {parent_ref!r}")
+    given = Path(parent_ref).expanduser()
+    candidates = [given] if given.is_absolute() else [path.parent / given, given]
+    parent_path = next((c for c in candidates if c.is_file()), None)
+    if parent_path is None:
+        tried = ", ".join(str(c) for c in candidates)
+        raise ValueError(f"{path}: extends {parent_ref!r} does not exist (tried {tried}); name the grid to start from")
+    here = (*chain, path.resolve())
+    if parent_path.resolve() in here:
+        loop = " -> ".join(str(p) for p in (*here, parent_path.resolve()))
+        raise ValueError(f"{path}: extends makes a loop ({loop}); a grid cannot extend itself")
+    parent = _load_raw(parent_path, here)
+    if not isinstance(parent, dict):
+        raise ValueError(f"{parent_path} (extended by {path}): a grid file is a mapping, got {type(parent).__name__}")
+    merged = {k: v for k, v in parent.items() if k not in ("name", "out")}
+    _anchor_recipes(merged, parent_path.parent)  # the parent's relative recipe paths mean its own folder
+    for key, value in raw.items():
+        if key == "overrides" and isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def _anchor_recipes(raw: dict[str, Any], grid_dir: Path) -> None:
+    """Rewrite an inherited grid's recipe paths so they resolve from the extending grid too."""
+
+    def anchored(recipe: Any) -> Any:
+        if not isinstance(recipe, str) or not recipe or Path(recipe).expanduser().is_absolute():
+            return recipe
+        if Path(recipe).is_file():  # relative to the working directory: the form the shipped grids use
+            return recipe
+        return str(grid_dir / recipe) if (grid_dir / recipe).is_file() else recipe
+
+    if raw.get("base") is not None:
+        raw["base"] = anchored(raw["base"])
+    methods = raw.get("methods")
+    if isinstance(methods, dict):
+        raw["methods"] = {
+            name: (
+                anchored(entry)
+                if isinstance(entry, str)
+                else {**entry, "recipe": anchored(entry["recipe"])}
+                if isinstance(entry, dict) and "recipe" in entry
+                else entry
+            )
+            for name, entry in methods.items()
+        }

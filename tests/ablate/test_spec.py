@@ -130,3 +130,63 @@ def test_methods_must_share_one_budget_unit(recipes):
     assert parse_grid(raw).budget == Budget("fwd_equiv", 100)
     with pytest.raises(ValueError, match="must share one budget: method 'udm'"):
         parse_grid({**raw, "budget": {"unit": "fwd_equiv", "value": 50}})
+
+
+def test_extends_inherits_merges_overrides_and_keeps_its_own_name(tmp_path, recipes, monkeypatch):
+    parent = tmp_path / "recipes" / "parent.yaml"  # beside the recipes: its paths are relative to its folder
+    parent.write_text(
+        "name: parent\nout: runs/ablate/parent\n"
+        "methods: {udm: udm.yaml, elbo: {recipe: elbo.yaml, overrides: {model.init_args.optim.lr: 0.003}}}\n"
+        "grid: {seed: [0, 1, 2]}\n"
+        "overrides: {trainer.max_steps: 50, model.init_args.optim.lr: 0.001}\n"
+        "budget: {unit: fwd_equiv, value: 10}\ntarget_accuracy: 0.5\n"
+    )
+    child = tmp_path / "probes" / "probe.yaml"
+    child.parent.mkdir()
+    child.write_text(
+        "extends: ../recipes/parent.yaml\ngrid: {seed: [0]}\n"
+        "overrides: {model.init_args.optim.lr: 0.0003, trainer.log_every_n_steps: 2}\n"
+    )
+    monkeypatch.chdir(tmp_path / "probes")  # neither recipe is found from here: only through the parent's folder
+    spec = load_grid(child)
+    assert spec.name == "probe" and spec.out.as_posix() == "runs/ablate/probe"  # never the parent's
+    assert [(m.name, m.recipe) for m in spec.methods] == [("udm", recipes["udm"]), ("elbo", recipes["elbo"])]
+    assert spec.methods[1].overrides == {"model.init_args.optim.lr": 0.003}
+    assert spec.axes == {"seed": [0]} and spec.budget == Budget("fwd_equiv", 10) and spec.target_accuracy == 0.5
+    assert spec.overrides == {
+        "trainer.max_steps": 50,  # inherited
+        "model.init_args.optim.lr": 0.0003,  # its own wins
+        "trainer.log_every_n_steps": 2,  # added
+    }
+    # the same runs, with the same ids, as the grid written out in full
+    flat = parse_grid(
+        {
+            "methods": {
+                "udm": str(recipes["udm"]),
+                "elbo": {"recipe": str(recipes["elbo"]), "overrides": {"model.init_args.optim.lr": 0.003}},
+            },
+            "grid": {"seed": [0]},
+            "overrides": spec.overrides,
+            "budget": {"unit": "fwd_equiv", "value": 10},
+        }
+    )
+    assert [r.run_id for r in spec.runs()] == [r.run_id for r in flat.runs()]
+    # a key the child sets replaces the inherited one whole (methods are not merged)
+    child.write_text("extends: ../recipes/parent.yaml\nmethods: {udm: ../recipes/udm.yaml}\n")
+    assert [m.name for m in load_grid(child).methods] == ["udm"]
+
+
+def test_bad_extends_is_named(tmp_path, recipes):
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("extends: missing.yaml\nbudget: {unit: fwd_equiv, value: 10}\n")
+    with pytest.raises(ValueError, match=r"a.yaml: extends '.*missing.yaml' does not exist"):
+        load_grid(a)
+    a.write_text("extends: b.yaml\n")
+    b.write_text("extends: a.yaml\n")
+    with pytest.raises(ValueError, match="extends makes a loop"):
+        load_grid(a)
+    a.write_text("extends: [b.yaml]\n")
+    with pytest.raises(ValueError, match="extends must be the path of another grid file"):
+        load_grid(a)
+    with pytest.raises(ValueError, match="extends is followed when a grid file is read"):
+        parse_grid(_grid(recipes, extends="b.yaml"))
