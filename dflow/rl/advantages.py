@@ -146,6 +146,10 @@ class GroupAdvantage(AdvantageEstimator):
         clip: clamp the advantage to ``[-clip, clip]`` after scaling (None: no clamp).
         eps: added to the std, > 0; a zero-std group then gets advantage exactly 0.
         coef: positive multiplier applied before the clamp.
+        negative_weight: multiplies the negative advantages, after the clamp. 1 (default) is the
+            symmetric advantage of every paper above; 0 reinforces only the better-than-average
+            samples of each group (filtered, rejection-sampling-style updates), a probe of whether
+            pushing the worse samples down is what moves a policy.
     """
 
     per_step = False
@@ -156,16 +160,22 @@ class GroupAdvantage(AdvantageEstimator):
         clip: float | None = 5.0,
         eps: float = 1e-4,
         coef: float = 1.0,
+        negative_weight: float = 1.0,
     ) -> None:
         if scale not in ("group", "batch", "none"):
             raise ValueError(f"scale must be 'group', 'batch' or 'none', got {scale!r}")
         _check_clip_eps(clip, eps)
         if not (coef > 0 and coef < float("inf")):
             raise ValueError(f"coef must be a finite number > 0, got {coef}")
+        if not (negative_weight >= 0 and negative_weight < float("inf")):
+            raise ValueError(
+                f"GroupAdvantage: negative_weight must be a finite number >= 0 (1: symmetric), got {negative_weight}"
+            )
         self.scale = scale
         self.clip = clip
         self.eps = eps
         self.coef = coef
+        self.negative_weight = negative_weight
 
     def compute(self, inp: AdvantageInput) -> Tensor:  # [B]
         groups = inp.rewards.view(inp.num_groups, inp.group_size)  # [P, G]
@@ -178,7 +188,10 @@ class GroupAdvantage(AdvantageEstimator):
             centred = centred / (groups.std(dim=1, unbiased=False, keepdim=True) + self.eps)
         elif self.scale == "batch":
             centred = centred / (inp.rewards.std(unbiased=False) + self.eps)
-        return _clip(self.coef * centred.flatten(), self.clip)  # [B]
+        values = _clip(self.coef * centred.flatten(), self.clip)  # [B]
+        if self.negative_weight != 1.0:
+            values = values.clamp_min(0.0) + self.negative_weight * values.clamp_max(0.0)  # 0 gives +0.0, not -0.0
+        return values
 
 
 class StepwiseGainAdvantage(AdvantageEstimator):

@@ -58,6 +58,21 @@ def test_none_scale_is_the_elbo_papers_advantage() -> None:
     torch.testing.assert_close(out.values, torch.tensor(expected, dtype=F64), rtol=0, atol=1e-15)
 
 
+def test_negative_weight_scales_only_the_negative_advantages_after_the_clip() -> None:
+    rewards = [0.0, 10.0, 10.0, 10.0, 1.0, 3.0, 2.0, 2.0]  # centred [-7.5, 2.5 x 3], [-1, 1, 0, 0]
+    out = GroupAdvantage(scale="none", clip=5.0, coef=2.0, negative_weight=0.25)(_inp(rewards, 4))
+    # 2 x centred = [-15, 5, 5, 5, -2, 2, 0, 0] -> clip 5 -> [-5, 5, 5, 5, -2, 2, 0, 0];
+    # then the negatives x 0.25: -5 -> -1.25 (weighting before the clip would give -15 x 0.25 = -3.75).
+    assert out.values.tolist() == [-1.25, 5.0, 5.0, 5.0, -0.5, 2.0, 0.0, 0.0]
+    positive_only = GroupAdvantage(scale="none", coef=0.1, clip=None, negative_weight=0.0)(_inp(REWARDS, 4))
+    assert positive_only.values.tolist() == pytest.approx([0.075, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0], abs=1e-15)
+    assert not positive_only.values.signbit().any()  # exact zeros, not -0.0 from 0 x negative
+    symmetric = GroupAdvantage(scale="none", coef=0.1, clip=None)(_inp(REWARDS, 4)).values
+    assert symmetric.tolist() == GroupAdvantage(scale="none", coef=0.1, clip=None, negative_weight=1.0)(
+        _inp(REWARDS, 4)
+    ).values.tolist()
+
+
 def test_clip_is_applied_after_coef() -> None:
     rewards = [10.0, 0.0, 0.0, 0.0]  # mean 2.5, centred [7.5, -2.5, -2.5, -2.5]
     out = GroupAdvantage(scale="none", clip=5.0)(_inp(rewards, 4))
@@ -165,6 +180,8 @@ def test_advantage_input_rejects_bad_records(kwargs: dict, pattern: str) -> None
         (lambda: GroupAdvantage(clip=0.0), "clip .*0.0"),
         (lambda: GroupAdvantage(eps=0.0), "eps .*0.0"),
         (lambda: GroupAdvantage(coef=-0.1), r"coef .*-0\.1"),
+        (lambda: GroupAdvantage(negative_weight=-0.5), r"negative_weight .*-0\.5"),
+        (lambda: GroupAdvantage(negative_weight=float("nan")), "negative_weight .*nan"),
         (lambda: StepwiseGainAdvantage(clip=-1.0), r"clip .*-1\.0"),
         (lambda: StepwiseGainAdvantage(eps=-1e-4), "eps .*-0.0001"),
     ],
