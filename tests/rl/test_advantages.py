@@ -68,9 +68,10 @@ def test_negative_weight_scales_only_the_negative_advantages_after_the_clip() ->
     assert positive_only.values.tolist() == pytest.approx([0.075, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0], abs=1e-15)
     assert not positive_only.values.signbit().any()  # exact zeros, not -0.0 from 0 x negative
     symmetric = GroupAdvantage(scale="none", coef=0.1, clip=None)(_inp(REWARDS, 4)).values
-    assert symmetric.tolist() == GroupAdvantage(scale="none", coef=0.1, clip=None, negative_weight=1.0)(
-        _inp(REWARDS, 4)
-    ).values.tolist()
+    assert (
+        symmetric.tolist()
+        == GroupAdvantage(scale="none", coef=0.1, clip=None, negative_weight=1.0)(_inp(REWARDS, 4)).values.tolist()
+    )
 
 
 def test_clip_is_applied_after_coef() -> None:
