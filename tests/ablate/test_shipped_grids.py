@@ -20,8 +20,6 @@ ONE_SEED = {
     "sudoku_wd1_lr": "a step-size probe (is wd1's collapse in the sudoku method grids the lr?), not a comparison",
     "arithmetic_udm_lr": "a step-size probe (does a larger step lift arithmetic, where lr 1e-4 did not move it?), "
     "not a comparison",
-    "countdown_elbo_uniform_probe": "a diagnostic probe: the recipe it changes fell on all 3 seeds to within 0.4 "
-    "points of each other (0.044-0.048), so one seed per change shows whether the change removes the fall",
 }
 
 
