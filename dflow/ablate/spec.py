@@ -240,23 +240,18 @@ def _anchor_recipes(raw: dict[str, Any], grid_dir: Path) -> None:
     """Rewrite an inherited grid's recipe paths so they resolve from the extending grid too."""
 
     def anchored(recipe: Any) -> Any:
-        if not isinstance(recipe, str) or not recipe or Path(recipe).expanduser().is_absolute():
-            return recipe
-        if Path(recipe).is_file():  # relative to the working directory: the form the shipped grids use
-            return recipe
-        return str(grid_dir / recipe) if (grid_dir / recipe).is_file() else recipe
+        try:  # the parent's own lookup: as written, then its folder
+            return str(find_recipe(recipe, grid_dir, "extends"))
+        except ValueError:
+            return recipe  # parse_grid names it, with the extending grid's context
 
     if raw.get("base") is not None:
         raw["base"] = anchored(raw["base"])
     methods = raw.get("methods")
-    if isinstance(methods, dict):
-        raw["methods"] = {
-            name: (
-                anchored(entry)
-                if isinstance(entry, str)
-                else {**entry, "recipe": anchored(entry["recipe"])}
-                if isinstance(entry, dict) and "recipe" in entry
-                else entry
-            )
-            for name, entry in methods.items()
-        }
+    if not isinstance(methods, dict):
+        return
+    for name, entry in methods.items():
+        if isinstance(entry, str):
+            methods[name] = anchored(entry)
+        elif isinstance(entry, dict) and "recipe" in entry:
+            methods[name] = {**entry, "recipe": anchored(entry["recipe"])}
