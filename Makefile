@@ -49,11 +49,11 @@ demo: install
 	$(BIN)/dflow demo --out runs/demo
 
 # Retrain the embedded bases dflow/assets/{shapes_uniform,shapes_mask,glyphs_uniform,sudoku_mask,sudoku_uniform,countdown_mask,countdown_uniform,
-# arithmetic_mask,arithmetic_uniform}
+# countdown4_uniform,arithmetic_mask,arithmetic_uniform}
 # with the pretraining recipes, one after another, then evaluate them on the test prompts (scripts/eval_bases.py prints the table
 # of docs/pretraining.md). Measured in session 6: the two shapes bases took 66 min each when trained side
 # by side with one thread each on 2 CPU cores; the glyphs base and each sudoku base take about a minute, the countdown bases
-# 17 (mask) and 30 min (uniform), the arithmetic bases 4 (mask) and 5 min (uniform) on one thread beside other jobs.
+# 17 (mask) and 30 min (uniform), the 4-number countdown base 46 min, the arithmetic bases 4 (mask) and 5 min (uniform) on one thread beside other jobs.
 # Logs in runs/.
 base-models: install
 	scripts/make_base_models.sh

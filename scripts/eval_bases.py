@@ -32,11 +32,12 @@ NAMES = (
     "sudoku_uniform",
     "countdown_mask",
     "countdown_uniform",
+    "countdown4_uniform",
     "arithmetic_mask",
     "arithmetic_uniform",
 )
 # per base: (sampler steps, guidance values when --guidance is not given)
-SETTINGS = {name: (16, (1.0,)) for name in NAMES if name.startswith(("sudoku_", "countdown_", "arithmetic_"))}
+SETTINGS = {name: (16, (1.0,)) for name in NAMES if name.startswith(("sudoku_", "countdown", "arithmetic_"))}
 DEFAULT_SETTING = (20, (1.0, 2.0))
 
 

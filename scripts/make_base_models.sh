@@ -3,7 +3,7 @@
 # exported directory to dflow/assets/<name>/, and evaluate it on the test prompts
 # (scripts/eval_bases.py prints the table that docs/pretraining.md shows).
 #
-# Usage: scripts/make_base_models.sh [name ...]    (default: all nine; names below)
+# Usage: scripts/make_base_models.sh [name ...]    (default: all ten; names below)
 # Logs and checkpoints go to runs/ (ignored by git); only dflow/assets/<name>/ changes in the tree.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +18,7 @@ declare -A RECIPE=(
   [sudoku_uniform]=recipes/sudoku/pretrain_uniform.yaml
   [countdown_mask]=recipes/countdown/pretrain_mask.yaml
   [countdown_uniform]=recipes/countdown/pretrain_uniform.yaml
+  [countdown4_uniform]=recipes/countdown/pretrain_n4_uniform.yaml
   [arithmetic_mask]=recipes/arithmetic/pretrain_mask.yaml
   [arithmetic_uniform]=recipes/arithmetic/pretrain_uniform.yaml
 )
@@ -29,11 +30,12 @@ declare -A EXPORT=(
   [sudoku_uniform]=runs/sudoku_pretrain_uniform/export
   [countdown_mask]=runs/countdown_pretrain_mask/export
   [countdown_uniform]=runs/countdown_pretrain_uniform/export
+  [countdown4_uniform]=runs/countdown4_pretrain_uniform/export
   [arithmetic_mask]=runs/arithmetic_pretrain_mask/export
   [arithmetic_uniform]=runs/arithmetic_pretrain_uniform/export
 )
 names=("$@")
-[ ${#names[@]} -gt 0 ] || names=(shapes_uniform shapes_mask glyphs_uniform sudoku_mask sudoku_uniform countdown_mask countdown_uniform arithmetic_mask arithmetic_uniform)
+[ ${#names[@]} -gt 0 ] || names=(shapes_uniform shapes_mask glyphs_uniform sudoku_mask sudoku_uniform countdown_mask countdown_uniform countdown4_uniform arithmetic_mask arithmetic_uniform)
 
 for name in "${names[@]}"; do
   [ -n "${RECIPE[$name]:-}" ] || { echo "unknown base name=$name; known: ${!RECIPE[*]}" >&2; exit 2; }

@@ -38,6 +38,8 @@ def test_there_are_pretraining_recipes():
         "sudoku/pretrain_uniform.yaml",
         "countdown/pretrain_mask.yaml",
         "countdown/pretrain_uniform.yaml",
+        "countdown/pretrain_n4_uniform.yaml",
+        "countdown/pretrain_n4_mask.yaml",
         "arithmetic/pretrain_mask.yaml",
         "arithmetic/pretrain_uniform.yaml",
     } <= names
